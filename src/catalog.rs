@@ -1,0 +1,557 @@
+//! Operator data (credentials, credential models, client keys) and the
+//! immutable routing snapshot built from it.
+//!
+//! Both credential sources (the TOML file in embedded mode, Postgres in cluster
+//! mode) produce [`OperatorData`]; [`Catalog::build`] validates it and indexes it
+//! for the request path. A new catalog replaces the old one as a whole, so a
+//! request always sees one consistent snapshot.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::secret::Secret;
+use crate::state::Scope;
+
+/// The wire protocol a credential speaks upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Openai,
+    Anthropic,
+    Gemini,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Openai => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Gemini => "gemini",
+        }
+    }
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "openai" => Ok(Provider::Openai),
+            "anthropic" => Ok(Provider::Anthropic),
+            "gemini" => Ok(Provider::Gemini),
+            other => Err(format!(
+                "unknown provider {other:?} (expected openai, anthropic or gemini)"
+            )),
+        }
+    }
+}
+
+/// One row of `credentials`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credential {
+    pub id: String,
+    pub provider: Provider,
+    pub base_url: String,
+    pub api_key: Secret,
+    pub priority: i32,
+    pub weight: u32,
+    pub enabled: bool,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One row of `credential_models`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialModel {
+    pub credential_id: String,
+    pub model: String,
+    pub upstream_model: String,
+}
+
+/// One row of `api_keys`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub name: String,
+    pub key_hash: String,
+    pub enabled: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Everything an operator defines, as plain rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OperatorData {
+    pub credentials: Vec<Credential>,
+    pub models: Vec<CredentialModel>,
+    pub api_keys: Vec<ApiKey>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CatalogError {
+    #[error("credential id {0:?} must match [A-Za-z0-9._-]{{1,128}}")]
+    BadCredentialId(String),
+    #[error("credential {0:?} is defined twice")]
+    DuplicateCredential(String),
+    #[error("credential {id:?}: weight must be greater than 0")]
+    BadWeight { id: String },
+    #[error("credential {id:?}: base_url {url:?} must start with http:// or https://")]
+    BadBaseUrl { id: String, url: String },
+    #[error("credential {id:?}: header {name:?} is not a valid HTTP header")]
+    BadHeader { id: String, name: String },
+    #[error("credential model {model:?} refers to unknown credential {credential_id:?}")]
+    UnknownCredential {
+        credential_id: String,
+        model: String,
+    },
+    #[error("credential model of {credential_id:?}: model and upstream_model must not be empty")]
+    EmptyModel { credential_id: String },
+    #[error("api key {name:?}: key_hash must be 64 lower-case hex characters (SHA-256)")]
+    BadKeyHash { name: String },
+    #[error("api key name {0:?} is defined twice")]
+    DuplicateKeyName(String),
+}
+
+pub fn valid_credential_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Lower-case hex SHA-256 of a whole client key, as stored in `api_keys.key_hash`.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// One credential's share of a route: its weight and the pool of upstream
+/// models it rotates over for the requested model.
+#[derive(Debug)]
+pub struct Member {
+    pub credential: Arc<Credential>,
+    /// Upstream models of the pool, sorted so every replica rotates alike.
+    pub pool: Vec<String>,
+    /// Index into [`Route::scopes`] of this credential's own scope.
+    pub credential_scope: usize,
+    /// Index into [`Route::scopes`] of each pool member's pair scope.
+    pub pair_scopes: Vec<usize>,
+    /// Where the next pool rotation starts. Reset by a reload, which is harmless.
+    pub(crate) pool_cursor: AtomicU64,
+}
+
+/// The credentials of one priority level.
+#[derive(Debug)]
+pub struct Tier {
+    pub priority: i32,
+    /// Members ordered by credential id: fill-first takes the first usable one.
+    pub members: Vec<Member>,
+    /// Smooth weighted round-robin order over member indices.
+    pub schedule: Vec<usize>,
+    pub(crate) cursor: AtomicU64,
+}
+
+/// Every candidate for one requested model.
+#[derive(Debug)]
+pub struct Route {
+    pub model: String,
+    /// Tiers ordered from the highest priority down.
+    pub tiers: Vec<Tier>,
+    /// Every scope whose block can affect this route, read in one batch.
+    pub scopes: Vec<Scope>,
+}
+
+impl Route {
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.tiers.iter().flat_map(|t| t.members.iter())
+    }
+}
+
+impl Member {
+    /// Starts a pool rotation: the offset of the first pool member to try.
+    pub(crate) fn next_pool_offset(&self) -> usize {
+        let n = self.pool_cursor.fetch_add(1, Ordering::Relaxed);
+        (n % self.pool.len().max(1) as u64) as usize
+    }
+}
+
+impl Tier {
+    pub(crate) fn next_slot(&self) -> usize {
+        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
+        (n % self.schedule.len().max(1) as u64) as usize
+    }
+}
+
+/// The routing snapshot: what the request path reads.
+pub struct Catalog {
+    pub credentials: BTreeMap<String, Arc<Credential>>,
+    routes: HashMap<String, Arc<Route>>,
+    keys: HashMap<String, ApiKey>,
+    /// Model names some enabled credential serves, sorted.
+    pub models: Vec<String>,
+    /// Each credential's models, for the admin view.
+    pub credential_models: Vec<CredentialModel>,
+}
+
+impl fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Catalog")
+            .field("credentials", &self.credentials.len())
+            .field("models", &self.models)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// The outcome of looking up a client key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    Valid { name: String },
+    Unknown,
+    Disabled,
+    Expired,
+}
+
+impl Catalog {
+    pub fn empty() -> Self {
+        Self {
+            credentials: BTreeMap::new(),
+            routes: HashMap::new(),
+            keys: HashMap::new(),
+            models: Vec::new(),
+            credential_models: Vec::new(),
+        }
+    }
+
+    pub fn build(data: OperatorData) -> Result<Self, CatalogError> {
+        let mut credentials = BTreeMap::new();
+        for c in data.credentials {
+            validate_credential(&c)?;
+            if credentials.contains_key(&c.id) {
+                return Err(CatalogError::DuplicateCredential(c.id));
+            }
+            credentials.insert(c.id.clone(), Arc::new(c));
+        }
+
+        // model -> credential id -> pool of upstream models
+        let mut by_model: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+        for m in &data.models {
+            if !credentials.contains_key(&m.credential_id) {
+                return Err(CatalogError::UnknownCredential {
+                    credential_id: m.credential_id.clone(),
+                    model: m.model.clone(),
+                });
+            }
+            if m.model.is_empty() || m.upstream_model.is_empty() {
+                return Err(CatalogError::EmptyModel {
+                    credential_id: m.credential_id.clone(),
+                });
+            }
+            by_model
+                .entry(m.model.clone())
+                .or_default()
+                .entry(m.credential_id.clone())
+                .or_default()
+                .insert(m.upstream_model.clone());
+        }
+
+        let mut routes = HashMap::new();
+        for (model, creds) in by_model {
+            let enabled: Vec<(Arc<Credential>, Vec<String>)> = creds
+                .into_iter()
+                .filter_map(|(id, pool)| {
+                    let c = credentials.get(&id)?;
+                    c.enabled.then(|| (c.clone(), pool.into_iter().collect()))
+                })
+                .collect();
+            if !enabled.is_empty() {
+                routes.insert(model.clone(), Arc::new(build_route(model, enabled)));
+            }
+        }
+        let mut models: Vec<String> = routes.keys().cloned().collect();
+        models.sort();
+
+        let mut keys = HashMap::new();
+        let mut names = BTreeSet::new();
+        for k in data.api_keys {
+            if k.key_hash.len() != 64
+                || !k
+                    .key_hash
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(CatalogError::BadKeyHash { name: k.name });
+            }
+            if !names.insert(k.name.clone()) {
+                return Err(CatalogError::DuplicateKeyName(k.name));
+            }
+            keys.insert(k.key_hash.clone(), k);
+        }
+
+        Ok(Self {
+            credentials,
+            routes,
+            keys,
+            models,
+            credential_models: data.models,
+        })
+    }
+
+    pub fn route(&self, model: &str) -> Option<&Arc<Route>> {
+        self.routes.get(model)
+    }
+
+    /// Checks a client key against `api_keys`; only its hash is compared.
+    pub fn check_key(&self, key: &str, now: DateTime<Utc>) -> KeyCheck {
+        match self.keys.get(&hash_key(key)) {
+            None => KeyCheck::Unknown,
+            Some(k) if !k.enabled => KeyCheck::Disabled,
+            Some(k) if k.expires_at.is_some_and(|at| at <= now) => KeyCheck::Expired,
+            Some(k) => KeyCheck::Valid {
+                name: k.name.clone(),
+            },
+        }
+    }
+
+    /// Every secret of every credential, for scrubbing upstream messages.
+    pub fn secrets(&self) -> Vec<&str> {
+        self.credentials
+            .values()
+            .map(|c| c.api_key.expose())
+            .collect()
+    }
+}
+
+fn validate_credential(c: &Credential) -> Result<(), CatalogError> {
+    if !valid_credential_id(&c.id) {
+        return Err(CatalogError::BadCredentialId(c.id.clone()));
+    }
+    if c.weight == 0 {
+        return Err(CatalogError::BadWeight { id: c.id.clone() });
+    }
+    if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+        return Err(CatalogError::BadBaseUrl {
+            id: c.id.clone(),
+            url: c.base_url.clone(),
+        });
+    }
+    for (name, value) in &c.headers {
+        let ok = http_header_ok(name, value);
+        if !ok {
+            return Err(CatalogError::BadHeader {
+                id: c.id.clone(),
+                name: name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn http_header_ok(name: &str, value: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && value
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+fn build_route(model: String, members: Vec<(Arc<Credential>, Vec<String>)>) -> Route {
+    let mut scopes = Vec::new();
+    let mut by_priority: BTreeMap<i32, Vec<Member>> = BTreeMap::new();
+    for (credential, pool) in members {
+        let credential_scope = scopes.len();
+        scopes.push(Scope::credential(&credential.id));
+        let pair_scopes = pool
+            .iter()
+            .map(|upstream| {
+                scopes.push(Scope::pair(&credential.id, upstream));
+                scopes.len() - 1
+            })
+            .collect();
+        by_priority
+            .entry(credential.priority)
+            .or_default()
+            .push(Member {
+                credential,
+                pool,
+                credential_scope,
+                pair_scopes,
+                pool_cursor: AtomicU64::new(0),
+            });
+    }
+    let tiers = by_priority
+        .into_iter()
+        .rev()
+        .map(|(priority, members)| {
+            let weights: Vec<u32> = members.iter().map(|m| m.credential.weight).collect();
+            Tier {
+                priority,
+                schedule: smooth_schedule(&weights),
+                members,
+                cursor: AtomicU64::new(0),
+            }
+        })
+        .collect();
+    Route {
+        model,
+        tiers,
+        scopes,
+    }
+}
+
+/// Longest weighted round-robin schedule kept; larger weight sums are scaled
+/// down proportionally (every member keeps at least one slot).
+const MAX_SCHEDULE: u64 = 1024;
+
+/// Smooth weighted round-robin (the order nginx uses): over one cycle each
+/// member appears `weight` times, spread out rather than in runs.
+pub fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let g = weights.iter().fold(0u32, |g, &w| gcd(g, w)).max(1);
+    let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x / g)).collect();
+    let total: u64 = w.iter().sum();
+    if total > MAX_SCHEDULE {
+        w = w
+            .iter()
+            .map(|&x| (x * MAX_SCHEDULE / total).max(1))
+            .collect();
+    }
+    let total: i64 = w.iter().map(|&x| x as i64).sum();
+    let mut current = vec![0i64; w.len()];
+    let mut schedule = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, &wi) in current.iter_mut().zip(&w) {
+            *c += wi as i64;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))
+            .unwrap_or((0, &0));
+        current[best] -= total;
+        schedule.push(best);
+    }
+    schedule
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn cred(id: &str, priority: i32, weight: u32) -> Credential {
+        Credential {
+            id: id.into(),
+            provider: Provider::Openai,
+            base_url: "http://127.0.0.1:1/v1".into(),
+            api_key: Secret::new(format!("key-of-{id}")),
+            priority,
+            weight,
+            enabled: true,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    pub fn cm(credential_id: &str, model: &str, upstream: &str) -> CredentialModel {
+        CredentialModel {
+            credential_id: credential_id.into(),
+            model: model.into(),
+            upstream_model: upstream.into(),
+        }
+    }
+
+    #[test]
+    fn schedule_spreads_weights() {
+        assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_schedule(&[2, 2]), vec![0, 1]);
+        let big = smooth_schedule(&[100_000, 1]);
+        assert!(big.len() <= MAX_SCHEDULE as usize + 1);
+        assert!(big.contains(&1));
+    }
+
+    #[test]
+    fn routes_group_pools_tiers_and_skip_disabled_credentials() {
+        let mut off = cred("c-off", 0, 1);
+        off.enabled = false;
+        let data = OperatorData {
+            credentials: vec![cred("a", 0, 1), cred("b", 5, 1), off],
+            models: vec![
+                cm("a", "gpt", "gpt-x"),
+                cm("a", "gpt", "gpt-y"),
+                cm("b", "gpt", "gpt-x"),
+                cm("c-off", "gpt", "gpt-x"),
+                cm("c-off", "only-off", "z"),
+            ],
+            api_keys: vec![],
+        };
+        let cat = Catalog::build(data).expect("valid");
+        assert_eq!(cat.models, vec!["gpt".to_string()]);
+        let route = cat.route("gpt").expect("route");
+        assert_eq!(route.tiers.len(), 2);
+        assert_eq!(route.tiers[0].priority, 5);
+        assert_eq!(route.tiers[1].members[0].pool, vec!["gpt-x", "gpt-y"]);
+        assert!(cat.route("only-off").is_none());
+    }
+
+    #[test]
+    fn invalid_rows_are_rejected_with_a_reason() {
+        let bad = OperatorData {
+            credentials: vec![cred("bad id", 0, 1)],
+            ..Default::default()
+        };
+        assert!(matches!(
+            Catalog::build(bad),
+            Err(CatalogError::BadCredentialId(_))
+        ));
+        let orphan = OperatorData {
+            models: vec![cm("ghost", "m", "m")],
+            ..Default::default()
+        };
+        assert!(matches!(
+            Catalog::build(orphan),
+            Err(CatalogError::UnknownCredential { .. })
+        ));
+    }
+
+    #[test]
+    fn keys_are_checked_by_hash_enabled_and_expiry() {
+        let now = Utc::now();
+        let key = |name: &str, secret: &str, enabled, expires_at| ApiKey {
+            name: name.into(),
+            key_hash: hash_key(secret),
+            enabled,
+            expires_at,
+        };
+        let cat = Catalog::build(OperatorData {
+            api_keys: vec![
+                key("alice", "sk-alice", true, None),
+                key("bob", "sk-bob", false, None),
+                key(
+                    "carol",
+                    "sk-carol",
+                    true,
+                    Some(now - chrono::Duration::seconds(1)),
+                ),
+            ],
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(
+            cat.check_key("sk-alice", now),
+            KeyCheck::Valid {
+                name: "alice".into()
+            }
+        );
+        assert_eq!(cat.check_key("sk-bob", now), KeyCheck::Disabled);
+        assert_eq!(cat.check_key("sk-carol", now), KeyCheck::Expired);
+        assert_eq!(cat.check_key("sk-nobody", now), KeyCheck::Unknown);
+    }
+}

@@ -1,0 +1,148 @@
+//! The command line: `switchyard [serve]`, `switchyard migrate`,
+//! `switchyard keys create NAME`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::catalog::hash_key;
+use crate::clock::SystemClock;
+use crate::config::{Config, Sources};
+
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about = "An LLM API gateway for teams")]
+struct Cli {
+    /// The TOML file of embedded mode (credentials, models, client keys, settings).
+    #[arg(long, global = true, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gateway (the default).
+    Serve,
+    /// Run the database migrations and exit (cluster mode).
+    Migrate,
+    /// Manage client keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a client key: prints the key once; only its hash is stored.
+    Create { name: String },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "switchyard stopped");
+            eprintln!("switchyard: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).await,
+        Command::Migrate => anyhow::bail!(
+            "`switchyard migrate` needs cluster mode (DATABASE_URL), which this build does not have yet"
+        ),
+        Command::Keys {
+            command: KeysCommand::Create { name },
+        } => {
+            let key = new_key();
+            println!("{key}");
+            eprintln!(
+                "Add this to the config file; the key above is shown only once:\n\n[[api_keys]]\nname = {name:?}\nkey_hash = \"{}\"\n",
+                hash_key(&key)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A new client key: `sk-sy-` and 48 hex characters of randomness.
+fn new_key() -> String {
+    let a = uuid::Uuid::new_v4().simple().to_string();
+    let b = uuid::Uuid::new_v4().simple().to_string();
+    format!("sk-sy-{}{}", &a[..24], &b[..24])
+}
+
+/// Reads the settings from the environment and the config file.
+pub fn sources(config_file: Option<PathBuf>) -> anyhow::Result<Sources> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config_file = config_file.or_else(|| {
+        let default = PathBuf::from("switchyard.toml");
+        default.exists().then_some(default)
+    });
+    let file = match &config_file {
+        Some(path) => {
+            crate::source::file::load(path)
+                .with_context(|| format!("loading {}", path.display()))?
+                .0
+                .settings
+        }
+        None => HashMap::new(),
+    };
+    Ok(Sources {
+        env,
+        file,
+        config_file,
+        host_name: host_name(),
+    })
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+async fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(&sources(config_file)?)?;
+    let running = crate::server::start(config, Arc::new(SystemClock)).await?;
+    let shutdown = running.shutdown.clone();
+    wait_for_signal().await;
+    shutdown.cancel();
+    running.wait().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

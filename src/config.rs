@@ -1,0 +1,304 @@
+//! The gateway's settings: one typed struct, read once at start-up from the
+//! environment and the TOML file's `[settings]` table (the environment wins),
+//! validated before anything starts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::routing::{Cooldowns, RoutingMode};
+use crate::secret::Secret;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: Option<Secret>,
+    pub redis_url: Option<Secret>,
+    pub redis_prefix: String,
+    pub replica_id: String,
+    /// Extra rounds over the candidates after the first.
+    pub request_retry: u32,
+    /// The longest a request waits, in all, for blocks to end.
+    pub max_retry_wait_ms: u64,
+    pub routing: RoutingMode,
+    pub admin_key: Option<Secret>,
+    pub max_body_bytes: usize,
+    pub cooldowns: Cooldowns,
+    pub timeouts: Timeouts,
+    pub drain: Drain,
+    pub redis_timeout: Duration,
+    /// How often the embedded-mode file is checked for changes.
+    pub reload_interval: Duration,
+    /// The embedded-mode TOML file.
+    pub config_file: Option<PathBuf>,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// From sending the request to the response headers.
+    pub first_byte: Duration,
+    /// Longest silence between two chunks of a response body.
+    pub idle: Duration,
+}
+
+/// SIGTERM behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    /// Between `/readyz` turning 503 and the listener closing.
+    pub grace: Duration,
+    /// How long open requests and streams may take to finish.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{name}: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("REDIS_URL is set without DATABASE_URL: cluster mode needs both")]
+    RedisWithoutDatabase,
+}
+
+/// The settings and their defaults, by environment variable name. The TOML
+/// `[settings]` key of each is the name lower-cased without `SWITCHYARD_`.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("SWITCHYARD_LISTEN", "0.0.0.0:8080"),
+    ("DATABASE_URL", ""),
+    ("REDIS_URL", ""),
+    ("SWITCHYARD_REDIS_PREFIX", "switchyard:"),
+    ("SWITCHYARD_REPLICA_ID", ""),
+    ("SWITCHYARD_REQUEST_RETRY", "3"),
+    ("SWITCHYARD_MAX_RETRY_WAIT_MS", "30000"),
+    ("SWITCHYARD_ROUTING", "round-robin"),
+    ("SWITCHYARD_ADMIN_KEY", ""),
+    ("SWITCHYARD_MAX_BODY_BYTES", "33554432"),
+    ("SWITCHYARD_COOLDOWN_MODEL_NOT_SUPPORTED_MS", "43200000"),
+    ("SWITCHYARD_COOLDOWN_NOT_FOUND_MS", "43200000"),
+    ("SWITCHYARD_COOLDOWN_UNAUTHORIZED_MS", "1800000"),
+    ("SWITCHYARD_COOLDOWN_PAYMENT_REQUIRED_MS", "1800000"),
+    ("SWITCHYARD_COOLDOWN_FORBIDDEN_MS", "1800000"),
+    ("SWITCHYARD_COOLDOWN_UPSTREAM_ERROR_MS", "60000"),
+    ("SWITCHYARD_QUOTA_BASE_MS", "1000"),
+    ("SWITCHYARD_QUOTA_CAP_MS", "1800000"),
+    ("SWITCHYARD_CONNECT_TIMEOUT_MS", "5000"),
+    ("SWITCHYARD_FIRST_BYTE_TIMEOUT_MS", "300000"),
+    ("SWITCHYARD_IDLE_TIMEOUT_MS", "120000"),
+    ("SWITCHYARD_DRAIN_GRACE_MS", "1000"),
+    ("SWITCHYARD_DRAIN_TIMEOUT_MS", "30000"),
+    ("SWITCHYARD_REDIS_TIMEOUT_MS", "250"),
+    ("SWITCHYARD_RELOAD_INTERVAL_MS", "500"),
+];
+
+/// Where setting values come from: the environment and the file's
+/// `[settings]` table. Tests build one by hand; `main` reads the process.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub env: HashMap<String, String>,
+    pub file: HashMap<String, String>,
+    pub config_file: Option<PathBuf>,
+    pub host_name: Option<String>,
+}
+
+impl Sources {
+    /// The value of a setting: the environment, then the file, then the default.
+    fn get(&self, name: &str) -> Option<String> {
+        if let Some(v) = self.env.get(name).filter(|v| !v.is_empty()) {
+            return Some(v.clone());
+        }
+        let key = file_key(name);
+        if let Some(v) = self.file.get(&key).filter(|v| !v.is_empty()) {
+            return Some(v.clone());
+        }
+        SETTINGS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, d)| d.to_string())
+            .filter(|d| !d.is_empty())
+    }
+}
+
+/// The TOML key of a setting: `SWITCHYARD_REQUEST_RETRY` is `request_retry`.
+pub fn file_key(name: &str) -> String {
+    name.trim_start_matches("SWITCHYARD_").to_ascii_lowercase()
+}
+
+fn parse<T: std::str::FromStr>(s: &Sources, name: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    let raw = s.get(name).unwrap_or_default();
+    raw.trim()
+        .parse()
+        .map_err(|e: T::Err| ConfigError::Invalid {
+            name: name.to_string(),
+            reason: format!("{raw:?} is not valid: {e}"),
+        })
+}
+
+fn millis(s: &Sources, name: &str) -> Result<u64, ConfigError> {
+    parse::<u64>(s, name)
+}
+
+fn positive_ms(s: &Sources, name: &str) -> Result<Duration, ConfigError> {
+    let ms = millis(s, name)?;
+    if ms == 0 {
+        return Err(ConfigError::Invalid {
+            name: name.to_string(),
+            reason: "must be greater than 0".into(),
+        });
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+impl Config {
+    pub fn load(s: &Sources) -> Result<Self, ConfigError> {
+        let database_url = s.get("DATABASE_URL").map(Secret::new);
+        let redis_url = s.get("REDIS_URL").map(Secret::new);
+        if redis_url.is_some() && database_url.is_none() {
+            return Err(ConfigError::RedisWithoutDatabase);
+        }
+        let max_body_bytes: usize = parse(s, "SWITCHYARD_MAX_BODY_BYTES")?;
+        if max_body_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                name: "SWITCHYARD_MAX_BODY_BYTES".into(),
+                reason: "must be greater than 0".into(),
+            });
+        }
+        let cooldowns = Cooldowns {
+            model_not_supported_ms: millis(s, "SWITCHYARD_COOLDOWN_MODEL_NOT_SUPPORTED_MS")?,
+            not_found_ms: millis(s, "SWITCHYARD_COOLDOWN_NOT_FOUND_MS")?,
+            unauthorized_ms: millis(s, "SWITCHYARD_COOLDOWN_UNAUTHORIZED_MS")?,
+            payment_required_ms: millis(s, "SWITCHYARD_COOLDOWN_PAYMENT_REQUIRED_MS")?,
+            forbidden_ms: millis(s, "SWITCHYARD_COOLDOWN_FORBIDDEN_MS")?,
+            upstream_error_ms: millis(s, "SWITCHYARD_COOLDOWN_UPSTREAM_ERROR_MS")?,
+            quota_base_ms: positive_ms(s, "SWITCHYARD_QUOTA_BASE_MS")?.as_millis() as u64,
+            quota_cap_ms: positive_ms(s, "SWITCHYARD_QUOTA_CAP_MS")?.as_millis() as u64,
+        };
+        if cooldowns.quota_cap_ms < cooldowns.quota_base_ms {
+            return Err(ConfigError::Invalid {
+                name: "SWITCHYARD_QUOTA_CAP_MS".into(),
+                reason: "must not be shorter than SWITCHYARD_QUOTA_BASE_MS".into(),
+            });
+        }
+        let replica_id = s
+            .get("SWITCHYARD_REPLICA_ID")
+            .or_else(|| s.host_name.clone())
+            .unwrap_or_else(|| "switchyard".into());
+        let redis_prefix = s.get("SWITCHYARD_REDIS_PREFIX").unwrap_or_default();
+        Ok(Self {
+            listen: parse(s, "SWITCHYARD_LISTEN")?,
+            database_url,
+            redis_url,
+            redis_prefix,
+            replica_id,
+            request_retry: parse(s, "SWITCHYARD_REQUEST_RETRY")?,
+            max_retry_wait_ms: millis(s, "SWITCHYARD_MAX_RETRY_WAIT_MS")?,
+            routing: parse(s, "SWITCHYARD_ROUTING")?,
+            admin_key: s.get("SWITCHYARD_ADMIN_KEY").map(Secret::new),
+            max_body_bytes,
+            cooldowns,
+            timeouts: Timeouts {
+                connect: positive_ms(s, "SWITCHYARD_CONNECT_TIMEOUT_MS")?,
+                first_byte: positive_ms(s, "SWITCHYARD_FIRST_BYTE_TIMEOUT_MS")?,
+                idle: positive_ms(s, "SWITCHYARD_IDLE_TIMEOUT_MS")?,
+            },
+            drain: Drain {
+                grace: Duration::from_millis(millis(s, "SWITCHYARD_DRAIN_GRACE_MS")?),
+                timeout: Duration::from_millis(millis(s, "SWITCHYARD_DRAIN_TIMEOUT_MS")?),
+            },
+            redis_timeout: positive_ms(s, "SWITCHYARD_REDIS_TIMEOUT_MS")?,
+            reload_interval: positive_ms(s, "SWITCHYARD_RELOAD_INTERVAL_MS")?,
+            config_file: s.config_file.clone(),
+        })
+    }
+
+    /// Settings for tests: listen on an ephemeral port, everything else default.
+    pub fn for_tests() -> Self {
+        let mut s = Sources::default();
+        s.env
+            .insert("SWITCHYARD_LISTEN".into(), "127.0.0.1:0".into());
+        s.env.insert("SWITCHYARD_REPLICA_ID".into(), "test".into());
+        // The defaults are valid by construction; a failure here is a bug in SETTINGS.
+        Self::load(&s).unwrap_or_else(|e| panic!("default settings are invalid: {e}"))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.database_url.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Sources {
+        Sources {
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::load(&Sources::default()).expect("defaults");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.redis_prefix, "switchyard:");
+        assert_eq!(c.request_retry, 3);
+        assert_eq!(c.max_retry_wait_ms, 30_000);
+        assert_eq!(c.routing, RoutingMode::RoundRobin);
+        assert_eq!(c.max_body_bytes, 33_554_432);
+        assert_eq!(c.cooldowns, Cooldowns::default());
+        assert_eq!(c.drain.grace, Duration::from_secs(1));
+        assert_eq!(c.drain.timeout, Duration::from_secs(30));
+        assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert!(c.admin_key.is_none() && !c.is_cluster());
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        let err = Config::load(&with(&[("SWITCHYARD_REQUEST_RETRY", "many")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("SWITCHYARD_REQUEST_RETRY:"),
+            "{err}"
+        );
+        let err = Config::load(&with(&[("SWITCHYARD_ROUTING", "random")])).unwrap_err();
+        assert!(err.to_string().contains("SWITCHYARD_ROUTING"), "{err}");
+        let err = Config::load(&with(&[("SWITCHYARD_LISTEN", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("SWITCHYARD_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn redis_without_database_is_an_error() {
+        let err = Config::load(&with(&[("REDIS_URL", "redis://x")])).unwrap_err();
+        assert_eq!(err, ConfigError::RedisWithoutDatabase);
+    }
+
+    #[test]
+    fn env_wins_over_the_file() {
+        let mut s = with(&[("SWITCHYARD_REQUEST_RETRY", "5")]);
+        s.file.insert("request_retry".into(), "1".into());
+        s.file.insert("routing".into(), "fill-first".into());
+        let c = Config::load(&s).expect("valid");
+        assert_eq!(c.request_retry, 5);
+        assert_eq!(c.routing, RoutingMode::FillFirst);
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = Config::load(&with(&[
+            ("SWITCHYARD_ADMIN_KEY", "admin-secret-123"),
+            ("DATABASE_URL", "postgres://u:pw-secret@h/db"),
+        ]))
+        .expect("valid");
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("admin-secret-123") && !dbg.contains("pw-secret"),
+            "{dbg}"
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! Client keys: from `Authorization: Bearer`, `x-api-key`, `x-goog-api-key`
+//! or `?key=`, checked by hash against the catalog.
+
+use axum::http::HeaderMap;
+use axum::http::Uri;
+
+use crate::catalog::{Catalog, KeyCheck};
+use crate::pipeline::GatewayError;
+use crate::wire::ErrorKind;
+
+/// The client key of a request, from the first place that has one.
+pub fn client_key(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(auth) = header("authorization") {
+        let (scheme, rest) = auth.split_once(' ').unwrap_or((auth, ""));
+        if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() {
+            return Some(rest.trim().to_string());
+        }
+    }
+    if let Some(key) = header("x-api-key").or_else(|| header("x-goog-api-key")) {
+        return Some(key.to_string());
+    }
+    uri.query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, v)| k == "key" && !v.is_empty())
+            .map(|(_, v)| v.into_owned())
+    })
+}
+
+/// The name of the client's key, or the 401 to answer.
+pub fn authenticate(
+    catalog: &Catalog,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<String, GatewayError> {
+    let Some(key) = client_key(headers, uri) else {
+        return Err(GatewayError::new(
+            ErrorKind::Unauthorized,
+            "no API key: send it as `Authorization: Bearer <key>`, `x-api-key`, `x-goog-api-key` or `?key=`",
+        ));
+    };
+    match catalog.check_key(&key, chrono::Utc::now()) {
+        KeyCheck::Valid { name } => Ok(name),
+        KeyCheck::Unknown => Err(GatewayError::new(
+            ErrorKind::Unauthorized,
+            "invalid API key",
+        )),
+        KeyCheck::Disabled => Err(GatewayError::new(
+            ErrorKind::Unauthorized,
+            "this API key is disabled",
+        )),
+        KeyCheck::Expired => Err(GatewayError::new(
+            ErrorKind::Unauthorized,
+            "this API key has expired",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().expect("valid header"));
+        }
+        h
+    }
+
+    #[test]
+    fn keys_come_from_all_four_places() {
+        let plain: Uri = "/v1/models".parse().expect("uri");
+        assert_eq!(
+            client_key(&headers(&[("authorization", "Bearer sk-a")]), &plain).as_deref(),
+            Some("sk-a")
+        );
+        assert_eq!(
+            client_key(&headers(&[("x-api-key", "sk-b")]), &plain).as_deref(),
+            Some("sk-b")
+        );
+        assert_eq!(
+            client_key(&headers(&[("x-goog-api-key", "sk-c")]), &plain).as_deref(),
+            Some("sk-c")
+        );
+        let q: Uri = "/v1beta/models?alt=sse&key=sk-d%2B".parse().expect("uri");
+        assert_eq!(client_key(&HeaderMap::new(), &q).as_deref(), Some("sk-d+"));
+        assert_eq!(client_key(&HeaderMap::new(), &plain), None);
+        assert_eq!(
+            client_key(&headers(&[("authorization", "Basic abc")]), &plain),
+            None
+        );
+    }
+}

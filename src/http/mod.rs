@@ -1,0 +1,83 @@
+//! The HTTP layer: routes, client authentication, body limits, and rendering
+//! replies and errors in the client's wire format. The only module that
+//! imports axum.
+
+mod auth;
+mod chat;
+mod error;
+mod ops;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+
+use crate::pipeline::{Gateway, GatewayError};
+use crate::wire::{ErrorKind, Format};
+
+pub use error::render;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Gateway,
+    /// Set on SIGTERM: `/readyz` answers 503 from then on.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(chat::models))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), access_log))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    render(
+        Format::OpenAi,
+        &GatewayError::new(ErrorKind::RouteNotFound, "no such route"),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    render(
+        Format::OpenAi,
+        &GatewayError::new(
+            ErrorKind::MethodNotAllowed,
+            "method not allowed on this route",
+        ),
+    )
+}
+
+/// One log line per request, and the one place 5xx answers are logged. The
+/// query string is never logged: it may carry a client key (`?key=`).
+async fn access_log(State(_state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1_000.0;
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, ms, "request failed");
+    } else if path != "/healthz" && path != "/readyz" {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
+    response
+}

@@ -1,0 +1,22 @@
+//! Liveness and readiness.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+
+use super::AppState;
+
+pub async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
+}
+
+/// Ready when a credential snapshot has been loaded and the replica is not draining.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !state.gateway.catalog().is_loaded() {
+        (StatusCode::SERVICE_UNAVAILABLE, "credentials not loaded\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}

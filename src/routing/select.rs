@@ -1,0 +1,378 @@
+//! Choosing a candidate: priority tiers, weighted round-robin or fill-first
+//! between credentials, rotation inside a credential's pool, and skipping
+//! whatever is blocked.
+
+use std::sync::Arc;
+
+use crate::catalog::{Credential, Member, Route};
+use crate::state::{Block, Reason};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoutingMode {
+    /// Spread requests over a tier's credentials by weight.
+    #[default]
+    RoundRobin,
+    /// Use a tier's first usable credential (by id) until it is blocked.
+    FillFirst,
+}
+
+impl std::str::FromStr for RoutingMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "round-robin" => Ok(RoutingMode::RoundRobin),
+            "fill-first" => Ok(RoutingMode::FillFirst),
+            other => Err(format!(
+                "{other:?} is not a routing mode (expected round-robin or fill-first)"
+            )),
+        }
+    }
+}
+
+/// One (credential, upstream model) pair chosen for an attempt.
+#[derive(Debug, Clone)]
+pub struct Pick {
+    pub credential: Arc<Credential>,
+    pub upstream_model: String,
+}
+
+/// The blocks of a route's scopes (aligned with [`Route::scopes`]) at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub blocks: &'a [Option<Block>],
+    pub now_ms: i64,
+}
+
+impl View<'_> {
+    fn active(&self, index: usize) -> Option<&Block> {
+        self.blocks
+            .get(index)
+            .and_then(Option::as_ref)
+            .filter(|b| b.is_active(self.now_ms))
+    }
+
+    /// When a pool member can be used again (`now` when it can be used now).
+    fn pair_free_at(&self, member: &Member, pool_index: usize) -> i64 {
+        let pair = self
+            .active(member.pair_scopes[pool_index])
+            .map_or(self.now_ms, |b| b.until_ms);
+        let cred = self
+            .active(member.credential_scope)
+            .map_or(self.now_ms, |b| b.until_ms);
+        pair.max(cred)
+    }
+
+    /// When the member can serve again: its credential is free and at least
+    /// one pool member is.
+    fn member_free_at(&self, member: &Member) -> i64 {
+        (0..member.pool.len())
+            .map(|i| self.pair_free_at(member, i))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    fn usable(&self, member: &Member) -> bool {
+        self.member_free_at(member) <= self.now_ms
+    }
+
+    /// Whether every block in the way of this member is a quota block.
+    fn only_quota(&self, member: &Member) -> bool {
+        std::iter::once(member.credential_scope)
+            .chain(member.pair_scopes.iter().copied())
+            .filter_map(|i| self.active(i))
+            .all(|b| b.reason == Reason::Quota)
+    }
+}
+
+/// Picks the next candidate among credentials not yet `tried` this round.
+///
+/// Only the highest tier with a usable untried credential is considered; in
+/// it, round-robin follows the tier's weighted schedule and fill-first takes
+/// the first usable credential. Inside the credential, the pool rotates and
+/// skips blocked upstream models.
+pub fn select(route: &Route, view: View<'_>, tried: &[String], mode: RoutingMode) -> Option<Pick> {
+    let untried = |m: &Member| !tried.iter().any(|t| *t == m.credential.id);
+    for tier in &route.tiers {
+        let eligible = |i: usize| {
+            let m = &tier.members[i];
+            untried(m) && view.usable(m)
+        };
+        let chosen = match mode {
+            RoutingMode::FillFirst => (0..tier.members.len()).find(|&i| eligible(i)),
+            RoutingMode::RoundRobin => {
+                let start = tier.next_slot();
+                let len = tier.schedule.len();
+                (0..len)
+                    .map(|k| tier.schedule[(start + k) % len])
+                    .find(|&i| eligible(i))
+            }
+        };
+        if let Some(i) = chosen {
+            let member = &tier.members[i];
+            let offset = member.next_pool_offset();
+            let n = member.pool.len();
+            let slot = (0..n)
+                .map(|k| (offset + k) % n)
+                .find(|&p| view.pair_free_at(member, p) <= view.now_ms)?;
+            return Some(Pick {
+                credential: member.credential.clone(),
+                upstream_model: member.pool[slot].clone(),
+            });
+        }
+    }
+    None
+}
+
+/// Whether anything in the route can be used now, and if not, when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Open,
+    /// Every candidate is blocked: the soonest end of a block that frees one
+    /// (pool members count), and whether every block in the way is a quota block.
+    Blocked {
+        free_at_ms: i64,
+        all_quota: bool,
+    },
+}
+
+pub fn availability(route: &Route, view: View<'_>) -> Availability {
+    if route.members().any(|m| view.usable(m)) {
+        return Availability::Open;
+    }
+    let free_at_ms = route
+        .members()
+        .map(|m| view.member_free_at(m))
+        .min()
+        .unwrap_or(view.now_ms);
+    let all_quota = route.members().all(|m| view.only_quota(m));
+    Availability::Blocked {
+        free_at_ms,
+        all_quota,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::catalog::tests::{cm, cred};
+    use crate::catalog::{Catalog, CredentialModel, OperatorData};
+    use crate::state::Scope;
+
+    pub fn route_of(creds: Vec<Credential>, models: Vec<CredentialModel>) -> Arc<Route> {
+        let cat = Catalog::build(OperatorData {
+            credentials: creds,
+            models,
+            api_keys: vec![],
+        })
+        .expect("valid catalog");
+        cat.route("m").expect("route for m").clone()
+    }
+
+    pub fn block(reason: Reason, until_ms: i64) -> Block {
+        Block {
+            reason,
+            status: 0,
+            message: String::new(),
+            replica: "test".into(),
+            since_ms: 0,
+            until_ms,
+        }
+    }
+
+    /// Blocks aligned with the route's scopes.
+    pub fn blocks(route: &Route, set: &[(Scope, Block)]) -> Vec<Option<Block>> {
+        route
+            .scopes
+            .iter()
+            .map(|s| set.iter().find(|(k, _)| k == s).map(|(_, b)| b.clone()))
+            .collect()
+    }
+
+    fn picks(
+        route: &Route,
+        b: &[Option<Block>],
+        now: i64,
+        mode: RoutingMode,
+        n: usize,
+    ) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let p = select(
+                    route,
+                    View {
+                        blocks: b,
+                        now_ms: now,
+                    },
+                    &[],
+                    mode,
+                )
+                .expect("a pick");
+                format!("{}/{}", p.credential.id, p.upstream_model)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_follows_weights() {
+        let r = route_of(
+            vec![cred("a", 0, 2), cred("b", 0, 1)],
+            vec![cm("a", "m", "x"), cm("b", "m", "x")],
+        );
+        let got = picks(&r, &blocks(&r, &[]), 0, RoutingMode::RoundRobin, 6);
+        assert_eq!(got, ["a/x", "b/x", "a/x", "a/x", "b/x", "a/x"]);
+    }
+
+    #[test]
+    fn fill_first_sticks_to_the_first_usable_credential() {
+        let r = route_of(
+            vec![cred("a", 0, 1), cred("b", 0, 5)],
+            vec![cm("a", "m", "x"), cm("b", "m", "x")],
+        );
+        let none = blocks(&r, &[]);
+        assert_eq!(
+            picks(&r, &none, 0, RoutingMode::FillFirst, 3),
+            ["a/x", "a/x", "a/x"]
+        );
+        let a_down = blocks(
+            &r,
+            &[(Scope::credential("a"), block(Reason::Unauthorized, 10))],
+        );
+        assert_eq!(
+            picks(&r, &a_down, 0, RoutingMode::FillFirst, 2),
+            ["b/x", "b/x"]
+        );
+    }
+
+    #[test]
+    fn higher_priority_tiers_come_first_until_they_are_blocked() {
+        let r = route_of(
+            vec![cred("low", 0, 1), cred("high", 10, 1)],
+            vec![cm("low", "m", "x"), cm("high", "m", "x")],
+        );
+        assert_eq!(
+            picks(&r, &blocks(&r, &[]), 0, RoutingMode::RoundRobin, 2),
+            ["high/x", "high/x"]
+        );
+        let high_down = blocks(
+            &r,
+            &[(Scope::pair("high", "x"), block(Reason::UpstreamError, 100))],
+        );
+        assert_eq!(
+            picks(&r, &high_down, 50, RoutingMode::RoundRobin, 1),
+            ["low/x"]
+        );
+        // Once the block has ended, the high tier is back.
+        assert_eq!(
+            picks(&r, &high_down, 100, RoutingMode::RoundRobin, 1),
+            ["high/x"]
+        );
+    }
+
+    #[test]
+    fn pools_rotate_and_skip_blocked_members() {
+        let r = route_of(
+            vec![cred("a", 0, 1)],
+            vec![cm("a", "m", "p1"), cm("a", "m", "p2"), cm("a", "m", "p3")],
+        );
+        let none = blocks(&r, &[]);
+        assert_eq!(
+            picks(&r, &none, 0, RoutingMode::RoundRobin, 4),
+            ["a/p1", "a/p2", "a/p3", "a/p1"]
+        );
+        // A block on one pool member is keyed by its upstream model; the others keep serving.
+        let p2 = blocks(
+            &r,
+            &[(Scope::pair("a", "p2"), block(Reason::ModelNotSupported, 99))],
+        );
+        let got = picks(&r, &p2, 0, RoutingMode::RoundRobin, 6);
+        assert!(!got.iter().any(|p| p == "a/p2"), "{got:?}");
+        assert!(got.contains(&"a/p1".to_string()) && got.contains(&"a/p3".to_string()));
+    }
+
+    #[test]
+    fn a_credential_block_blocks_every_pool_member() {
+        let r = route_of(
+            vec![cred("a", 0, 1), cred("b", 0, 1)],
+            vec![cm("a", "m", "p1"), cm("a", "m", "p2"), cm("b", "m", "x")],
+        );
+        let a_down = blocks(
+            &r,
+            &[(Scope::credential("a"), block(Reason::Unauthorized, 99))],
+        );
+        assert_eq!(
+            picks(&r, &a_down, 0, RoutingMode::RoundRobin, 3),
+            ["b/x", "b/x", "b/x"]
+        );
+    }
+
+    #[test]
+    fn tried_credentials_are_skipped_within_a_round() {
+        let r = route_of(
+            vec![cred("a", 0, 1), cred("b", 0, 1)],
+            vec![cm("a", "m", "x"), cm("b", "m", "x")],
+        );
+        let none = blocks(&r, &[]);
+        let v = View {
+            blocks: &none,
+            now_ms: 0,
+        };
+        let p = select(&r, v, &["a".into()], RoutingMode::FillFirst).expect("b");
+        assert_eq!(p.credential.id, "b");
+        assert!(select(&r, v, &["a".into(), "b".into()], RoutingMode::RoundRobin).is_none());
+    }
+
+    #[test]
+    fn availability_counts_pool_members_and_reasons() {
+        let r = route_of(
+            vec![cred("a", 0, 1), cred("b", 0, 1)],
+            vec![cm("a", "m", "p1"), cm("a", "m", "p2"), cm("b", "m", "x")],
+        );
+        // b blocked until 500; a's pool members until 300 and 200: the pool frees at 200.
+        let set = [
+            (Scope::pair("a", "p1"), block(Reason::Quota, 300)),
+            (Scope::pair("a", "p2"), block(Reason::Quota, 200)),
+            (Scope::pair("b", "x"), block(Reason::Quota, 500)),
+        ];
+        let b = blocks(&r, &set);
+        let v = View {
+            blocks: &b,
+            now_ms: 0,
+        };
+        assert_eq!(
+            availability(&r, v),
+            Availability::Blocked {
+                free_at_ms: 200,
+                all_quota: true
+            }
+        );
+        // A credential block longer than the pool's own blocks holds the pool.
+        let mut set2 = set.to_vec();
+        set2.push((Scope::credential("a"), block(Reason::Unauthorized, 1_000)));
+        let b2 = blocks(&r, &set2);
+        assert_eq!(
+            availability(
+                &r,
+                View {
+                    blocks: &b2,
+                    now_ms: 0
+                }
+            ),
+            Availability::Blocked {
+                free_at_ms: 500,
+                all_quota: false
+            }
+        );
+        // One free pool member makes the route open.
+        let b3 = blocks(&r, &set[..1]);
+        assert_eq!(
+            availability(
+                &r,
+                View {
+                    blocks: &b3,
+                    now_ms: 0
+                }
+            ),
+            Availability::Open
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! Embedded mode's TOML file: settings, credentials, credential models and
+//! client keys in one file, with the same fields as the Postgres tables.
+//! The file is re-read when its content changes; a broken edit is logged and
+//! the last good snapshot keeps serving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::CatalogHandle;
+use crate::catalog::{ApiKey, Catalog, CatalogError, Credential, CredentialModel, OperatorData};
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: {source}")]
+    Catalog { path: PathBuf, source: CatalogError },
+    #[error("{path}: credential {id:?} must set exactly one of api_key and api_key_env")]
+    ApiKeySource { path: PathBuf, id: String },
+    #[error("{path}: api key {name:?}: expires_at must be an RFC 3339 date-time with a time zone")]
+    BadExpiry { path: PathBuf, name: String },
+    #[error("{path}: credential {id:?}: environment variable {var} is not set")]
+    MissingEnv {
+        path: PathBuf,
+        id: String,
+        var: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShape {
+    #[serde(default)]
+    settings: toml::Table,
+    #[serde(default)]
+    credentials: Vec<CredentialRow>,
+    #[serde(default)]
+    credential_models: Vec<ModelRow>,
+    #[serde(default)]
+    api_keys: Vec<KeyRow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialRow {
+    id: String,
+    provider: crate::catalog::Provider,
+    base_url: String,
+    api_key: Option<String>,
+    /// Read the upstream key from this environment variable instead.
+    api_key_env: Option<String>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelRow {
+    credential_id: String,
+    model: String,
+    upstream_model: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRow {
+    name: String,
+    key_hash: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    expires_at: Option<Timestamp>,
+}
+
+/// A TOML date-time (`2030-01-01T00:00:00Z`) or an RFC 3339 string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Timestamp {
+    Toml(toml::value::Datetime),
+    Text(String),
+}
+
+impl Timestamp {
+    fn parse(&self) -> Option<DateTime<Utc>> {
+        let text = match self {
+            Timestamp::Toml(d) => d.to_string(),
+            Timestamp::Text(s) => s.clone(),
+        };
+        DateTime::parse_from_rfc3339(&text)
+            .ok()
+            .map(|d| d.with_timezone(&Utc))
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What one read of the file yields.
+#[derive(Debug)]
+pub struct FileContents {
+    /// The text this was parsed from: the watcher compares against it.
+    pub raw: String,
+    /// `[settings]`, as strings keyed like [`crate::config::file_key`].
+    pub settings: HashMap<String, String>,
+    pub data: OperatorData,
+}
+
+/// Parses the file's text. `env` resolves `api_key_env`.
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<FileContents, FileError> {
+    let shape: FileShape = toml::from_str(text).map_err(|source| FileError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let settings = shape
+        .settings
+        .into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, s)
+        })
+        .collect();
+    let mut credentials = Vec::new();
+    for row in shape.credentials {
+        let api_key = match (row.api_key, row.api_key_env) {
+            (Some(key), None) => key,
+            (None, Some(var)) => env(&var).ok_or_else(|| FileError::MissingEnv {
+                path: path.to_path_buf(),
+                id: row.id.clone(),
+                var,
+            })?,
+            _ => {
+                return Err(FileError::ApiKeySource {
+                    path: path.to_path_buf(),
+                    id: row.id,
+                });
+            }
+        };
+        credentials.push(Credential {
+            id: row.id,
+            provider: row.provider,
+            base_url: row.base_url.trim_end_matches('/').to_string(),
+            api_key: Secret::new(api_key),
+            priority: row.priority,
+            weight: row.weight,
+            enabled: row.enabled,
+            headers: row.headers,
+        });
+    }
+    let models = shape
+        .credential_models
+        .into_iter()
+        .map(|m| CredentialModel {
+            upstream_model: m.upstream_model.unwrap_or_else(|| m.model.clone()),
+            credential_id: m.credential_id,
+            model: m.model,
+        })
+        .collect();
+    let mut api_keys = Vec::new();
+    for k in shape.api_keys {
+        let expires_at = match &k.expires_at {
+            None => None,
+            Some(t) => Some(t.parse().ok_or_else(|| FileError::BadExpiry {
+                path: path.to_path_buf(),
+                name: k.name.clone(),
+            })?),
+        };
+        api_keys.push(ApiKey {
+            name: k.name,
+            key_hash: k.key_hash.to_ascii_lowercase(),
+            enabled: k.enabled,
+            expires_at,
+        });
+    }
+    Ok(FileContents {
+        raw: text.to_string(),
+        settings,
+        data: OperatorData {
+            credentials,
+            models,
+            api_keys,
+        },
+    })
+}
+
+/// Reads and parses the file and builds its catalog.
+pub fn load(path: &Path) -> Result<(FileContents, Catalog), FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    build(path, &text)
+}
+
+fn build(path: &Path, text: &str) -> Result<(FileContents, Catalog), FileError> {
+    let contents = parse(path, text, &|var| std::env::var(var).ok())?;
+    let catalog = Catalog::build(contents.data.clone()).map_err(|source| FileError::Catalog {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((contents, catalog))
+}
+
+/// Re-reads the file every `interval` and publishes a new catalog whenever its
+/// content changed and is valid. Runs until `shutdown` fires.
+pub async fn watch(
+    path: PathBuf,
+    loaded: String,
+    handle: CatalogHandle,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut last = Some(loaded.into_bytes());
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) => {
+                if last.is_some() {
+                    tracing::warn!(path = %path.display(), error = %e, "config file unreadable; keeping the last snapshot");
+                    last = None;
+                }
+                continue;
+            }
+        };
+        if last.as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        last = Some(bytes.clone());
+        let text = String::from_utf8_lossy(&bytes);
+        match build(&path, &text) {
+            Ok((contents, catalog)) => {
+                tracing::info!(
+                    path = %path.display(),
+                    credentials = contents.data.credentials.len(),
+                    models = catalog.models.len(),
+                    keys = contents.data.api_keys.len(),
+                    "config file reloaded"
+                );
+                handle.publish(catalog);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config file change rejected; keeping the last snapshot");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[settings]
+request_retry = 2
+routing = "fill-first"
+
+[[credentials]]
+id = "main"
+provider = "openai"
+base_url = "https://api.example.com/v1/"
+api_key_env = "MAIN_KEY"
+headers = { "OpenAI-Organization" = "org-1" }
+
+[[credentials]]
+id = "spare"
+provider = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "sk-spare"
+priority = -1
+weight = 3
+
+[[credential_models]]
+credential_id = "main"
+model = "gpt"
+upstream_model = "gpt-2025"
+
+[[credential_models]]
+credential_id = "spare"
+model = "gpt"
+
+[[api_keys]]
+name = "alice"
+key_hash = "2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824"
+expires_at = 2030-01-01T00:00:00Z
+"#;
+
+    #[test]
+    fn parses_every_table_and_the_settings() {
+        let env = |v: &str| (v == "MAIN_KEY").then(|| "sk-main".to_string());
+        let c = parse(Path::new("t.toml"), SAMPLE, &env).expect("valid");
+        assert_eq!(
+            c.settings.get("request_retry").map(String::as_str),
+            Some("2")
+        );
+        assert_eq!(
+            c.settings.get("routing").map(String::as_str),
+            Some("fill-first")
+        );
+        let main = &c.data.credentials[0];
+        assert_eq!(main.api_key.expose(), "sk-main");
+        assert_eq!(main.base_url, "https://api.example.com/v1");
+        assert_eq!(
+            main.headers.get("OpenAI-Organization").map(String::as_str),
+            Some("org-1")
+        );
+        assert_eq!(c.data.credentials[1].weight, 3);
+        assert_eq!(
+            c.data.models[1].upstream_model, "gpt",
+            "upstream_model defaults to model"
+        );
+        assert_eq!(
+            c.data.api_keys[0].key_hash,
+            crate::catalog::hash_key("hello")
+        );
+        assert!(Catalog::build(c.data).is_ok());
+    }
+
+    #[test]
+    fn a_missing_key_variable_or_unknown_field_is_a_clear_error() {
+        let err = parse(Path::new("t.toml"), SAMPLE, &|_| None).unwrap_err();
+        assert!(err.to_string().contains("MAIN_KEY"), "{err}");
+        let err = parse(Path::new("t.toml"), "[[credentials]]\nid='x'\nprovider='openai'\nbase_url='http://x'\napi_key='k'\ncolour='red'\n", &|_| None).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = parse(
+            Path::new("t.toml"),
+            "[[credentials]]\nid='x'\nprovider='mistral'\nbase_url='http://x'\napi_key='k'\n",
+            &|_| None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("mistral"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn edits_are_picked_up_and_broken_edits_keep_the_last_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.toml");
+        let one = "[[credentials]]\nid='a'\nprovider='openai'\nbase_url='http://x/v1'\napi_key='k'\n[[credential_models]]\ncredential_id='a'\nmodel='m1'\n";
+        std::fs::write(&path, one).expect("write");
+        let handle = CatalogHandle::new();
+        let (contents, cat) = load(&path).expect("valid");
+        handle.publish(cat);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch(
+            path.clone(),
+            contents.raw,
+            handle.clone(),
+            Duration::from_millis(20),
+            stop.clone(),
+        ));
+
+        std::fs::write(&path, one.replace("m1", "m2")).expect("write");
+        wait_for(|| handle.load().models == vec!["m2".to_string()]).await;
+
+        std::fs::write(&path, "this is = = not toml").expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(handle.load().models, vec!["m2".to_string()]);
+
+        std::fs::write(&path, one.replace("m1", "m3")).expect("write");
+        wait_for(|| handle.load().models == vec!["m3".to_string()]).await;
+        stop.cancel();
+        task.await.expect("watcher ends");
+    }
+
+    async fn wait_for(cond: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not met within 2 s");
+    }
+}

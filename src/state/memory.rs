@@ -1,0 +1,134 @@
+//! The in-memory learned-state store of embedded mode.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{Block, LearnedStore, QuotaHit, Scope, StoreError};
+use crate::clock::SharedClock;
+use crate::routing::cooldown;
+
+/// Blocks and quota ladders behind one mutex: every operation is a few map
+/// lookups, so the lock is never held across an await.
+pub struct MemoryStore {
+    clock: SharedClock,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    blocks: HashMap<Scope, Block>,
+    /// Quota ladder level and when it lapses, per pair.
+    ladders: HashMap<Scope, (u32, i64)>,
+}
+
+impl MemoryStore {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the maps half-written
+        // (every update is a single insert or remove), so poison is ignored.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+impl Inner {
+    fn active(&mut self, scope: &Scope, now_ms: i64) -> Option<&Block> {
+        if self.blocks.get(scope).is_some_and(|b| !b.is_active(now_ms)) {
+            self.blocks.remove(scope);
+        }
+        self.blocks.get(scope)
+    }
+}
+
+#[async_trait]
+impl LearnedStore for MemoryStore {
+    async fn get(&self, scopes: &[Scope]) -> Result<Vec<Option<Block>>, StoreError> {
+        let now = self.clock.now_ms();
+        let inner = self.lock();
+        Ok(scopes
+            .iter()
+            .map(|s| inner.blocks.get(s).filter(|b| b.is_active(now)).cloned())
+            .collect())
+    }
+
+    async fn put(&self, scope: &Scope, block: Block) -> Result<Block, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let stands = match inner.active(scope, now).cloned() {
+            Some(old) => old.merge(block),
+            None => block,
+        };
+        if stands.is_active(now) {
+            inner.blocks.insert(scope.clone(), stands.clone());
+        }
+        Ok(stands)
+    }
+
+    async fn quota(&self, pair: &Scope, hit: QuotaHit) -> Result<Block, StoreError> {
+        let mut inner = self.lock();
+        let now = hit.now_ms;
+        let current = inner.active(pair, now).cloned();
+        let level = match inner.ladders.get(pair) {
+            Some(&(level, lapses)) if lapses > now => level,
+            _ => 0,
+        };
+        let step = cooldown::quota_step(current.as_ref(), level, &hit);
+        inner
+            .ladders
+            .insert(pair.clone(), (step.level, now + step.ladder_ttl_ms as i64));
+        inner.blocks.insert(pair.clone(), step.block.clone());
+        Ok(step.block)
+    }
+
+    async fn succeed(&self, pair: &Scope, request_started_ms: i64) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.ladders.remove(pair);
+        if inner
+            .blocks
+            .get(pair)
+            .is_some_and(|b| b.since_ms < request_started_ms)
+        {
+            inner.blocks.remove(pair);
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<(Scope, Block)>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        inner.blocks.retain(|_, b| b.is_active(now));
+        let mut all: Vec<_> = inner
+            .blocks
+            .iter()
+            .map(|(s, b)| (s.clone(), b.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    async fn remove(&self, scope: &Scope) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let was_active = inner.active(scope, now).is_some();
+        inner.blocks.remove(scope);
+        Ok(was_active)
+    }
+
+    async fn quota_level(&self, pair: &Scope) -> Result<u32, StoreError> {
+        let now = self.clock.now_ms();
+        let inner = self.lock();
+        Ok(match inner.ladders.get(pair) {
+            Some(&(level, lapses)) if lapses > now => level,
+            _ => 0,
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! Learned state: blocks on credentials and (credential, upstream model)
+//! pairs, shared by every replica.
+//!
+//! The shape follows the contract's Redis layout: a block has a scope, a
+//! reason, the status and message that caused it, the replica that learned it
+//! and `since_ms`/`until_ms`. Two rules hold in every implementation: a block is
+//! only ever extended, never shortened; and the quota ladder's level is kept
+//! apart from the block, so it outlives the block it produced.
+
+mod memory;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use memory::MemoryStore;
+
+/// What a block applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Every model of a credential (`block:cred:{credential_id}`).
+    Credential { credential_id: String },
+    /// One upstream model of a credential (`block:model:{credential_id}:{upstream_model}`).
+    Pair {
+        credential_id: String,
+        upstream_model: String,
+    },
+}
+
+impl Scope {
+    pub fn credential(credential_id: &str) -> Self {
+        Scope::Credential {
+            credential_id: credential_id.to_string(),
+        }
+    }
+
+    pub fn pair(credential_id: &str, upstream_model: &str) -> Self {
+        Scope::Pair {
+            credential_id: credential_id.to_string(),
+            upstream_model: upstream_model.to_string(),
+        }
+    }
+
+    pub fn credential_id(&self) -> &str {
+        match self {
+            Scope::Credential { credential_id } | Scope::Pair { credential_id, .. } => {
+                credential_id
+            }
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Scope::Credential { .. } => "credential",
+            Scope::Pair { .. } => "model",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Credential { credential_id } => write!(f, "{credential_id}"),
+            Scope::Pair {
+                credential_id,
+                upstream_model,
+            } => write!(f, "{credential_id}/{upstream_model}"),
+        }
+    }
+}
+
+/// Why a block exists; the names are the contract's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    ModelNotSupported,
+    NotFound,
+    Unauthorized,
+    PaymentRequired,
+    Forbidden,
+    Quota,
+    UpstreamError,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ModelNotSupported => "model_not_supported",
+            Reason::NotFound => "not_found",
+            Reason::Unauthorized => "unauthorized",
+            Reason::PaymentRequired => "payment_required",
+            Reason::Forbidden => "forbidden",
+            Reason::Quota => "quota",
+            Reason::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// A learned block, exactly the JSON value stored in Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub reason: Reason,
+    /// The upstream HTTP status, or 0 when there was none (connect failure, timeout).
+    pub status: u16,
+    /// What the upstream said, scrubbed of secrets and shortened.
+    pub message: String,
+    pub replica: String,
+    pub since_ms: i64,
+    pub until_ms: i64,
+}
+
+impl Block {
+    pub fn is_active(&self, now_ms: i64) -> bool {
+        self.until_ms > now_ms
+    }
+
+    /// Extend-never-shorten: the block that should stand when `new` is written over `self`.
+    pub fn merge(self, new: Block) -> Block {
+        if new.until_ms > self.until_ms {
+            new
+        } else {
+            self
+        }
+    }
+}
+
+/// A 429 to be learned: the pure ladder arithmetic is in
+/// [`crate::routing::cooldown`]; a store applies it atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaHit {
+    pub status: u16,
+    pub message: String,
+    pub replica: String,
+    pub now_ms: i64,
+    /// The provider's own hint, in milliseconds from now.
+    pub hint_ms: Option<u64>,
+    pub base_ms: u64,
+    pub cap_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("learned-state store unavailable: {0}")]
+    Unavailable(String),
+    #[error("learned-state store timed out")]
+    Timeout,
+}
+
+/// The learned-state store. Memory in embedded mode, Redis in cluster mode;
+/// both pass the same contract tests in `tests/`.
+#[async_trait]
+pub trait LearnedStore: Send + Sync + 'static {
+    /// The active block of each scope, in the order asked.
+    async fn get(&self, scopes: &[Scope]) -> Result<Vec<Option<Block>>, StoreError>;
+
+    /// Writes `block` unless a longer one stands; returns the block that stands.
+    async fn put(&self, scope: &Scope, block: Block) -> Result<Block, StoreError>;
+
+    /// Learns a 429 on a pair: climbs the quota ladder unless a quota block is
+    /// open, and blocks for the ladder's step or the hint. Returns the block that stands.
+    async fn quota(&self, pair: &Scope, hit: QuotaHit) -> Result<Block, StoreError>;
+
+    /// A success on a pair: resets its quota ladder and removes its block if
+    /// that block started before `request_started_ms`.
+    async fn succeed(&self, pair: &Scope, request_started_ms: i64) -> Result<(), StoreError>;
+
+    /// Every active block.
+    async fn list(&self) -> Result<Vec<(Scope, Block)>, StoreError>;
+
+    /// Removes a block; false when there was none.
+    async fn remove(&self, scope: &Scope) -> Result<bool, StoreError>;
+
+    /// The current quota ladder level of a pair (0 when none).
+    async fn quota_level(&self, pair: &Scope) -> Result<u32, StoreError>;
+}

@@ -1,0 +1,140 @@
+//! Client wire formats, and the errors the gateway itself produces in each.
+
+use serde_json::{Value, json};
+
+use crate::sse::Event;
+
+/// The wire format a client speaks: errors and stream errors use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+/// The kinds of error the gateway produces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    Unauthorized,
+    ModelNotFound,
+    RouteNotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    /// Every candidate is under a quota block.
+    RateLimited,
+    /// Every candidate is blocked, not all for quota; or the gateway is draining.
+    Unavailable,
+    /// An upstream failed after the response began.
+    Upstream,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::RateLimited => 429,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Upstream => 502,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    /// OpenAI's `type` and `code`.
+    fn openai(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ErrorKind::BadRequest => ("invalid_request_error", None),
+            ErrorKind::Unauthorized => ("authentication_error", Some("invalid_api_key")),
+            ErrorKind::ModelNotFound => ("invalid_request_error", Some("model_not_found")),
+            ErrorKind::RouteNotFound => ("invalid_request_error", Some("unknown_url")),
+            ErrorKind::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
+            ErrorKind::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
+            ErrorKind::RateLimited => ("rate_limit_error", Some("rate_limit_exceeded")),
+            ErrorKind::Unavailable => ("server_error", Some("service_unavailable")),
+            ErrorKind::Upstream => ("server_error", Some("upstream_error")),
+            ErrorKind::Internal => ("server_error", Some("internal_error")),
+        }
+    }
+
+    /// Anthropic's error `type`.
+    fn anthropic(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest | ErrorKind::MethodNotAllowed => "invalid_request_error",
+            ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => "not_found_error",
+            ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::Unavailable => "overloaded_error",
+            ErrorKind::Upstream | ErrorKind::Internal => "api_error",
+        }
+    }
+
+    /// Gemini's (Google RPC) `status`.
+    fn gemini(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest | ErrorKind::PayloadTooLarge | ErrorKind::MethodNotAllowed => {
+                "INVALID_ARGUMENT"
+            }
+            ErrorKind::Unauthorized => "UNAUTHENTICATED",
+            ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => "NOT_FOUND",
+            ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
+            ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::Upstream | ErrorKind::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// The JSON error body of `kind` in `format`.
+pub fn error_body(format: Format, kind: ErrorKind, message: &str) -> Value {
+    match format {
+        Format::OpenAi => {
+            let (kind_type, code) = kind.openai();
+            json!({"error": {"message": message, "type": kind_type, "code": code}})
+        }
+        Format::Anthropic => {
+            json!({"type": "error", "error": {"type": kind.anthropic(), "message": message}})
+        }
+        Format::Gemini => {
+            json!({"error": {"code": kind.status(), "message": message, "status": kind.gemini()}})
+        }
+    }
+}
+
+/// The event that ends a stream that failed after it began.
+pub fn stream_error(format: Format, kind: ErrorKind, message: &str) -> Event {
+    let body = error_body(format, kind, message).to_string();
+    match format {
+        Format::Anthropic => Event::named("error", body),
+        Format::OpenAi | Format::Gemini => Event::data(body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_format_has_its_own_shape() {
+        let o = error_body(Format::OpenAi, ErrorKind::ModelNotFound, "no such model");
+        assert_eq!(o["error"]["code"], "model_not_found");
+        assert_eq!(o["error"]["message"], "no such model");
+        assert!(o["error"].get("type").is_some());
+        let a = error_body(Format::Anthropic, ErrorKind::ModelNotFound, "m");
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["type"], "not_found_error");
+        let g = error_body(Format::Gemini, ErrorKind::ModelNotFound, "m");
+        assert_eq!(g["error"]["status"], "NOT_FOUND");
+        assert_eq!(g["error"]["code"], 404);
+        assert_eq!(
+            stream_error(Format::Anthropic, ErrorKind::Upstream, "x")
+                .event
+                .as_deref(),
+            Some("error")
+        );
+    }
+}

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::catalog::hash_key;
@@ -100,12 +99,7 @@ pub fn sources(config_file: Option<PathBuf>) -> anyhow::Result<Sources> {
         default.exists().then_some(default)
     });
     let file = match &config_file {
-        Some(path) => {
-            crate::source::file::load(path)
-                .with_context(|| format!("loading {}", path.display()))?
-                .0
-                .settings
-        }
+        Some(path) => crate::source::file::settings(path)?,
         None => HashMap::new(),
     };
     Ok(Sources {

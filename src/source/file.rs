@@ -33,12 +33,6 @@ pub enum FileError {
     ApiKeySource { path: PathBuf, id: String },
     #[error("{path}: api key {name:?}: expires_at must be an RFC 3339 date-time with a time zone")]
     BadExpiry { path: PathBuf, name: String },
-    #[error("{path}: credential {id:?}: environment variable {var} is not set")]
-    MissingEnv {
-        path: PathBuf,
-        id: String,
-        var: String,
-    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +118,8 @@ fn yes() -> bool {
 pub struct FileContents {
     /// The text this was parsed from: the watcher compares against it.
     pub raw: String,
+    /// Things worth an operator's attention that do not stop the load.
+    pub warnings: Vec<String>,
     /// `[settings]`, as strings keyed like [`crate::config::file_key`].
     pub settings: HashMap<String, String>,
     pub data: OperatorData,
@@ -151,14 +147,23 @@ pub fn parse(
         })
         .collect();
     let mut credentials = Vec::new();
+    let mut warnings = Vec::new();
     for row in shape.credentials {
+        let mut enabled = row.enabled;
         let api_key = match (row.api_key, row.api_key_env) {
             (Some(key), None) => key,
-            (None, Some(var)) => env(&var).ok_or_else(|| FileError::MissingEnv {
-                path: path.to_path_buf(),
-                id: row.id.clone(),
-                var,
-            })?,
+            // A credential whose key variable is unset is kept but disabled, so
+            // one file serves machines that hold different keys.
+            (None, Some(var)) => env(&var).filter(|v| !v.is_empty()).unwrap_or_else(|| {
+                if enabled {
+                    warnings.push(format!(
+                        "credential {:?} is disabled: environment variable {var} is not set",
+                        row.id
+                    ));
+                }
+                enabled = false;
+                String::new()
+            }),
             _ => {
                 return Err(FileError::ApiKeySource {
                     path: path.to_path_buf(),
@@ -173,7 +178,7 @@ pub fn parse(
             api_key: Secret::new(api_key),
             priority: row.priority,
             weight: row.weight,
-            enabled: row.enabled,
+            enabled,
             headers: row.headers,
         });
     }
@@ -204,6 +209,7 @@ pub fn parse(
     }
     Ok(FileContents {
         raw: text.to_string(),
+        warnings,
         settings,
         data: OperatorData {
             credentials,
@@ -211,6 +217,15 @@ pub fn parse(
             api_keys,
         },
     })
+}
+
+/// Only the `[settings]` table of the file, for building the config.
+pub fn settings(path: &Path) -> Result<HashMap<String, String>, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(parse(path, &text, &|var| std::env::var(var).ok())?.settings)
 }
 
 /// Reads and parses the file and builds its catalog.
@@ -224,6 +239,9 @@ pub fn load(path: &Path) -> Result<(FileContents, Catalog), FileError> {
 
 fn build(path: &Path, text: &str) -> Result<(FileContents, Catalog), FileError> {
     let contents = parse(path, text, &|var| std::env::var(var).ok())?;
+    for warning in &contents.warnings {
+        tracing::warn!(path = %path.display(), "{warning}");
+    }
     let catalog = Catalog::build(contents.data.clone()).map_err(|source| FileError::Catalog {
         path: path.to_path_buf(),
         source,
@@ -352,9 +370,16 @@ expires_at = 2030-01-01T00:00:00Z
     }
 
     #[test]
-    fn a_missing_key_variable_or_unknown_field_is_a_clear_error() {
-        let err = parse(Path::new("t.toml"), SAMPLE, &|_| None).unwrap_err();
-        assert!(err.to_string().contains("MAIN_KEY"), "{err}");
+    fn a_missing_key_variable_disables_its_credential_with_a_warning() {
+        let c = parse(Path::new("t.toml"), SAMPLE, &|_| None).expect("valid");
+        assert!(!c.data.credentials[0].enabled);
+        assert!(c.data.credentials[1].enabled);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("MAIN_KEY"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn unknown_fields_and_providers_are_clear_errors() {
         let err = parse(Path::new("t.toml"), "[[credentials]]\nid='x'\nprovider='openai'\nbase_url='http://x'\napi_key='k'\ncolour='red'\n", &|_| None).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
         let err = parse(

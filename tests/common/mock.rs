@@ -31,6 +31,10 @@ pub enum Reply {
     Empty,
     /// Wait, then do the rest.
     Delay { ms: u64, then: Box<Reply> },
+    /// Send the first content event, wait for the gate, then finish the stream.
+    Gated(Arc<tokio::sync::Notify>),
+    /// A 200 stream whose first event is an error object.
+    StreamError,
 }
 
 impl Reply {
@@ -201,6 +205,8 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
     respond(socket, reply, &key, &model, stream).await
 }
 
+const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+
 fn content(key: &str, model: &str) -> String {
     format!("hello from {key} as {model}")
 }
@@ -247,6 +253,32 @@ async fn respond(
         }
         Reply::StreamCut { events } => {
             stream_events(socket, key, model, 1000, 0, Some(events)).await
+        }
+        Reply::Gated(gate) => {
+            socket.write_all(SSE_HEAD).await?;
+            let first = chunk(
+                model,
+                json!({"role": "assistant", "content": content(key, model)}),
+                None,
+            );
+            write_event(&mut socket, &first).await?;
+            gate.notified().await;
+            write_event(
+                &mut socket,
+                &chunk(model, json!({"content": " after the gate"}), None),
+            )
+            .await?;
+            write_event(&mut socket, &chunk(model, json!({}), Some("stop"))).await?;
+            write_event(&mut socket, "[DONE]").await?;
+            socket.write_all(b"0\r\n\r\n").await?;
+            socket.shutdown().await
+        }
+        Reply::StreamError => {
+            socket.write_all(SSE_HEAD).await?;
+            let error = json!({"error": {"message": "The server had an error while processing your request", "type": "server_error"}});
+            write_event(&mut socket, &error.to_string()).await?;
+            socket.write_all(b"0\r\n\r\n").await?;
+            socket.shutdown().await
         }
         Reply::Status {
             status,
@@ -302,9 +334,7 @@ async fn stream_events(
     delay_ms: u64,
     cut_after: Option<usize>,
 ) -> std::io::Result<()> {
-    socket
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
-        .await?;
+    socket.write_all(SSE_HEAD).await?;
     let mut events = vec![chunk(
         model,
         json!({"role": "assistant", "content": ""}),
@@ -328,11 +358,7 @@ async fn stream_events(
         if i > 0 && delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
-        let event = format!("data: {data}\n\n");
-        socket
-            .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
-            .await?;
-        socket.flush().await?;
+        write_event(&mut socket, data).await?;
     }
     socket.write_all(b"0\r\n\r\n").await?;
     socket.shutdown().await
@@ -343,4 +369,13 @@ async fn stream_events(
 #[allow(deprecated)]
 fn reset(socket: &TcpStream) -> std::io::Result<()> {
     socket.set_linger(Some(Duration::ZERO))
+}
+
+/// Writes one SSE event as one HTTP chunk.
+async fn write_event(socket: &mut TcpStream, data: &str) -> std::io::Result<()> {
+    let event = format!("data: {data}\n\n");
+    socket
+        .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
+        .await?;
+    socket.flush().await
 }

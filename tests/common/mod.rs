@@ -1,5 +1,6 @@
 //! Test support: a gateway started in-process from a TOML file in a temp
 //! dir, on port 0, in front of a mock upstream.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 #![allow(dead_code)]
 
 pub mod mock;
@@ -15,6 +16,7 @@ use switchyard::config::{Config, Sources};
 use switchyard::server::{self, Running};
 use switchyard::state::{Block, Scope};
 
+#[allow(unused_imports)]
 pub use mock::{Mock, Reply};
 
 /// The client key every test gateway accepts.

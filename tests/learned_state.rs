@@ -1,0 +1,202 @@
+//! The learned-state contract, one suite for every store implementation.
+//! Times are real (stores such as Redis keep their own clock), so blocks here
+//! are short.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::clock::{Clock, SystemClock};
+use switchyard::state::{Block, LearnedStore, QuotaHit, Reason, Scope};
+
+fn now() -> i64 {
+    SystemClock.now_ms()
+}
+
+fn block(reason: Reason, length_ms: i64, message: &str) -> Block {
+    let now = now();
+    Block {
+        reason,
+        status: 500,
+        message: message.into(),
+        replica: "r1".into(),
+        since_ms: now,
+        until_ms: now + length_ms,
+    }
+}
+
+fn hit(hint_ms: Option<u64>) -> QuotaHit {
+    QuotaHit {
+        status: 429,
+        message: "quota".into(),
+        replica: "r1".into(),
+        now_ms: now(),
+        hint_ms,
+        base_ms: 200,
+        cap_ms: 60_000,
+    }
+}
+
+fn pair(n: &str) -> Scope {
+    Scope::pair("cred", n)
+}
+
+pub async fn put_then_get_in_order(store: Arc<dyn LearnedStore>) {
+    let b = block(Reason::UpstreamError, 10_000, "boom");
+    store.put(&pair("a"), b.clone()).await.unwrap();
+    let got = store
+        .get(&[Scope::credential("cred"), pair("a"), pair("b")])
+        .await
+        .unwrap();
+    assert_eq!(got, vec![None, Some(b), None]);
+}
+
+pub async fn a_block_is_extended_never_shortened(store: Arc<dyn LearnedStore>) {
+    let long = block(Reason::ModelNotSupported, 10_000, "long");
+    store.put(&pair("a"), long.clone()).await.unwrap();
+    let stands = store
+        .put(&pair("a"), block(Reason::UpstreamError, 1_000, "short"))
+        .await
+        .unwrap();
+    assert_eq!(stands, long);
+    assert_eq!(
+        store.get(&[pair("a")]).await.unwrap()[0].as_ref(),
+        Some(&long)
+    );
+    let longer = block(Reason::Forbidden, 20_000, "longer");
+    assert_eq!(store.put(&pair("a"), longer.clone()).await.unwrap(), longer);
+    assert_eq!(
+        store.get(&[pair("a")]).await.unwrap()[0].as_ref(),
+        Some(&longer)
+    );
+}
+
+pub async fn an_expired_block_no_longer_blocks(store: Arc<dyn LearnedStore>) {
+    store
+        .put(&pair("a"), block(Reason::UpstreamError, 150, "brief"))
+        .await
+        .unwrap();
+    assert!(store.get(&[pair("a")]).await.unwrap()[0].is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.get(&[pair("a")]).await.unwrap()[0].is_none());
+    assert!(store.list().await.unwrap().is_empty());
+}
+
+pub async fn the_quota_ladder_climbs_only_outside_an_open_block(store: Arc<dyn LearnedStore>) {
+    let first = store.quota(&pair("a"), hit(None)).await.unwrap();
+    assert_eq!(first.reason, Reason::Quota);
+    assert!(
+        (first.until_ms - first.since_ms - 200).abs() <= 5,
+        "{first:?}"
+    );
+    assert_eq!(store.quota_level(&pair("a")).await.unwrap(), 1);
+    // Inside the open block: no climb, the block stands.
+    let again = store.quota(&pair("a"), hit(None)).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(store.quota_level(&pair("a")).await.unwrap(), 1);
+    // After it ends, the next 429 climbs: the level outlived its block.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.get(&[pair("a")]).await.unwrap()[0].is_none());
+    assert_eq!(store.quota_level(&pair("a")).await.unwrap(), 1);
+    let second = store.quota(&pair("a"), hit(None)).await.unwrap();
+    assert!(
+        (second.until_ms - second.since_ms - 400).abs() <= 5,
+        "{second:?}"
+    );
+    assert_eq!(store.quota_level(&pair("a")).await.unwrap(), 2);
+}
+
+pub async fn a_quota_hint_only_lengthens(store: Arc<dyn LearnedStore>) {
+    let hinted = store.quota(&pair("a"), hit(Some(5_000))).await.unwrap();
+    assert!((hinted.until_ms - hinted.since_ms - 5_000).abs() <= 5);
+    let shorter = store.quota(&pair("a"), hit(Some(1_000))).await.unwrap();
+    assert_eq!(shorter.until_ms, hinted.until_ms);
+    let longer = store.quota(&pair("a"), hit(Some(9_000))).await.unwrap();
+    assert!(longer.until_ms > hinted.until_ms);
+}
+
+pub async fn a_quota_never_shortens_a_longer_block(store: Arc<dyn LearnedStore>) {
+    let outage = block(Reason::UpstreamError, 60_000, "down");
+    store.put(&pair("a"), outage.clone()).await.unwrap();
+    assert_eq!(store.quota(&pair("a"), hit(None)).await.unwrap(), outage);
+}
+
+pub async fn a_success_clears_only_blocks_older_than_its_request(store: Arc<dyn LearnedStore>) {
+    let before = now() - 50;
+    let b = block(Reason::UpstreamError, 10_000, "boom");
+    store.put(&pair("a"), b.clone()).await.unwrap();
+    // A request that started before the block was written leaves it in place.
+    store.succeed(&pair("a"), before).await.unwrap();
+    assert_eq!(store.get(&[pair("a")]).await.unwrap()[0].as_ref(), Some(&b));
+    // One that started after it clears it.
+    store.succeed(&pair("a"), b.since_ms + 1).await.unwrap();
+    assert!(store.get(&[pair("a")]).await.unwrap()[0].is_none());
+}
+
+pub async fn a_success_resets_the_ladder_and_spares_credential_blocks(
+    store: Arc<dyn LearnedStore>,
+) {
+    store.quota(&pair("a"), hit(None)).await.unwrap();
+    let cred = block(Reason::Unauthorized, 10_000, "bad key");
+    store
+        .put(&Scope::credential("cred"), cred.clone())
+        .await
+        .unwrap();
+    store.succeed(&pair("a"), now() + 1).await.unwrap();
+    assert_eq!(store.quota_level(&pair("a")).await.unwrap(), 0);
+    assert_eq!(
+        store.get(&[Scope::credential("cred")]).await.unwrap()[0].as_ref(),
+        Some(&cred)
+    );
+}
+
+pub async fn remove_and_list(store: Arc<dyn LearnedStore>) {
+    let c = block(Reason::Unauthorized, 10_000, "c");
+    let p = block(Reason::NotFound, 10_000, "p");
+    store
+        .put(&Scope::credential("cred"), c.clone())
+        .await
+        .unwrap();
+    store.put(&pair("x"), p.clone()).await.unwrap();
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&(Scope::credential("cred"), c)));
+    assert!(listed.contains(&(pair("x"), p)));
+    assert!(store.remove(&pair("x")).await.unwrap());
+    assert!(!store.remove(&pair("x")).await.unwrap());
+    assert!(store.get(&[pair("x")]).await.unwrap()[0].is_none());
+}
+
+/// Runs every contract against the stores `$make` builds (one fresh store per test).
+macro_rules! contract_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+            contract_suite!(@each $make;
+                put_then_get_in_order,
+                a_block_is_extended_never_shortened,
+                an_expired_block_no_longer_blocks,
+                the_quota_ladder_climbs_only_outside_an_open_block,
+                a_quota_hint_only_lengthens,
+                a_quota_never_shortens_a_longer_block,
+                a_success_clears_only_blocks_older_than_its_request,
+                a_success_resets_the_ladder_and_spares_credential_blocks,
+                remove_and_list,
+            );
+        }
+    };
+    (@each $make:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                super::$test($make().await).await;
+            }
+        )*
+    };
+}
+
+async fn memory() -> Arc<dyn LearnedStore> {
+    Arc::new(switchyard::state::MemoryStore::new(Arc::new(SystemClock)))
+}
+
+contract_suite!(memory_store, memory);

@@ -1,0 +1,283 @@
+//! The real binary: start-up from the example file, SIGTERM drain, and logs.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{CLIENT_KEY, Cred, Mock, Reply, config_toml, key_of};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const M: &[(&str, &str)] = &[("m", "up-m")];
+
+struct Binary {
+    child: Child,
+    url: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Starts the built `switchyard` binary and waits for its "listening" log line.
+async fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Binary {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.arg("--config")
+        .arg(config)
+        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+        .env_remove("SWITCHYARD_LOG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sink = logs.clone();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "switchyard listening (embedded mode)" {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(v["addr"].as_str().unwrap().to_string());
+                    }
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("the binary listens within 20 s")
+        .expect("a listening line");
+    Binary {
+        child,
+        url: format!("http://{addr}"),
+        logs,
+        _dir: None,
+    }
+}
+
+async fn start_on(mock: &Mock, env: &[(&str, &str)]) -> Binary {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, config_toml(mock, &[Cred::new("only", 0, M)])).unwrap();
+    let mut b = start(&path, env).await;
+    b._dir = Some(dir);
+    b
+}
+
+impl Binary {
+    fn sigterm(&self) {
+        let pid = self.child.id().expect("running");
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    async fn exit_code(&mut self) -> i32 {
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the process exits")
+            .unwrap();
+        status.code().expect("exited, not killed")
+    }
+
+    async fn stream(&self) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", self.url))
+            .bearer_auth(CLIENT_KEY)
+            .json(&json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Reads a body stream until `needle` has arrived; returns what was read.
+async fn read_until(
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    needle: &str,
+) -> String {
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        match body.next().await {
+            Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+            None => break,
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn sigterm_turns_readyz_503_lets_open_streams_finish_and_exits_zero() {
+    let mock = Mock::start().await;
+    mock.script(
+        &key_of("only"),
+        [Reply::Stream {
+            chunks: 8,
+            delay_ms: 150,
+        }],
+    );
+    let mut bin = start_on(&mock, &[("SWITCHYARD_DRAIN_GRACE_MS", "1500")]).await;
+    let r = bin.stream().await;
+    let mut body = r.bytes_stream();
+    let head = read_until(&mut body, "hello from").await;
+    assert!(head.contains("hello from"));
+
+    bin.sigterm();
+    let client = reqwest::Client::new();
+    let readyz = format!("{}/readyz", bin.url);
+    let ready = async || {
+        client
+            .get(&readyz)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    common::eventually("readyz turns 503", Duration::from_secs(1), async || {
+        ready().await.ok() == Some(503)
+    })
+    .await;
+
+    let rest = read_until(&mut body, "[DONE]").await;
+    assert!(
+        rest.contains("#7") && rest.contains("data: [DONE]"),
+        "the open stream finished: {rest}"
+    );
+    assert_eq!(bin.exit_code().await, 0);
+    // The listener is closed now.
+    assert!(ready().await.is_err());
+}
+
+#[tokio::test]
+async fn streams_still_open_after_the_drain_timeout_end_with_an_error_event() {
+    let mock = Mock::start().await;
+    mock.script(
+        &key_of("only"),
+        [Reply::Stream {
+            chunks: 100,
+            delay_ms: 200,
+        }],
+    );
+    let mut bin = start_on(
+        &mock,
+        &[
+            ("SWITCHYARD_DRAIN_GRACE_MS", "0"),
+            ("SWITCHYARD_DRAIN_TIMEOUT_MS", "400"),
+        ],
+    )
+    .await;
+    let r = bin.stream().await;
+    let mut body = r.bytes_stream();
+    read_until(&mut body, "hello from").await;
+    bin.sigterm();
+    let rest = read_until(&mut body, "shutting down").await;
+    let last = rest
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    let event: Value = serde_json::from_str(last.trim_start_matches("data: ")).unwrap();
+    assert_eq!(event["error"]["code"], "service_unavailable", "{rest}");
+    assert!(!rest.contains("[DONE]"));
+    assert_eq!(bin.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn logs_are_json_lines_without_any_secret() {
+    let mock = Mock::start().await;
+    // The upstream quotes its key back in a 401; a later request succeeds.
+    let leaky = format!("Incorrect API key provided: {}", key_of("only"));
+    mock.script(
+        &key_of("only"),
+        [Reply::openai_error(
+            401,
+            &leaky,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        )],
+    );
+    let mut bin = start_on(&mock, &[("SWITCHYARD_MAX_RETRY_WAIT_MS", "0")]).await;
+    let client = reqwest::Client::new();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let r = client
+        .post(format!("{}/v1/chat/completions?key={CLIENT_KEY}", bin.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains(&key_of("only")) && !text.contains(CLIENT_KEY),
+        "{text}"
+    );
+    let r = client
+        .post(format!("{}/v1/chat/completions", bin.url))
+        .bearer_auth("sk-wrong-key-123")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    bin.sigterm();
+    assert_eq!(bin.exit_code().await, 0);
+
+    let logs = bin.logs.lock().unwrap().clone();
+    assert!(
+        logs.iter().any(|l| l.contains("\"blocked\"")),
+        "the block was logged: {logs:#?}"
+    );
+    for line in &logs {
+        let parsed: Result<Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "not a JSON line: {line}");
+        for secret in [CLIENT_KEY, &key_of("only"), "sk-wrong-key-123"] {
+            assert!(!line.contains(secret), "a secret in the logs: {line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_example_file_starts_a_working_gateway() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/switchyard.toml");
+    let mut bin = start(&example, &[("OPENAI_API_KEY", "sk-example-not-real")]).await;
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("{}/readyz", bin.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let models: Value = client
+        .get(format!("{}/v1/models", bin.url))
+        .bearer_auth("sk-switchyard-demo")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"gpt-4o-mini"), "{models}");
+    bin.sigterm();
+    assert_eq!(bin.exit_code().await, 0);
+}

@@ -1,0 +1,90 @@
+//! The official OpenAI Python SDK against a gateway in front of the mock
+//! upstream. The test command installs the SDK into a private virtual
+//! environment and names its interpreter in SWITCHYARD_TEST_PYTHON.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{CLIENT_KEY, Cred, Reply, gateway, key_of};
+use serde_json::{Value, json};
+
+/// The interpreter of the test virtual environment. A missing one fails the
+/// test: a skipped SDK test would hide a broken client.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("SWITCHYARD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "no Python SDK environment at {}: run the test command (ops/test), which installs it",
+        path.display()
+    );
+    path
+}
+
+async fn run_script(script: &str, env: &[(&str, String)]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(&script).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("python runs");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+#[tokio::test]
+async fn the_openai_sdk_chats_and_streams_through_the_gateway() {
+    let gw = gateway(
+        &[
+            Cred::new("primary", 1, &[("m", "up-m")]),
+            Cred::new("backup", 0, &[("m", "up-m")]),
+        ],
+        &[],
+    )
+    .await;
+    // The first attempt of each call fails over to the backup credential, invisibly.
+    gw.mock.script(
+        &key_of("primary"),
+        [Reply::status(500, json!({"error": {"message": "boom"}}))],
+    );
+    let out = run_script(
+        "openai_chat.py",
+        &[
+            ("OPENAI_BASE_URL", format!("{}/v1", gw.url)),
+            ("OPENAI_API_KEY", CLIENT_KEY.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out["content"],
+        format!("hello from {} as up-m", key_of("backup"))
+    );
+    assert_eq!(out["finish_reason"], "stop");
+    assert_eq!(out["total_tokens"], 8);
+    assert_eq!(
+        out["streamed"],
+        format!("hello from {} as up-m #1", key_of("backup"))
+    );
+    assert_eq!(out["stream_finish_reason"], "stop");
+    assert_eq!(
+        out["missing_model"],
+        json!({"status": 404, "code": "model_not_found"})
+    );
+    assert_eq!(out["bad_key"], json!({"status": 401}));
+    let streamed = gw.mock.hits().iter().filter(|h| h.stream).count();
+    assert_eq!(streamed, 1);
+    gw.stop().await;
+}

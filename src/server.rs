@@ -94,6 +94,9 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         draining: Arc::new(AtomicBool::new(false)),
     };
     let shutdown = CancellationToken::new();
+    // The one untracked spawn: its handle is owned by `Running`, whose
+    // `wait` is how the process learns the drain has finished.
+    #[allow(clippy::disallowed_methods)]
     let join = tokio::spawn(serve(
         listener,
         state.clone(),

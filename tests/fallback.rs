@@ -251,6 +251,10 @@ async fn server_errors_and_broken_connections_block_the_pair_for_a_minute() {
             body: "<html>not json".into(),
             headers: vec![],
         },
+        Reply::status(
+            200,
+            json!({"error": {"message": "upstream fell over", "type": "server_error"}}),
+        ),
     ] {
         let status = match &reply {
             Reply::Status { status, .. } if *status != 200 => *status,

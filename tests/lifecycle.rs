@@ -1,5 +1,6 @@
 //! The real binary: start-up from the example file, SIGTERM drain, and logs.
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+#![allow(clippy::disallowed_methods)] // Test servers and log readers live as long as the test runtime.
 
 mod common;
 
@@ -242,6 +243,15 @@ async fn logs_are_json_lines_without_any_secret() {
         logs.iter().any(|l| l.contains("\"blocked\"")),
         "the block was logged: {logs:#?}"
     );
+    let request_line = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "request failed")
+        .expect("the 503 was logged");
+    assert_eq!(request_line["key"], "tester");
+    assert_eq!(request_line["model"], "m");
+    assert_eq!(request_line["credential"], "only");
+    assert_eq!(request_line["attempts"], 1);
     for line in &logs {
         let parsed: Result<Value, _> = serde_json::from_str(line);
         assert!(parsed.is_ok(), "not a JSON line: {line}");

@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
-use super::AppState;
 use super::auth::authenticate;
 use super::error::render;
-use crate::pipeline::{ChatRequest, GatewayError, Reply};
+use super::{AppState, RequestLog};
+use crate::pipeline::{ChatRequest, GatewayError, Reply, Trace};
 use crate::wire::{ErrorKind, Format};
 
 pub async fn completions(
@@ -23,9 +23,10 @@ pub async fn completions(
 ) -> Response {
     let format = Format::OpenAi;
     let catalog = state.gateway.catalog().load();
-    if let Err(e) = authenticate(&catalog, &headers, &uri) {
-        return render(format, &e);
-    }
+    let key_name = match authenticate(&catalog, &headers, &uri) {
+        Ok(name) => name,
+        Err(e) => return render(format, &e),
+    };
     let limit = state.gateway.config().max_body_bytes;
     let bytes = match read_body(&headers, body, limit).await {
         Ok(b) => b,
@@ -35,7 +36,16 @@ pub async fn completions(
         Ok(r) => r,
         Err(e) => return render(format, &e),
     };
-    into_response(format, state.gateway.chat(request).await)
+    let model = request.model.clone();
+    let mut trace = Trace::default();
+    let reply = state.gateway.chat(request, &mut trace).await;
+    let mut response = into_response(format, reply);
+    response.extensions_mut().insert(RequestLog {
+        key_name,
+        model,
+        trace,
+    });
+    response
 }
 
 pub async fn models(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {

@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 
-use crate::pipeline::{Gateway, GatewayError};
+use crate::pipeline::{Gateway, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
 
 pub use error::render;
@@ -65,8 +65,18 @@ async fn method_not_allowed() -> Response {
     )
 }
 
+/// What a proxied request leaves for its log line (a response extension).
+#[derive(Debug, Clone)]
+pub struct RequestLog {
+    /// The client key's name, never the key.
+    pub key_name: String,
+    pub model: String,
+    pub trace: Trace,
+}
+
 /// One log line per request, and the one place 5xx answers are logged. The
-/// query string is never logged: it may carry a client key (`?key=`).
+/// query string is never logged: it may carry a client key (`?key=`). For a
+/// stream, the line is written when its headers go out.
 async fn access_log(State(_state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -74,10 +84,17 @@ async fn access_log(State(_state): State<AppState>, request: Request, next: Next
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let ms = started.elapsed().as_secs_f64() * 1_000.0;
+    let log = response.extensions().get::<RequestLog>();
+    let key = log.map(|l| l.key_name.as_str());
+    let model = log.map(|l| l.model.as_str());
+    let credential = log.and_then(|l| l.trace.credential.as_deref());
+    let upstream_model = log.and_then(|l| l.trace.upstream_model.as_deref());
+    let attempts = log.map(|l| l.trace.attempts);
+    let waited_ms = log.map(|l| l.trace.waited_ms);
     if status >= 500 {
-        tracing::warn!(%method, %path, status, ms, "request failed");
+        tracing::warn!(%method, %path, status, ms, key, model, credential, upstream_model, attempts, waited_ms, "request failed");
     } else if path != "/healthz" && path != "/readyz" {
-        tracing::info!(%method, %path, status, ms, "request");
+        tracing::info!(%method, %path, status, ms, key, model, credential, upstream_model, attempts, waited_ms, "request");
     }
     response
 }

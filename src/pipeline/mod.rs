@@ -65,6 +65,18 @@ impl GatewayError {
     }
 }
 
+/// What happened on the way, for the request's log line.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// The credential and upstream model of the last attempt.
+    pub credential: Option<String>,
+    pub upstream_model: Option<String>,
+    /// Time spent waiting for blocks to end.
+    pub waited_ms: u64,
+}
+
 /// What the client gets.
 pub enum Reply {
     /// A complete body: an upstream answer, or an upstream error relayed as is.
@@ -151,7 +163,7 @@ impl Gateway {
     }
 
     /// Serves one chat completion: `POST /v1/chat/completions`.
-    pub async fn chat(&self, request: ChatRequest) -> Reply {
+    pub async fn chat(&self, request: ChatRequest, trace: &mut Trace) -> Reply {
         let catalog = self.inner.catalog.load();
         let Some(route) = catalog.route(&request.model).cloned() else {
             return Reply::error(
@@ -178,6 +190,9 @@ impl Gateway {
             };
             match plan.next(&route, view) {
                 Step::Try(pick) => {
+                    trace.attempts += 1;
+                    trace.credential = Some(pick.credential.id.clone());
+                    trace.upstream_model = Some(pick.upstream_model.clone());
                     let attempted = Attempted {
                         pick,
                         request_started_ms: started,
@@ -187,6 +202,7 @@ impl Gateway {
                     }
                 }
                 Step::Wait { ms } => {
+                    trace.waited_ms += ms;
                     tracing::debug!(model = %route.model, wait_ms = ms, "every candidate blocked; waiting");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(ms)) => {}
@@ -240,6 +256,17 @@ impl Gateway {
         }
         if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             return self.failed(at, Failure::Malformed).await;
+        }
+        // Some OpenAI-compatible servers report failures as a 200 with an
+        // error object: that is no answer. Only bodies that mention an error
+        // are parsed again.
+        if contains(&body, b"\"error\"") {
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            if v.get("error").is_some() && v.get("choices").is_none() {
+                return self
+                    .failed_with(at, Failure::Malformed, &error_text(&body))
+                    .await;
+            }
         }
         self.learn(at, &Outcome::Success, "").await;
         AttemptEnd::Done(Reply::Body {

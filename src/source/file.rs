@@ -401,6 +401,7 @@ expires_at = 2030-01-01T00:00:00Z
         let (contents, cat) = load(&path).expect("valid");
         handle.publish(cat);
         let stop = CancellationToken::new();
+        #[allow(clippy::disallowed_methods)] // awaited below
         let task = tokio::spawn(watch(
             path.clone(),
             contents.raw,

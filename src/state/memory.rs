@@ -132,3 +132,93 @@ impl LearnedStore for MemoryStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::state::Reason;
+
+    fn store_at(ms: i64) -> (Arc<ManualClock>, MemoryStore) {
+        let clock = ManualClock::at(ms);
+        (clock.clone(), MemoryStore::new(clock))
+    }
+
+    fn block(since_ms: i64, until_ms: i64) -> Block {
+        Block {
+            reason: Reason::UpstreamError,
+            status: 503,
+            message: "down".into(),
+            replica: "r".into(),
+            since_ms,
+            until_ms,
+        }
+    }
+
+    fn hit(now_ms: i64) -> QuotaHit {
+        QuotaHit {
+            status: 429,
+            message: String::new(),
+            replica: "r".into(),
+            now_ms,
+            hint_ms: None,
+            base_ms: 1_000,
+            cap_ms: 1_800_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn blocks_end_when_the_clock_passes_them() {
+        let (clock, store) = store_at(0);
+        let pair = Scope::pair("c", "m");
+        store.put(&pair, block(0, 60_000)).await.unwrap();
+        clock.set_ms(59_999);
+        assert!(store.get(std::slice::from_ref(&pair)).await.unwrap()[0].is_some());
+        clock.set_ms(60_000);
+        assert!(store.get(std::slice::from_ref(&pair)).await.unwrap()[0].is_none());
+        assert!(
+            !store.remove(&pair).await.unwrap(),
+            "nothing active to remove"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_success_that_started_before_the_block_leaves_it() {
+        let (clock, store) = store_at(1_000);
+        let pair = Scope::pair("c", "m");
+        let request_started = clock.now_ms();
+        clock.advance_ms(10);
+        // Another request fails and blocks the pair while the first is in flight.
+        store
+            .put(&pair, block(clock.now_ms(), clock.now_ms() + 60_000))
+            .await
+            .unwrap();
+        clock.advance_ms(10);
+        store.succeed(&pair, request_started).await.unwrap();
+        assert!(store.get(std::slice::from_ref(&pair)).await.unwrap()[0].is_some());
+        // A request that started after the block was written clears it.
+        store.succeed(&pair, clock.now_ms()).await.unwrap();
+        assert!(store.get(&[pair]).await.unwrap()[0].is_none());
+    }
+
+    #[tokio::test]
+    async fn the_ladder_steps_through_time() {
+        let (clock, store) = store_at(0);
+        let pair = Scope::pair("c", "m");
+        let mut lengths = Vec::new();
+        for _ in 0..4 {
+            let b = store.quota(&pair, hit(clock.now_ms())).await.unwrap();
+            lengths.push(b.until_ms - b.since_ms);
+            // A second 429 inside the open block changes nothing.
+            clock.advance_ms(1);
+            assert_eq!(store.quota(&pair, hit(clock.now_ms())).await.unwrap(), b);
+            clock.set_ms(b.until_ms);
+        }
+        assert_eq!(lengths, vec![1_000, 2_000, 4_000, 8_000]);
+        // The level lapses a cap's length after its last block ended.
+        clock.advance_ms(1_800_000);
+        assert_eq!(store.quota_level(&pair).await.unwrap(), 0);
+    }
+}

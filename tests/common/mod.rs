@@ -1,6 +1,7 @@
 //! Test support: a gateway started in-process from a TOML file in a temp
 //! dir, on port 0, in front of a mock upstream.
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+#![allow(clippy::disallowed_methods)] // Test servers and log readers live as long as the test runtime.
 #![allow(dead_code)]
 
 pub mod mock;

@@ -169,7 +169,7 @@ impl Gateway {
             return Reply::error(
                 ErrorKind::ModelNotFound,
                 format!(
-                    "The model `{}` does not exist or no credential serves it",
+                    "The model `{}` does not exist: no enabled credential serves it",
                     request.model
                 ),
             );

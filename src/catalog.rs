@@ -275,12 +275,7 @@ impl Catalog {
         let mut keys = HashMap::new();
         let mut names = BTreeSet::new();
         for k in data.api_keys {
-            if k.key_hash.len() != 64
-                || !k
-                    .key_hash
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
+            if !valid_key_hash(&k.key_hash) {
                 return Err(CatalogError::BadKeyHash { name: k.name });
             }
             if !names.insert(k.name.clone()) {
@@ -296,6 +291,57 @@ impl Catalog {
             models,
             credential_models: data.models,
         })
+    }
+
+    /// Builds what can be built: credentials, models and keys that fail
+    /// validation are left out and named in the returned problems. For sources
+    /// where one bad row must not hold back every other change (Postgres).
+    pub fn build_lenient(mut data: OperatorData) -> (Self, Vec<String>) {
+        let mut problems = Vec::new();
+        let mut seen = BTreeSet::new();
+        data.credentials.retain(|c| match validate_credential(c) {
+            Err(e) => {
+                problems.push(e.to_string());
+                false
+            }
+            Ok(()) if !seen.insert(c.id.clone()) => {
+                problems.push(CatalogError::DuplicateCredential(c.id.clone()).to_string());
+                false
+            }
+            Ok(()) => true,
+        });
+        data.models.retain(|m| {
+            let ok = seen.contains(&m.credential_id)
+                && !m.model.is_empty()
+                && !m.upstream_model.is_empty();
+            if !ok {
+                problems.push(format!(
+                    "credential model {:?} of {:?} is not usable",
+                    m.model, m.credential_id
+                ));
+            }
+            ok
+        });
+        let mut names = BTreeSet::new();
+        data.api_keys.retain(|k| {
+            let ok = valid_key_hash(&k.key_hash) && names.insert(k.name.clone());
+            if !ok {
+                problems.push(
+                    CatalogError::BadKeyHash {
+                        name: k.name.clone(),
+                    }
+                    .to_string(),
+                );
+            }
+            ok
+        });
+        match Self::build(data) {
+            Ok(catalog) => (catalog, problems),
+            Err(e) => {
+                problems.push(e.to_string());
+                (Self::empty(), problems)
+            }
+        }
     }
 
     pub fn route(&self, model: &str) -> Option<&Arc<Route>> {
@@ -321,6 +367,13 @@ impl Catalog {
             .map(|c| c.api_key.expose())
             .collect()
     }
+}
+
+fn valid_key_hash(hash: &str) -> bool {
+    hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn validate_credential(c: &Credential) -> Result<(), CatalogError> {
@@ -519,6 +572,26 @@ pub(crate) mod tests {
             Catalog::build(orphan),
             Err(CatalogError::UnknownCredential { .. })
         ));
+    }
+
+    #[test]
+    fn a_lenient_build_leaves_out_only_the_bad_rows() {
+        let mut bad = cred("bad", 0, 1);
+        bad.base_url = "ftp://nowhere".into();
+        let data = OperatorData {
+            credentials: vec![cred("good", 0, 1), bad],
+            models: vec![cm("good", "m", "x"), cm("bad", "m", "y")],
+            api_keys: vec![ApiKey {
+                name: "k".into(),
+                key_hash: "nothex".into(),
+                enabled: true,
+                expires_at: None,
+            }],
+        };
+        let (cat, problems) = Catalog::build_lenient(data);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let route = cat.route("m").expect("good still serves m");
+        assert_eq!(route.members().count(), 1);
     }
 
     #[test]

@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::catalog::hash_key;
 use crate::clock::SystemClock;
 use crate::config::{Config, Sources};
+use crate::source::postgres::Postgres;
 
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about = "An LLM API gateway for teams")]
@@ -67,21 +69,52 @@ pub fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
-        Command::Migrate => anyhow::bail!(
-            "`switchyard migrate` needs cluster mode (DATABASE_URL), which this build does not have yet"
-        ),
-        Command::Keys {
-            command: KeysCommand::Create { name },
-        } => {
-            let key = new_key();
-            println!("{key}");
-            eprintln!(
-                "Add this to the config file; the key above is shown only once:\n\n[[api_keys]]\nname = {name:?}\nkey_hash = \"{}\"\n",
-                hash_key(&key)
-            );
+        Command::Migrate => {
+            let pg = postgres(cli.config)?;
+            let applied = pg.migrate().await?;
+            if applied.is_empty() {
+                println!("the schema is up to date");
+            } else {
+                println!("applied migrations {applied:?}");
+            }
             Ok(())
         }
+        Command::Keys {
+            command: KeysCommand::Create { name },
+        } => create_key(cli.config, &name).await,
     }
+}
+
+/// The operator database of `DATABASE_URL`, for the commands that need one.
+fn postgres(config_file: Option<PathBuf>) -> anyhow::Result<Postgres> {
+    let config = Config::load(&sources(config_file)?)?;
+    let url = config
+        .database_url
+        .context("DATABASE_URL is not set: this command works on the cluster-mode database")?;
+    Ok(Postgres::new(&url)?)
+}
+
+/// Prints a new client key once and stores only its hash: in Postgres in
+/// cluster mode, or as a snippet for the config file in embedded mode.
+async fn create_key(config_file: Option<PathBuf>, name: &str) -> anyhow::Result<()> {
+    let config = Config::load(&sources(config_file.clone())?)?;
+    let key = new_key();
+    let hash = hash_key(&key);
+    if config.is_cluster() {
+        let pg = postgres(config_file)?;
+        pg.migrate().await?;
+        pg.create_key(name, &hash)
+            .await
+            .with_context(|| format!("storing key {name:?} (does a key of that name exist?)"))?;
+        println!("{key}");
+        eprintln!("Key {name:?} stored (its hash only). The key above is shown only once.");
+    } else {
+        println!("{key}");
+        eprintln!(
+            "Add this to the config file; the key above is shown only once:\n\n[[api_keys]]\nname = {name:?}\nkey_hash = \"{hash}\"\n"
+        );
+    }
+    Ok(())
 }
 
 /// A new client key: `sk-sy-` and 48 hex characters of randomness.

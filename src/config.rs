@@ -30,6 +30,8 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// How often the embedded-mode file is checked for changes.
     pub reload_interval: Duration,
+    /// How often cluster mode reloads from Postgres without a notification.
+    pub reconcile_interval: Duration,
     /// The embedded-mode TOML file.
     pub config_file: Option<PathBuf>,
 }
@@ -89,6 +91,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("SWITCHYARD_DRAIN_TIMEOUT_MS", "30000"),
     ("SWITCHYARD_REDIS_TIMEOUT_MS", "250"),
     ("SWITCHYARD_RELOAD_INTERVAL_MS", "500"),
+    ("SWITCHYARD_RECONCILE_INTERVAL_MS", "2000"),
 ];
 
 /// Where setting values come from: the environment and the file's
@@ -210,6 +213,7 @@ impl Config {
             },
             redis_timeout: positive_ms(s, "SWITCHYARD_REDIS_TIMEOUT_MS")?,
             reload_interval: positive_ms(s, "SWITCHYARD_RELOAD_INTERVAL_MS")?,
+            reconcile_interval: positive_ms(s, "SWITCHYARD_RECONCILE_INTERVAL_MS")?,
             config_file: s.config_file.clone(),
         })
     }

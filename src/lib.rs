@@ -19,6 +19,7 @@ pub mod upstream;
 pub mod wire;
 
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod telemetry;

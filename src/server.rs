@@ -18,9 +18,11 @@ use tokio_util::task::TaskTracker;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::metrics::{Health, Metrics};
 use crate::pipeline::Gateway;
+use crate::source::postgres::{self, Postgres};
 use crate::source::{CatalogHandle, file};
-use crate::state::{LearnedStore, MemoryStore};
+use crate::state::{LearnedStore, MemoryStore, RedisStore};
 use crate::upstream::Upstream;
 
 /// How long past the drain timeout the process waits for connections that
@@ -49,31 +51,48 @@ impl Running {
     }
 }
 
+/// Background work that lives as long as the server.
+struct Background {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
 /// Builds the gateway of `config` and starts serving it.
 pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running> {
-    if config.is_cluster() {
-        anyhow::bail!(
-            "DATABASE_URL is set, but this build serves embedded mode only: unset DATABASE_URL and REDIS_URL and use --config"
-        );
-    }
-    let path = config.config_file.clone().context(
-        "embedded mode needs a config file: pass --config PATH or set SWITCHYARD_CONFIG",
-    )?;
-    let (contents, catalog) = file::load(&path)?;
-    let handle = CatalogHandle::new();
-    handle.publish(catalog);
+    let metrics = Arc::new(Metrics::new());
+    let background = Background {
+        tasks: TaskTracker::new(),
+        stop: CancellationToken::new(),
+    };
+    let catalog = CatalogHandle::new();
+    let mode = if let Some(url) = &config.database_url {
+        let pg = Postgres::new(url).context("DATABASE_URL is not a valid Postgres URL")?;
+        metrics.set_postgres(Health::Down);
+        background.tasks.spawn(postgres::follow(
+            pg,
+            catalog.clone(),
+            metrics.clone(),
+            config.reconcile_interval,
+            background.stop.clone(),
+        ));
+        "cluster"
+    } else {
+        let path = config.config_file.clone().context(
+            "embedded mode needs a config file: pass --config PATH or set SWITCHYARD_CONFIG",
+        )?;
+        let (contents, loaded) = file::load(&path)?;
+        catalog.publish(loaded);
+        background.tasks.spawn(file::watch(
+            path,
+            contents.raw,
+            catalog.clone(),
+            config.reload_interval,
+            background.stop.clone(),
+        ));
+        "embedded"
+    };
+    let store = learned_store(&config, &clock, &metrics, &background).await?;
 
-    let tasks = TaskTracker::new();
-    let background = CancellationToken::new();
-    tasks.spawn(file::watch(
-        path,
-        contents.raw,
-        handle.clone(),
-        config.reload_interval,
-        background.clone(),
-    ));
-
-    let store: Arc<dyn LearnedStore> = Arc::new(MemoryStore::new(clock.clone()));
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("SWITCHYARD_LISTEN: cannot listen on {}", config.listen))?;
@@ -83,11 +102,12 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     let config = Arc::new(config);
     let gateway = Gateway::new(
         config.clone(),
-        handle,
+        catalog,
         store,
         upstream,
         clock,
         hard_stop.clone(),
+        metrics,
     );
     let state = AppState {
         gateway,
@@ -100,19 +120,50 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     let join = tokio::spawn(serve(
         listener,
         state.clone(),
-        config,
+        config.clone(),
         shutdown.clone(),
         hard_stop,
-        tasks,
         background,
     ));
-    tracing::info!(%addr, "switchyard listening (embedded mode)");
+    tracing::info!(%addr, mode, replica = %config.replica_id, "switchyard listening");
     Ok(Running {
         addr,
         state,
         shutdown,
         join,
     })
+}
+
+async fn learned_store(
+    config: &Config,
+    clock: &SharedClock,
+    metrics: &Arc<Metrics>,
+    background: &Background,
+) -> anyhow::Result<Arc<dyn LearnedStore>> {
+    match &config.redis_url {
+        Some(url) => {
+            let store = RedisStore::connect(
+                url.expose(),
+                &config.redis_prefix,
+                config.redis_timeout,
+                &config.replica_id,
+                clock.clone(),
+                metrics.clone(),
+            )
+            .await
+            .context("REDIS_URL")?;
+            store.spawn_tasks(&background.tasks, background.stop.clone());
+            Ok(Arc::new(store))
+        }
+        None => {
+            if config.is_cluster() {
+                tracing::warn!(
+                    "DATABASE_URL is set without REDIS_URL: learned state stays in this process, so replicas would not share it; run one replica"
+                );
+            }
+            Ok(Arc::new(MemoryStore::new(clock.clone())))
+        }
+    }
 }
 
 /// Serves until `shutdown`, then drains: `/readyz` turns 503 at once, the
@@ -124,8 +175,7 @@ async fn serve(
     config: Arc<Config>,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
-    tasks: TaskTracker,
-    background: CancellationToken,
+    background: Background,
 ) -> anyhow::Result<()> {
     let app = http::router(state.clone());
     let closed = CancellationToken::new();
@@ -154,9 +204,9 @@ async fn serve(
         result = server => result.context("serving HTTP")?,
         () = watchdog => tracing::warn!("connections still open after the drain timeout; exiting"),
     }
-    background.cancel();
-    tasks.close();
-    tasks.wait().await;
+    background.stop.cancel();
+    background.tasks.close();
+    background.tasks.wait().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,6 +3,8 @@
 //! are short.
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,14 +191,36 @@ macro_rules! contract_suite {
         $(
             #[tokio::test]
             async fn $test() {
-                super::$test($make().await).await;
+                let (store, _server) = $make().await;
+                super::$test(store).await;
             }
         )*
     };
 }
 
-async fn memory() -> Arc<dyn LearnedStore> {
-    Arc::new(switchyard::state::MemoryStore::new(Arc::new(SystemClock)))
+type Guard = Box<dyn std::any::Any + Send>;
+
+async fn memory() -> (Arc<dyn LearnedStore>, Guard) {
+    let store = switchyard::state::MemoryStore::new(Arc::new(SystemClock));
+    (Arc::new(store), Box::new(()))
+}
+
+/// A Redis store on a Redis server of the test's own.
+async fn redis() -> (Arc<dyn LearnedStore>, Guard) {
+    let server = common::services::RedisServer::start();
+    let store = switchyard::state::RedisStore::connect(
+        &server.url(),
+        "contract:",
+        Duration::from_millis(250),
+        "r1",
+        Arc::new(SystemClock),
+        Arc::new(switchyard::metrics::Metrics::new()),
+    )
+    .await
+    .unwrap();
+    assert!(store.is_connected());
+    (Arc::new(store), Box::new(server))
 }
 
 contract_suite!(memory_store, memory);
+contract_suite!(redis_store, redis);

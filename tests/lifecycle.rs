@@ -4,69 +4,18 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::binary::Binary;
 use common::{CLIENT_KEY, Cred, Mock, Reply, config_toml, key_of};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const M: &[(&str, &str)] = &[("m", "up-m")];
 
-struct Binary {
-    child: Child,
-    url: String,
-    logs: Arc<Mutex<Vec<String>>>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-/// Starts the built `switchyard` binary and waits for its "listening" log line.
+/// Starts the built binary on a config file.
 async fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Binary {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    cmd.arg("--config")
-        .arg(config)
-        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
-        .env_remove("SWITCHYARD_LOG")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("the binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let sink = logs.clone();
-    tokio::spawn(async move {
-        let mut tx = Some(tx);
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "switchyard listening (embedded mode)" {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(v["addr"].as_str().unwrap().to_string());
-                    }
-                }
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let addr = tokio::time::timeout(Duration::from_secs(20), rx)
-        .await
-        .expect("the binary listens within 20 s")
-        .expect("a listening line");
-    Binary {
-        child,
-        url: format!("http://{addr}"),
-        logs,
-        _dir: None,
-    }
+    Binary::spawn(&["--config", config.to_str().unwrap()], env).await
 }
 
 async fn start_on(mock: &Mock, env: &[(&str, &str)]) -> Binary {
@@ -74,37 +23,20 @@ async fn start_on(mock: &Mock, env: &[(&str, &str)]) -> Binary {
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, config_toml(mock, &[Cred::new("only", 0, M)])).unwrap();
     let mut b = start(&path, env).await;
-    b._dir = Some(dir);
+    b.dir = Some(dir);
     b
 }
 
-impl Binary {
-    fn sigterm(&self) {
-        let pid = self.child.id().expect("running");
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    async fn exit_code(&mut self) -> i32 {
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("the process exits")
-            .unwrap();
-        status.code().expect("exited, not killed")
-    }
-
-    async fn stream(&self) -> reqwest::Response {
-        reqwest::Client::new()
-            .post(format!("{}/v1/chat/completions", self.url))
-            .bearer_auth(CLIENT_KEY)
-            .json(&json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap()
-    }
+async fn open_stream(bin: &Binary) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", bin.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(
+            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Reads a body stream until `needle` has arrived; returns what was read.
@@ -133,7 +65,7 @@ async fn sigterm_turns_readyz_503_lets_open_streams_finish_and_exits_zero() {
         }],
     );
     let mut bin = start_on(&mock, &[("SWITCHYARD_DRAIN_GRACE_MS", "1500")]).await;
-    let r = bin.stream().await;
+    let r = open_stream(&bin).await;
     let mut body = r.bytes_stream();
     let head = read_until(&mut body, "hello from").await;
     assert!(head.contains("hello from"));
@@ -181,7 +113,7 @@ async fn streams_still_open_after_the_drain_timeout_end_with_an_error_event() {
         ],
     )
     .await;
-    let r = bin.stream().await;
+    let r = open_stream(&bin).await;
     let mut body = r.bytes_stream();
     read_until(&mut body, "hello from").await;
     bin.sigterm();
@@ -238,7 +170,7 @@ async fn logs_are_json_lines_without_any_secret() {
     bin.sigterm();
     assert_eq!(bin.exit_code().await, 0);
 
-    let logs = bin.logs.lock().unwrap().clone();
+    let logs = bin.logs();
     assert!(
         logs.iter().any(|l| l.contains("\"blocked\"")),
         "the block was logged: {logs:#?}"

@@ -2,6 +2,7 @@
 //! replies and errors in the client's wire format. The only module that
 //! imports axum.
 
+mod admin;
 mod auth;
 mod chat;
 mod error;
@@ -37,11 +38,26 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(chat::models))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics));
+    if state.gateway.config().admin_key.is_some() {
+        router = router
+            .route("/admin/blocks", get(admin::blocks))
+            .route(
+                "/admin/blocks/{credential_id}",
+                axum::routing::delete(admin::delete_credential_block),
+            )
+            .route(
+                "/admin/blocks/{credential_id}/{*upstream_model}",
+                axum::routing::delete(admin::delete_pair_block),
+            )
+            .route("/admin/credentials", get(admin::credentials));
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), access_log))
@@ -65,6 +81,19 @@ async fn method_not_allowed() -> Response {
     )
 }
 
+/// The `route` label of a path: a fixed set, so metrics stay bounded.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/models" => "/v1/models",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/admin/") => "/admin",
+        _ => "other",
+    }
+}
+
 /// What a proxied request leaves for its log line (a response extension).
 #[derive(Debug, Clone)]
 pub struct RequestLog {
@@ -77,12 +106,13 @@ pub struct RequestLog {
 /// One log line per request, and the one place 5xx answers are logged. The
 /// query string is never logged: it may carry a client key (`?key=`). For a
 /// stream, the line is written when its headers go out.
-async fn access_log(State(_state): State<AppState>, request: Request, next: Next) -> Response {
+async fn access_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let response = next.run(request).await;
     let status = response.status().as_u16();
+    state.gateway.metrics().request(route_label(&path), status);
     let ms = started.elapsed().as_secs_f64() * 1_000.0;
     let log = response.extensions().get::<RequestLog>();
     let key = log.map(|l| l.key_name.as_str());
@@ -93,7 +123,7 @@ async fn access_log(State(_state): State<AppState>, request: Request, next: Next
     let waited_ms = log.map(|l| l.trace.waited_ms);
     if status >= 500 {
         tracing::warn!(%method, %path, status, ms, key, model, credential, upstream_model, attempts, waited_ms, "request failed");
-    } else if path != "/healthz" && path != "/readyz" {
+    } else if !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
         tracing::info!(%method, %path, status, ms, key, model, credential, upstream_model, attempts, waited_ms, "request");
     }
     response

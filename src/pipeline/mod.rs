@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::Route;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::routing::{
-    Failure, Learn, Next, Outcome, Pick, Plan, Purpose, ScopeKind, Step, classify, hints,
+    Failure, Learn, Next, Outcome, Pick, Plan, Purpose, ScopeKind, Step, Verdict, classify, hints,
     select::View,
 };
 use crate::secret::scrub;
@@ -111,6 +112,7 @@ struct Inner {
     /// Fires when the drain timeout has passed: open streams end with an
     /// error event and waiting requests give up.
     hard_stop: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// The pair an attempt went to and when its request started: what learning needs.
@@ -133,6 +135,7 @@ impl Gateway {
         upstream: Upstream,
         clock: SharedClock,
         hard_stop: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -142,8 +145,13 @@ impl Gateway {
                 upstream,
                 clock,
                 hard_stop,
+                metrics,
             }),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     pub fn config(&self) -> &Config {
@@ -200,9 +208,11 @@ impl Gateway {
                     if let AttemptEnd::Done(reply) = self.attempt(&attempted, &request).await {
                         return reply;
                     }
+                    self.inner.metrics.fallback();
                 }
                 Step::Wait { ms } => {
                     trace.waited_ms += ms;
+                    self.inner.metrics.wait(ms);
                     tracing::debug!(model = %route.model, wait_ms = ms, "every candidate blocked; waiting");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(ms)) => {}
@@ -368,6 +378,9 @@ impl Gateway {
         let cfg = &self.inner.config;
         let verdict = classify(outcome, Purpose::Generate, &cfg.cooldowns);
         let cred = &at.pick.credential;
+        self.inner
+            .metrics
+            .upstream(cred.provider.as_str(), outcome_label(&verdict));
         let pair = Scope::pair(&cred.id, &at.pick.upstream_model);
         let status = match outcome {
             Outcome::Status { status, .. } => *status,
@@ -414,6 +427,11 @@ impl Gateway {
                 store.quota(&pair, hit).await.map(|b| Some((pair, b)))
             }
         };
+        if let Ok(Some((scope, block))) = &written {
+            self.inner
+                .metrics
+                .block(block.reason.as_str(), scope.kind());
+        }
         match written {
             Ok(Some((scope, block))) => tracing::info!(
                 credential = %cred.id,
@@ -427,6 +445,18 @@ impl Gateway {
             Err(e) => tracing::warn!(credential = %cred.id, error = %e, "learning failed"),
         }
         verdict.next
+    }
+}
+
+/// The `outcome` label of an upstream attempt in the metrics.
+fn outcome_label(verdict: &Verdict) -> &'static str {
+    match (verdict.learn, verdict.next) {
+        (Learn::Clear, _) | (_, Next::Answer) => "success",
+        (Learn::Block { reason, .. }, _) => reason.as_str(),
+        (Learn::Quota { .. }, _) => "quota",
+        (Learn::Nothing, Next::ReturnToClient) => "request_error",
+        (Learn::Nothing, Next::Stop) => "client_gone",
+        (Learn::Nothing, Next::NextCandidate) => "neutral",
     }
 }
 

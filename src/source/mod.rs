@@ -2,6 +2,7 @@
 //! snapshots into a [`CatalogHandle`]; the request path only ever loads one.
 
 pub mod file;
+pub mod postgres;
 
 use std::sync::Arc;
 

@@ -40,6 +40,14 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Replaces every block with `blocks`: a mirror reloading from the shared store.
+    pub(crate) fn replace(&self, blocks: Vec<(Scope, Block)>) {
+        let mut inner = self.lock();
+        inner.blocks = blocks.into_iter().collect();
+    }
+}
+
 impl Inner {
     fn active(&mut self, scope: &Scope, now_ms: i64) -> Option<&Block> {
         if self.blocks.get(scope).is_some_and(|b| !b.is_active(now_ms)) {

@@ -8,12 +8,14 @@
 //! apart from the block, so it outlives the block it produced.
 
 mod memory;
+mod redis;
 
 use std::fmt;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 /// What a block applies to.

@@ -4,7 +4,9 @@
 #![allow(clippy::disallowed_methods)] // Test servers and log readers live as long as the test runtime.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod mock;
+pub mod services;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,0 +1,310 @@
+//! Prometheus metrics, kept in atomics and a few small maps, rendered in the
+//! text exposition format at `/metrics`. No label ever holds a secret.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// A counter with two labels.
+struct Counter2 {
+    labels: [&'static str; 2],
+    values: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+impl Counter2 {
+    const fn new(labels: [&'static str; 2]) -> Self {
+        Self {
+            labels,
+            values: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn inc(&self, a: &str, b: &str) {
+        let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = values.get_mut(&(a.to_string(), b.to_string())) {
+            *v += 1;
+        } else {
+            values.insert((a.to_string(), b.to_string()), 1);
+        }
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        for ((a, b), v) in values.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{{}=\"{}\",{}=\"{}\"}} {v}",
+                self.labels[0],
+                escape(a),
+                self.labels[1],
+                escape(b)
+            );
+        }
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Upper bounds of the propagation histogram, in seconds.
+const PROPAGATION_BUCKETS: [f64; 10] = [
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
+
+struct Histogram {
+    buckets: [AtomicU64; PROPAGATION_BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, seconds: f64) {
+        for (i, le) in PROPAGATION_BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// A gauge for the health of an optional dependency: absent, up or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    NotConfigured,
+    Up,
+    Down,
+}
+
+pub struct Metrics {
+    requests: Counter2,
+    upstream: Counter2,
+    blocks: Counter2,
+    fallbacks: AtomicU64,
+    waits: AtomicU64,
+    wait_ms: AtomicU64,
+    catalog_reloads: AtomicU64,
+    redis: AtomicI64,
+    postgres: AtomicI64,
+    propagation: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            requests: Counter2::new(["route", "status"]),
+            upstream: Counter2::new(["provider", "outcome"]),
+            blocks: Counter2::new(["reason", "scope"]),
+            fallbacks: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            wait_ms: AtomicU64::new(0),
+            catalog_reloads: AtomicU64::new(0),
+            redis: AtomicI64::new(-1),
+            postgres: AtomicI64::new(-1),
+            propagation: Histogram {
+                buckets: Default::default(),
+                count: AtomicU64::new(0),
+                sum_us: AtomicU64::new(0),
+            },
+        }
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        self.requests.inc(route, &status.to_string());
+    }
+
+    /// One upstream attempt's outcome: `success`, a block reason, `request_error`, ...
+    pub fn upstream(&self, provider: &str, outcome: &str) {
+        self.upstream.inc(provider, outcome);
+    }
+
+    pub fn block(&self, reason: &str, scope: &str) {
+        self.blocks.inc(reason, scope);
+    }
+
+    pub fn fallback(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn wait(&self, ms: u64) {
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.wait_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    pub fn catalog_reload(&self) {
+        self.catalog_reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_redis(&self, health: Health) {
+        self.redis.store(gauge(health), Ordering::Relaxed);
+    }
+
+    pub fn set_postgres(&self, health: Health) {
+        self.postgres.store(gauge(health), Ordering::Relaxed);
+    }
+
+    pub fn redis(&self) -> Health {
+        health(self.redis.load(Ordering::Relaxed))
+    }
+
+    pub fn postgres(&self) -> Health {
+        health(self.postgres.load(Ordering::Relaxed))
+    }
+
+    /// Time from a block's write on some replica to this replica's view of it.
+    pub fn propagation(&self, seconds: f64) {
+        self.propagation.observe(seconds);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        self.requests.render(
+            &mut out,
+            "switchyard_requests_total",
+            "Client requests by route and status.",
+        );
+        self.upstream.render(
+            &mut out,
+            "switchyard_upstream_outcomes_total",
+            "Upstream attempts by provider and classified outcome.",
+        );
+        self.blocks.render(
+            &mut out,
+            "switchyard_blocks_total",
+            "Blocks learned by reason and scope (credential or model).",
+        );
+        counter(
+            &mut out,
+            "switchyard_fallbacks_total",
+            "Attempts that moved on to another candidate.",
+            &self.fallbacks,
+        );
+        counter(
+            &mut out,
+            "switchyard_waits_total",
+            "Times a request waited for a block to end.",
+            &self.waits,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_wait_seconds_total Time spent waiting for blocks to end.\n# TYPE switchyard_wait_seconds_total counter\nswitchyard_wait_seconds_total {}",
+            self.wait_ms.load(Ordering::Relaxed) as f64 / 1_000.0
+        );
+        counter(
+            &mut out,
+            "switchyard_catalog_reloads_total",
+            "Credential snapshots published.",
+            &self.catalog_reloads,
+        );
+        for (name, value, help) in [
+            (
+                "switchyard_redis_up",
+                &self.redis,
+                "1 when the shared learned-state store answers, 0 when it does not (the replica runs on its own learned state); absent without Redis.",
+            ),
+            (
+                "switchyard_postgres_up",
+                &self.postgres,
+                "1 when Postgres answers, 0 when the replica serves its last snapshot; absent without Postgres.",
+            ),
+        ] {
+            let v = value.load(Ordering::Relaxed);
+            if v >= 0 {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            }
+        }
+        let degraded = i64::from(self.redis() == Health::Down);
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_learned_state_degraded 1 while this replica cannot reach the shared learned state.\n# TYPE switchyard_learned_state_degraded gauge\nswitchyard_learned_state_degraded {degraded}"
+        );
+        let h = &self.propagation;
+        let name = "switchyard_block_propagation_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} From a block's write on one replica to this replica seeing it.\n# TYPE {name} histogram"
+        );
+        for (i, le) in PROPAGATION_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{le}\"}} {}",
+                h.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            h.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+        v.load(Ordering::Relaxed)
+    );
+}
+
+fn gauge(health: Health) -> i64 {
+    match health {
+        Health::NotConfigured => -1,
+        Health::Up => 1,
+        Health::Down => 0,
+    }
+}
+
+fn health(v: i64) -> Health {
+    match v {
+        1 => Health::Up,
+        0 => Health::Down,
+        _ => Health::NotConfigured,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_the_histogram() {
+        let m = Metrics::new();
+        m.request("/v1/chat/completions", 200);
+        m.request("/v1/chat/completions", 200);
+        m.block("quota", "model");
+        m.set_redis(Health::Down);
+        m.propagation(0.0007);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "switchyard_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("switchyard_blocks_total{reason=\"quota\",scope=\"model\"} 1"));
+        assert!(text.contains("switchyard_redis_up 0"));
+        assert!(!text.contains("switchyard_postgres_up"));
+        assert!(text.contains("switchyard_learned_state_degraded 1"));
+        assert!(text.contains("switchyard_block_propagation_seconds_bucket{le=\"0.0005\"} 0"));
+        assert!(text.contains("switchyard_block_propagation_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(text.contains("switchyard_block_propagation_seconds_count 1"));
+    }
+}

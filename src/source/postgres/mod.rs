@@ -1,0 +1,289 @@
+//! Cluster mode's credential source: operator data in Postgres, loaded as a
+//! whole snapshot, reloaded on every change notification, after every
+//! reconnect of the listener, and on a periodic reconcile as a backstop
+//! (notifications sent while the listener is disconnected are lost).
+//! The only module that touches sqlx.
+
+pub mod migrate;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::CatalogHandle;
+use crate::catalog::{ApiKey, Catalog, Credential, CredentialModel, OperatorData};
+use crate::metrics::{Health, Metrics};
+use crate::secret::Secret;
+
+pub use migrate::MigrateError;
+
+/// The channel the tables' triggers notify.
+pub const CHANNEL: &str = "switchyard_changes";
+/// How long a query may wait for a connection before it counts as a failure.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between attempts while Postgres is unreachable.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Connection pools to the operator database: one for queries, one for the
+/// change listener (named, so operators can find it in `pg_stat_activity`).
+#[derive(Clone)]
+pub struct Postgres {
+    pool: PgPool,
+    listen: PgPool,
+}
+
+impl Postgres {
+    /// Pools that connect lazily: a replica starts while Postgres is down.
+    pub fn new(url: &Secret) -> Result<Self, sqlx::Error> {
+        let options: PgConnectOptions = url.expose().parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone().application_name("switchyard"));
+        let listen = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.application_name("switchyard-listener"));
+        Ok(Self { pool, listen })
+    }
+
+    /// Applies pending migrations under the advisory lock.
+    pub async fn migrate(&self) -> Result<Vec<i32>, MigrateError> {
+        let mut conn = self.pool.acquire().await?;
+        migrate::run(&mut conn).await
+    }
+
+    /// Reads all operator data in one consistent snapshot.
+    pub async fn load(&self) -> Result<OperatorData, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query("set transaction isolation level repeatable read, read only")
+            .execute(&mut *tx)
+            .await?;
+        let credentials = sqlx::query(
+            "select id, provider, base_url, api_key, priority, weight, enabled, headers \
+             from credentials order by id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let models = sqlx::query(
+            "select credential_id, model, upstream_model from credential_models \
+             order by credential_id, model, upstream_model",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let keys =
+            sqlx::query("select name, key_hash, enabled, expires_at from api_keys order by name")
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+
+        let mut data = OperatorData::default();
+        for row in credentials {
+            let provider: String = row.try_get("provider")?;
+            let Ok(provider) = provider.parse() else {
+                tracing::warn!(
+                    credential = row.try_get::<String, _>("id")?,
+                    "unknown provider; credential skipped"
+                );
+                continue;
+            };
+            let headers: serde_json::Value = row.try_get("headers")?;
+            let weight: i32 = row.try_get("weight")?;
+            data.credentials.push(Credential {
+                id: row.try_get("id")?,
+                provider,
+                base_url: row
+                    .try_get::<String, _>("base_url")?
+                    .trim_end_matches('/')
+                    .to_string(),
+                api_key: Secret::new(row.try_get::<String, _>("api_key")?),
+                priority: row.try_get("priority")?,
+                weight: u32::try_from(weight).unwrap_or(0),
+                enabled: row.try_get("enabled")?,
+                headers: header_map(&headers),
+            });
+        }
+        for row in models {
+            data.models.push(CredentialModel {
+                credential_id: row.try_get("credential_id")?,
+                model: row.try_get("model")?,
+                upstream_model: row.try_get("upstream_model")?,
+            });
+        }
+        for row in keys {
+            data.api_keys.push(ApiKey {
+                name: row.try_get("name")?,
+                key_hash: row.try_get("key_hash")?,
+                enabled: row.try_get("enabled")?,
+                expires_at: row.try_get::<Option<DateTime<Utc>>, _>("expires_at")?,
+            });
+        }
+        Ok(data)
+    }
+
+    /// Stores a new client key's hash under `name`.
+    pub async fn create_key(&self, name: &str, key_hash: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("insert into api_keys (name, key_hash) values ($1, $2)")
+            .bind(name)
+            .bind(key_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// `headers` jsonb as a map; non-string values are sent as their JSON text.
+fn header_map(value: &serde_json::Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Keeps `handle` in step with the database until `shutdown`: migrates and
+/// loads once Postgres answers, then reloads on notifications, on every
+/// (re)connect of the listener and every `reconcile` period.
+pub async fn follow(
+    pg: Postgres,
+    handle: CatalogHandle,
+    metrics: Arc<Metrics>,
+    reconcile: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut follower = Follower {
+        pg,
+        handle,
+        metrics,
+        last: None,
+    };
+    loop {
+        let ready = async {
+            follower.pg.migrate().await?;
+            Ok::<_, MigrateError>(())
+        };
+        match ready.await {
+            Ok(()) if follower.reload().await => break,
+            Ok(()) => {}
+            Err(e) => {
+                follower.metrics.set_postgres(Health::Down);
+                tracing::warn!(error = %e, "Postgres not ready; retrying");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RETRY) => {}
+        }
+    }
+    let changed = Arc::new(Notify::new());
+    let listener = listen(
+        follower.pg.listen.clone(),
+        changed.clone(),
+        shutdown.clone(),
+    );
+    let reloader = async {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = changed.notified() => {}
+                () = tokio::time::sleep(reconcile) => {}
+            }
+            follower.reload().await;
+        }
+    };
+    tokio::join!(listener, reloader);
+}
+
+struct Follower {
+    pg: Postgres,
+    handle: CatalogHandle,
+    metrics: Arc<Metrics>,
+    /// The data of the snapshot last published: an unchanged reload publishes nothing.
+    last: Option<OperatorData>,
+}
+
+impl Follower {
+    /// Loads and publishes if anything changed. False when Postgres failed.
+    async fn reload(&mut self) -> bool {
+        match self.pg.load().await {
+            Ok(data) => {
+                if self.metrics.postgres() != Health::Up {
+                    tracing::info!("Postgres answers; credentials loaded");
+                }
+                self.metrics.set_postgres(Health::Up);
+                if self.last.as_ref() != Some(&data) {
+                    let (catalog, problems) = Catalog::build_lenient(data.clone());
+                    for problem in problems {
+                        tracing::warn!("{problem}; left out of the snapshot");
+                    }
+                    tracing::info!(
+                        credentials = catalog.credentials.len(),
+                        models = catalog.models.len(),
+                        keys = data.api_keys.len(),
+                        "credentials reloaded"
+                    );
+                    self.handle.publish(catalog);
+                    self.metrics.catalog_reload();
+                    self.last = Some(data);
+                }
+                true
+            }
+            Err(e) => {
+                if self.metrics.postgres() != Health::Down {
+                    tracing::warn!(error = %e, "Postgres unreachable; serving the last snapshot");
+                }
+                self.metrics.set_postgres(Health::Down);
+                false
+            }
+        }
+    }
+}
+
+/// LISTENs for changes; after every (re)connect it asks for a full reload,
+/// since notifications sent while it was away are lost.
+async fn listen(pool: PgPool, changed: Arc<Notify>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let connected = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = match connected.await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "change listener cannot connect");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(RETRY) => continue,
+                }
+            }
+        };
+        changed.notify_one();
+        loop {
+            let got = tokio::select! {
+                () = shutdown.cancelled() => return,
+                got = listener.try_recv() => got,
+            };
+            match got {
+                Ok(Some(_)) => changed.notify_one(),
+                Ok(None) | Err(_) => {
+                    tracing::info!("change listener lost its connection; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::state::{Block, Scope};
 use crate::wire::{ErrorKind, Format};
 
 /// Checks `Authorization: Bearer <admin key>` in constant time.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let expected = state.gateway.config().admin_key.as_ref();
     let given = headers
         .get("authorization")
@@ -23,10 +23,10 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         .map(str::trim);
     match (expected, given) {
         (Some(expected), Some(given)) if constant_time_eq(expected.expose(), given) => Ok(()),
-        _ => Err(render(
+        _ => Err(Box::new(render(
             Format::OpenAi,
             &GatewayError::new(ErrorKind::Unauthorized, "admin key required"),
-        )),
+        ))),
     }
 }
 
@@ -69,7 +69,7 @@ fn block_json(scope: &Scope, block: &Block, now_ms: i64) -> Value {
 
 pub async fn blocks(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers) {
-        return r;
+        return *r;
     }
     match state.gateway.store().list().await {
         Ok(all) => {
@@ -104,7 +104,7 @@ pub async fn delete_pair_block(
 
 async fn delete(state: &AppState, headers: &HeaderMap, scope: Scope) -> Response {
     if let Err(r) = authorize(state, headers) {
-        return r;
+        return *r;
     }
     match state.gateway.store().remove(&scope).await {
         Ok(true) => {
@@ -121,7 +121,7 @@ async fn delete(state: &AppState, headers: &HeaderMap, scope: Scope) -> Response
 
 pub async fn credentials(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers) {
-        return r;
+        return *r;
     }
     let catalog = state.gateway.catalog().load();
     let all = match state.gateway.store().list().await {

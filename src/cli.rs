@@ -29,6 +29,8 @@ enum Command {
     Serve,
     /// Run the database migrations and exit (cluster mode).
     Migrate,
+    /// Exit 0 when the local gateway answers `/readyz` with 200 (a container healthcheck).
+    Ready,
     /// Manage client keys.
     Keys {
         #[command(subcommand)]
@@ -82,6 +84,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Create { name },
         } => create_key(cli.config, &name).await,
+        Command::Ready => ready(cli.config).await,
+    }
+}
+
+/// Asks this machine's gateway (on the port of `SWITCHYARD_LISTEN`) whether it is ready.
+async fn ready(config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = Config::load(&sources(config_file)?)?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], config.listen.port()));
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), check).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => anyhow::bail!("{addr} is not ready"),
+        Ok(Err(e)) => anyhow::bail!("{addr}: {e}"),
+        Err(_) => anyhow::bail!("{addr} did not answer within 2 s"),
     }
 }
 

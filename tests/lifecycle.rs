@@ -220,6 +220,14 @@ async fn the_example_file_starts_a_working_gateway() {
         .filter_map(|m| m["id"].as_str())
         .collect();
     assert!(ids.contains(&"gpt-4o-mini"), "{models}");
+    // The container healthcheck command agrees.
+    let ready = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("ready")
+        .env("SWITCHYARD_LISTEN", bin.addr.to_string())
+        .status()
+        .await
+        .unwrap();
+    assert!(ready.success());
     bin.sigterm();
     assert_eq!(bin.exit_code().await, 0);
 }

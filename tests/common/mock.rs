@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Reply {
     /// A chat completion (JSON or SSE, as the request asks) naming the key and model.
     Ok,
-    /// An SSE stream of `chunks` content deltas, `delay_ms` apart.
+    /// An SSE stream of `chunks` content deltas, `delay_ms` apart (plain
+    /// JSON when the request did not ask for a stream).
     Stream { chunks: usize, delay_ms: u64 },
     Status {
         status: u16,
@@ -230,6 +231,10 @@ async fn respond(
     while let Reply::Delay { ms, then } = reply {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         reply = *then;
+    }
+    // A streaming reply answers a plain request with plain JSON.
+    if matches!(reply, Reply::Stream { .. }) && !stream {
+        reply = Reply::Ok;
     }
     match reply {
         Reply::Ok if stream => stream_events(socket, key, model, 2, 0, None).await,

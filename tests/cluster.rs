@@ -1,6 +1,7 @@
 //! Cluster mode end to end: replicas of the real binary sharing Postgres and
 //! Redis that the tests start themselves, behind nginx, with faults injected.
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+#![allow(clippy::disallowed_methods)] // A test owns and awaits what it spawns.
 
 mod common;
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{ADMIN_KEY, Cluster};
+use common::cluster::{ADMIN_KEY, Cluster, run_switchyard};
 use common::{Reply, key_of};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -421,12 +421,7 @@ async fn a_replica_drains_its_streams_on_sigterm_while_nginx_keeps_serving() {
 #[tokio::test]
 async fn keys_create_stores_only_the_hash_and_the_key_works_at_once() {
     let c = seeded(1, |c| c.credential_sql("only", 0, &[("m", "up-m")])).await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["keys", "create", "bob"])
-        .env("DATABASE_URL", c.pg.url("postgres"))
-        .output()
-        .await
-        .unwrap();
+    let out = run_switchyard(&["keys", "create", "bob"], &c.pg.url("postgres")).await;
     assert!(
         out.status.success(),
         "{}",
@@ -450,12 +445,7 @@ async fn keys_create_stores_only_the_hash_and_the_key_works_at_once() {
     })
     .await;
     // A second key of the same name is refused.
-    let again = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["keys", "create", "bob"])
-        .env("DATABASE_URL", c.pg.url("postgres"))
-        .output()
-        .await
-        .unwrap();
+    let again = run_switchyard(&["keys", "create", "bob"], &c.pg.url("postgres")).await;
     assert!(!again.status.success());
 }
 
@@ -529,4 +519,39 @@ async fn ops_cluster_starts_the_same_topology_from_local_processes() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "nginx stopped with the script"
     );
+}
+
+#[tokio::test]
+async fn a_hanging_redis_costs_requests_at_most_its_timeout() {
+    let c = seeded(1, primary_and_backup).await;
+    let a = c.replicas[0].url.clone();
+    assert_eq!(c.chat(&a, "m").await.status(), 200);
+    c.redis.pause();
+    // Requests do not hang with Redis: each is answered (the 5 s bound only
+    // catches a hang; the Redis timeout is 250 ms).
+    c.mock
+        .script(&key_of("primary"), [Reply::status(503, json!({}))]);
+    for _ in 0..3 {
+        let r = tokio::time::timeout(Duration::from_secs(5), c.chat(&a, "m")).await;
+        assert_eq!(r.expect("answered while Redis hangs").status(), 200);
+    }
+    assert_eq!(
+        c.replicas[0]
+            .metric("switchyard_learned_state_degraded")
+            .await,
+        Some(1.0)
+    );
+    c.redis.resume();
+    let replica = &c.replicas[0];
+    common::eventually("Redis is used again", Duration::from_secs(5), async || {
+        replica.metric("switchyard_redis_up").await == Some(1.0)
+    })
+    .await;
+    let redis = &c.redis;
+    common::eventually(
+        "the block learned meanwhile is written back",
+        Duration::from_secs(5),
+        async || redis.cli(&["EXISTS", "switchyard:block:model:primary:up-m"]) == "1",
+    )
+    .await;
 }

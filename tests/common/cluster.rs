@@ -13,6 +13,17 @@ use super::{CLIENT_KEY, key_of};
 
 pub const ADMIN_KEY: &str = "sk-admin-test-key";
 
+/// Runs a `switchyard` command against the database at `database_url`.
+pub async fn run_switchyard(args: &[&str], database_url: &str) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env_remove("REDIS_URL")
+        .output()
+        .await
+        .unwrap()
+}
+
 pub struct Cluster {
     pub pg: PgServer,
     pub redis: RedisServer,
@@ -29,13 +40,7 @@ impl Cluster {
         let pg = PgServer::start();
         let redis = RedisServer::start();
         let mock = Mock::start().await;
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("migrate")
-            .env("DATABASE_URL", pg.url("postgres"))
-            .env_remove("REDIS_URL")
-            .output()
-            .await
-            .unwrap();
+        let out = run_switchyard(&["migrate"], &pg.url("postgres")).await;
         assert!(
             out.status.success(),
             "switchyard migrate: {}",

@@ -15,6 +15,7 @@ pub mod source;
 pub mod state;
 
 pub mod sse;
+pub mod translate;
 pub mod upstream;
 pub mod wire;
 

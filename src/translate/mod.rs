@@ -1,0 +1,68 @@
+//! Translation between the three wire formats, through the neutral form of
+//! [`ir`]. Pure: no I/O. A request, a response or a stream that one format
+//! cannot express is an [`ir::Untranslatable`], which the client gets as a
+//! 400 in its own format rather than a silently different request.
+
+pub mod anthropic;
+pub mod count;
+pub mod gemini;
+pub mod ir;
+pub mod openai;
+pub mod stream;
+
+use serde_json::{Map, Value};
+
+use crate::catalog::Provider;
+use crate::wire::Format;
+use ir::Untranslatable;
+
+/// The format a provider speaks.
+pub fn format_of(provider: Provider) -> Format {
+    match provider {
+        Provider::Openai => Format::OpenAi,
+        Provider::Anthropic => Format::Anthropic,
+        Provider::Gemini => Format::Gemini,
+    }
+}
+
+/// A client request in the neutral form.
+pub fn parse_request(
+    format: Format,
+    body: &Map<String, Value>,
+) -> Result<ir::Request, Untranslatable> {
+    match format {
+        Format::OpenAi => openai::parse_request(body),
+        Format::Anthropic => anthropic::parse_request(body),
+        Format::Gemini => gemini::parse_request(body),
+    }
+}
+
+/// The upstream body for `provider`.
+pub fn build_request(
+    provider: Provider,
+    req: &ir::Request,
+    upstream_model: &str,
+) -> Result<Value, Untranslatable> {
+    match provider {
+        Provider::Openai => openai::build_request(req, upstream_model),
+        Provider::Anthropic => anthropic::build_request(req, upstream_model),
+        Provider::Gemini => gemini::build_request(req),
+    }
+}
+
+pub fn parse_response(provider: Provider, v: &Value) -> Result<ir::Response, Untranslatable> {
+    match provider {
+        Provider::Openai => openai::parse_response(v),
+        Provider::Anthropic => anthropic::parse_response(v),
+        Provider::Gemini => gemini::parse_response(v),
+    }
+}
+
+/// The client's response body; `model` is the name the client asked for.
+pub fn build_response(format: Format, r: &ir::Response, model: &str) -> Value {
+    match format {
+        Format::OpenAi => openai::build_response(r, model),
+        Format::Anthropic => anthropic::build_response(r, model),
+        Format::Gemini => gemini::build_response(r, model),
+    }
+}

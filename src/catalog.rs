@@ -19,7 +19,7 @@ use crate::secret::Secret;
 use crate::state::Scope;
 
 /// The wire protocol a credential speaks upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     Openai,

@@ -3,10 +3,13 @@
 //! imports axum.
 
 mod admin;
+mod anthropic;
 mod auth;
 mod chat;
 mod error;
+mod gemini;
 mod ops;
+mod reply;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +44,10 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(chat::models))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/v1beta/models", get(gemini::list))
+        .route("/v1beta/models/{*rest}", post(gemini::model_action))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics));
@@ -86,10 +93,23 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/models" => "/v1/models",
+        "/v1/messages" => "/v1/messages",
+        "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
+        "/v1beta/models" => "/v1beta/models",
+        p if p.starts_with("/v1beta/models/") => gemini_route(p),
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
         p if p.starts_with("/admin/") => "/admin",
+        _ => "other",
+    }
+}
+
+fn gemini_route(path: &str) -> &'static str {
+    match path.rsplit_once(':').map(|(_, a)| a) {
+        Some("generateContent") => "/v1beta/models/{model}:generateContent",
+        Some("streamGenerateContent") => "/v1beta/models/{model}:streamGenerateContent",
+        Some("countTokens") => "/v1beta/models/{model}:countTokens",
         _ => "other",
     }
 }

@@ -9,7 +9,12 @@
 //! This module knows nothing of axum: it takes a parsed request and returns a
 //! [`Reply`] that the HTTP layer renders.
 
+mod attempt;
+mod count;
+mod prepare;
 mod relay;
+
+use prepare::Prepared;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,14 +29,13 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::routing::{
-    Failure, Learn, Next, Outcome, Pick, Plan, Purpose, ScopeKind, Step, Verdict, classify, hints,
+    Failure, Learn, Next, Outcome, Pick, Plan, Purpose, ScopeKind, Step, Verdict, classify,
     select::View,
 };
 use crate::secret::scrub;
 use crate::source::CatalogHandle;
-use crate::sse;
 use crate::state::{Block, LearnedStore, QuotaHit, Scope};
-use crate::upstream::{self, Upstream};
+use crate::upstream::Upstream;
 use crate::wire::{ErrorKind, Format};
 
 /// Longest upstream error body read for classification.
@@ -39,12 +43,36 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// Longest message kept in a learned block.
 const BLOCK_MESSAGE_CHARS: usize = 300;
 
-/// A chat completion request, already validated by the HTTP layer.
+/// A client's request, already validated by the HTTP layer.
 #[derive(Debug, Clone)]
-pub struct ChatRequest {
+pub struct ClientRequest {
+    /// The wire format the client speaks.
+    pub format: Format,
     pub model: String,
     pub body: Map<String, Value>,
     pub stream: bool,
+    /// The client's `anthropic-*` headers, passed on to an upstream of its own format.
+    pub passthrough_headers: Vec<(String, String)>,
+    /// An OpenAI client asked for a usage chunk at the end of its stream.
+    pub include_usage: bool,
+}
+
+impl ClientRequest {
+    pub fn new(format: Format, model: String, body: Map<String, Value>, stream: bool) -> Self {
+        let include_usage = body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Self {
+            format,
+            model,
+            body,
+            stream,
+            passthrough_headers: Vec::new(),
+            include_usage,
+        }
+    }
 }
 
 /// An error the gateway answers with itself, in the client's format.
@@ -115,11 +143,13 @@ struct Inner {
     metrics: Arc<Metrics>,
 }
 
-/// The pair an attempt went to and when its request started: what learning needs.
+/// The pair an attempt went to, when its request started and why: what
+/// learning needs.
 #[derive(Debug, Clone)]
 struct Attempted {
     pick: Pick,
     request_started_ms: i64,
+    purpose: Purpose,
 }
 
 enum AttemptEnd {
@@ -170,17 +200,16 @@ impl Gateway {
         self.inner.clock.now_ms()
     }
 
-    /// Serves one chat completion: `POST /v1/chat/completions`.
-    pub async fn chat(&self, request: ChatRequest, trace: &mut Trace) -> Reply {
+    /// Serves one generation request, in any client format, from any
+    /// credential that serves its model.
+    pub async fn generate(&self, request: ClientRequest, trace: &mut Trace) -> Reply {
         let catalog = self.inner.catalog.load();
         let Some(route) = catalog.route(&request.model).cloned() else {
-            return Reply::error(
-                ErrorKind::ModelNotFound,
-                format!(
-                    "The model `{}` does not exist: no enabled credential serves it",
-                    request.model
-                ),
-            );
+            return model_not_found(&request.model);
+        };
+        let prepared = match Prepared::new(&route, &request) {
+            Ok(p) => p,
+            Err(e) => return Reply::Error(e),
         };
         let started = self.now_ms();
         let cfg = &self.inner.config;
@@ -189,7 +218,8 @@ impl Gateway {
             cfg.request_retry,
             cfg.max_retry_wait_ms,
             started,
-        );
+        )
+        .excluding(prepared.excluded.clone());
         loop {
             let blocks = self.read_blocks(&route).await;
             let view = View {
@@ -204,8 +234,11 @@ impl Gateway {
                     let attempted = Attempted {
                         pick,
                         request_started_ms: started,
+                        purpose: Purpose::Generate,
                     };
-                    if let AttemptEnd::Done(reply) = self.attempt(&attempted, &request).await {
+                    if let AttemptEnd::Done(reply) =
+                        self.attempt(&attempted, &request, &prepared).await
+                    {
                         return reply;
                     }
                     self.inner.metrics.fallback();
@@ -241,126 +274,6 @@ impl Gateway {
         }
     }
 
-    async fn attempt(&self, at: &Attempted, request: &ChatRequest) -> AttemptEnd {
-        let cred = &at.pick.credential;
-        let sent = upstream::openai::chat_completions(cred, &at.pick.upstream_model, &request.body);
-        let mut response = match self.inner.upstream.post(sent).await {
-            Ok(r) => r,
-            Err(f) => return self.failed(at, f).await,
-        };
-        if !(200..300).contains(&response.status) {
-            return self.upstream_error(at, response).await;
-        }
-        if request.stream {
-            return self.begin_stream(at, response).await;
-        }
-        let body = match response
-            .read_to_limit(self.inner.config.max_body_bytes.max(64 * 1024 * 1024))
-            .await
-        {
-            Ok(b) => b,
-            Err(f) => return self.failed(at, f).await,
-        };
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return self.failed(at, Failure::Empty).await;
-        }
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-            return self.failed(at, Failure::Malformed).await;
-        }
-        // Some OpenAI-compatible servers report failures as a 200 with an
-        // error object: that is no answer. Only bodies that mention an error
-        // are parsed again.
-        if contains(&body, b"\"error\"") {
-            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-            if v.get("error").is_some() && v.get("choices").is_none() {
-                return self
-                    .failed_with(at, Failure::Malformed, &error_text(&body))
-                    .await;
-            }
-        }
-        self.learn(at, &Outcome::Success, "").await;
-        AttemptEnd::Done(Reply::Body {
-            status: response.status,
-            content_type: "application/json".into(),
-            body,
-        })
-    }
-
-    /// Holds the response until the upstream's first non-empty event: any
-    /// failure before it falls back invisibly.
-    async fn begin_stream(&self, at: &Attempted, mut response: upstream::Response) -> AttemptEnd {
-        let mut parser = sse::Parser::new();
-        let first = loop {
-            match parser.next_event() {
-                Ok(Some(event)) if event.data.trim().is_empty() => continue,
-                Ok(Some(event)) => break event,
-                Ok(None) => {}
-                Err(_) => return self.failed(at, Failure::Malformed).await,
-            }
-            match response.chunk().await {
-                Ok(Some(chunk)) => parser.push(&chunk),
-                Ok(None) => return self.failed(at, Failure::Empty).await,
-                Err(f) => return self.failed(at, f).await,
-            }
-        };
-        if upstream::openai::is_done(&first.data) {
-            return self.failed(at, Failure::Empty).await;
-        }
-        match serde_json::from_str::<Value>(&first.data) {
-            Ok(v) if v.get("error").is_some() => {
-                let text = error_text(first.data.as_bytes());
-                return self.failed_with(at, Failure::Malformed, &text).await;
-            }
-            Ok(_) => {}
-            Err(_) => return self.failed(at, Failure::Malformed).await,
-        }
-        self.learn(at, &Outcome::Success, "").await;
-        let stream = relay::relay(
-            self.clone(),
-            at.clone(),
-            response,
-            parser,
-            first,
-            Format::OpenAi,
-        );
-        AttemptEnd::Done(Reply::Stream(stream))
-    }
-
-    async fn upstream_error(&self, at: &Attempted, mut response: upstream::Response) -> AttemptEnd {
-        let body = response
-            .read_to_limit(ERROR_BODY_LIMIT)
-            .await
-            .unwrap_or_default();
-        let json: Option<Value> = serde_json::from_slice(&body).ok();
-        let hint_ms = hints::quota_hint(|h| response.header(h), json.as_ref(), self.now_ms());
-        let text = error_text(&body);
-        let outcome = Outcome::Status {
-            status: response.status,
-            error_text: &text,
-            hint_ms,
-        };
-        let verdict = self.learn(at, &outcome, &text).await;
-        match verdict {
-            Next::ReturnToClient | Next::Answer => {
-                let secret = at.pick.credential.api_key.expose();
-                let body = if !secret.is_empty() && contains(&body, secret.as_bytes()) {
-                    Bytes::from(scrub(&String::from_utf8_lossy(&body), &[secret]))
-                } else {
-                    body
-                };
-                AttemptEnd::Done(Reply::Body {
-                    status: response.status,
-                    content_type: response
-                        .content_type()
-                        .unwrap_or("application/json")
-                        .to_string(),
-                    body,
-                })
-            }
-            Next::NextCandidate | Next::Stop => AttemptEnd::Next,
-        }
-    }
-
     async fn failed(&self, at: &Attempted, failure: Failure) -> AttemptEnd {
         self.failed_with(at, failure, failure.describe()).await
     }
@@ -376,7 +289,7 @@ impl Gateway {
     /// moves on: the block is stored before any answer leaves the gateway.
     async fn learn(&self, at: &Attempted, outcome: &Outcome<'_>, message: &str) -> Next {
         let cfg = &self.inner.config;
-        let verdict = classify(outcome, Purpose::Generate, &cfg.cooldowns);
+        let verdict = classify(outcome, at.purpose, &cfg.cooldowns);
         let cred = &at.pick.credential;
         self.inner
             .metrics
@@ -458,6 +371,13 @@ fn outcome_label(verdict: &Verdict) -> &'static str {
         (Learn::Nothing, Next::Stop) => "client_gone",
         (Learn::Nothing, Next::NextCandidate) => "neutral",
     }
+}
+
+fn model_not_found(model: &str) -> Reply {
+    Reply::error(
+        ErrorKind::ModelNotFound,
+        format!("The model `{model}` does not exist: no enabled credential serves it"),
+    )
 }
 
 fn give_up(route: &Route, retry_after_s: u64, all_quota: bool) -> Reply {

@@ -5,12 +5,12 @@
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use serde_json::Value;
 
 use super::{Attempted, Gateway};
 use crate::routing::{Failure, Outcome};
 use crate::sse::{Event, Parser};
-use crate::upstream::{self, Response};
+use crate::translate::stream::StreamTranslator;
+use crate::upstream::Response;
 use crate::wire::{ErrorKind, Format, stream_error};
 
 struct Relay {
@@ -18,9 +18,8 @@ struct Relay {
     attempted: Attempted,
     response: Response,
     parser: Parser,
+    translator: StreamTranslator,
     format: Format,
-    /// The upstream said the stream is complete (`[DONE]` or a finish reason).
-    complete: bool,
     finished: bool,
 }
 
@@ -29,21 +28,21 @@ pub(super) fn relay(
     attempted: Attempted,
     response: Response,
     parser: Parser,
-    first: Event,
+    translator: StreamTranslator,
+    first: Vec<Event>,
     format: Format,
 ) -> BoxStream<'static, Bytes> {
-    let mut relay = Relay {
+    let relay = Relay {
         gateway,
         attempted,
         response,
         parser,
+        translator,
         format,
-        complete: false,
         finished: false,
     };
-    let mut head = BytesMut::new();
-    relay.take(&first, &mut head);
-    let head = futures_util::stream::once(async move { head.freeze() });
+    let head = encode(&first);
+    let head = futures_util::stream::once(async move { head });
     let rest = futures_util::stream::unfold(relay, |mut r| async move {
         let chunk = r.next_chunk().await?;
         Some((chunk, r))
@@ -51,19 +50,15 @@ pub(super) fn relay(
     head.chain(rest).boxed()
 }
 
-impl Relay {
-    /// Encodes one upstream event for the client and notes whether it ends the stream.
-    fn take(&mut self, event: &Event, out: &mut BytesMut) {
-        if upstream::openai::is_done(&event.data) {
-            self.complete = true;
-        } else if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
-            if upstream::openai::has_finish_reason(&chunk) {
-                self.complete = true;
-            }
-        }
-        event.encode_into(out);
+fn encode(events: &[Event]) -> Bytes {
+    let mut out = BytesMut::new();
+    for e in events {
+        e.encode_into(&mut out);
     }
+    out.freeze()
+}
 
+impl Relay {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.finished {
             return None;
@@ -72,9 +67,16 @@ impl Relay {
             let mut out = BytesMut::new();
             loop {
                 match self.parser.next_event() {
-                    Ok(Some(event)) => self.take(&event, &mut out),
+                    Ok(Some(event)) if event.data.trim().is_empty() => {}
+                    Ok(Some(event)) => match self.translator.feed(&event) {
+                        Ok(events) => events.iter().for_each(|e| e.encode_into(&mut out)),
+                        Err(e) => return Some(self.cut(Failure::Malformed, &e.0, out).await),
+                    },
                     Ok(None) => break,
-                    Err(_) => return Some(self.cut(Failure::Malformed, out).await),
+                    Err(_) => {
+                        let why = Failure::Malformed.describe();
+                        return Some(self.cut(Failure::Malformed, why, out).await);
+                    }
                 }
             }
             if !out.is_empty() {
@@ -92,33 +94,36 @@ impl Relay {
             };
             match chunk {
                 Ok(Some(bytes)) => self.parser.push(&bytes),
-                Ok(None) if self.complete && !self.parser.has_partial() => {
+                Ok(None) if !self.parser.has_partial() => {
                     self.finished = true;
-                    return None;
+                    return match self.translator.finish() {
+                        Ok(events) if events.is_empty() => None,
+                        Ok(events) => Some(encode(&events)),
+                        Err(e) => Some(self.cut(Failure::StreamCut, &e.0, out).await),
+                    };
                 }
-                Ok(None) => return Some(self.cut(Failure::StreamCut, out).await),
-                Err(_) => return Some(self.cut(Failure::StreamCut, out).await),
+                Ok(None) | Err(_) => {
+                    let why = Failure::StreamCut.describe();
+                    return Some(self.cut(Failure::StreamCut, why, out).await);
+                }
             }
         }
     }
 
     /// Learns a broken stream and ends it with an error event.
-    async fn cut(&mut self, failure: Failure, mut out: BytesMut) -> Bytes {
+    async fn cut(&mut self, failure: Failure, why: &str, mut out: BytesMut) -> Bytes {
         self.finished = true;
-        let kind = Failure::StreamCut;
         self.gateway
-            .learn(
-                &self.attempted,
-                &Outcome::Transport(kind),
-                failure.describe(),
-            )
+            .learn(&self.attempted, &Outcome::Transport(Failure::StreamCut), why)
             .await;
         tracing::warn!(
             credential = %self.attempted.pick.credential.id,
             upstream_model = %self.attempted.pick.upstream_model,
+            reason = failure.describe(),
             "upstream stream broke after the first event"
         );
-        stream_error(self.format, ErrorKind::Upstream, failure.describe()).encode_into(&mut out);
+        let message = format!("{}: {why}", Failure::StreamCut.describe());
+        stream_error(self.format, ErrorKind::Upstream, &message).encode_into(&mut out);
         out.freeze()
     }
 }

@@ -28,6 +28,8 @@ pub struct Plan {
     rounds_started: u32,
     /// Credentials tried in the current round.
     tried: Vec<String>,
+    /// Credentials that cannot serve this request at all.
+    excluded: Vec<String>,
     /// The request never waits for blocks past this instant.
     wait_deadline_ms: i64,
 }
@@ -39,8 +41,15 @@ impl Plan {
             extra_rounds,
             rounds_started: 0,
             tried: Vec::new(),
+            excluded: Vec::new(),
             wait_deadline_ms: now_ms.saturating_add(i64::try_from(max_wait_ms).unwrap_or(i64::MAX)),
         }
+    }
+
+    /// Leaves these credentials out of every round (and of the wait).
+    pub fn excluding(mut self, credentials: Vec<String>) -> Self {
+        self.excluded = credentials;
+        self
     }
 
     pub fn rounds_started(&self) -> u32 {
@@ -50,7 +59,7 @@ impl Plan {
     /// Decides the next step from the route's blocks as read just now.
     pub fn next(&mut self, route: &Route, view: View<'_>) -> Step {
         loop {
-            if let Some(pick) = select(route, view, &self.tried, self.mode) {
+            if let Some(pick) = select(route, view, &self.tried, &self.excluded, self.mode) {
                 if self.tried.is_empty() {
                     if self.rounds_started > self.extra_rounds {
                         return self.give_up(route, view);
@@ -67,7 +76,7 @@ impl Plan {
             self.tried.clear();
         }
         // Nothing is usable: every candidate is blocked.
-        match availability(route, view) {
+        match availability(route, view, &self.excluded) {
             Availability::Blocked { free_at_ms, .. }
                 if self.rounds_started <= self.extra_rounds
                     && free_at_ms <= self.wait_deadline_ms =>
@@ -81,7 +90,7 @@ impl Plan {
     }
 
     fn give_up(&self, route: &Route, view: View<'_>) -> Step {
-        match availability(route, view) {
+        match availability(route, view, &self.excluded) {
             Availability::Blocked {
                 free_at_ms,
                 all_quota,

@@ -84,14 +84,23 @@ impl View<'_> {
     }
 }
 
-/// Picks the next candidate among credentials not yet `tried` this round.
+/// Picks the next candidate among credentials not yet `tried` this round
+/// and not `excluded` from the request (their provider cannot express it).
 ///
 /// Only the highest tier with a usable untried credential is considered; in
 /// it, round-robin follows the tier's weighted schedule and fill-first takes
 /// the first usable credential. Inside the credential, the pool rotates and
 /// skips blocked upstream models.
-pub fn select(route: &Route, view: View<'_>, tried: &[String], mode: RoutingMode) -> Option<Pick> {
-    let untried = |m: &Member| !tried.iter().any(|t| *t == m.credential.id);
+pub fn select(
+    route: &Route,
+    view: View<'_>,
+    tried: &[String],
+    excluded: &[String],
+    mode: RoutingMode,
+) -> Option<Pick> {
+    let untried = |m: &Member| {
+        !tried.iter().any(|t| *t == m.credential.id) && !excluded.iter().any(|t| *t == m.credential.id)
+    };
     for tier in &route.tiers {
         let eligible = |i: usize| {
             let m = &tier.members[i];
@@ -135,16 +144,20 @@ pub enum Availability {
     },
 }
 
-pub fn availability(route: &Route, view: View<'_>) -> Availability {
-    if route.members().any(|m| view.usable(m)) {
+pub fn availability(route: &Route, view: View<'_>, excluded: &[String]) -> Availability {
+    let members = || {
+        route
+            .members()
+            .filter(|m| !excluded.iter().any(|e| *e == m.credential.id))
+    };
+    if members().any(|m| view.usable(m)) {
         return Availability::Open;
     }
-    let free_at_ms = route
-        .members()
+    let free_at_ms = members()
         .map(|m| view.member_free_at(m))
         .min()
         .unwrap_or(view.now_ms);
-    let all_quota = route.members().all(|m| view.only_quota(m));
+    let all_quota = members().all(|m| view.only_quota(m));
     Availability::Blocked {
         free_at_ms,
         all_quota,
@@ -203,6 +216,7 @@ pub(crate) mod tests {
                         blocks: b,
                         now_ms: now,
                     },
+                    &[],
                     &[],
                     mode,
                 )
@@ -316,9 +330,12 @@ pub(crate) mod tests {
             blocks: &none,
             now_ms: 0,
         };
-        let p = select(&r, v, &["a".into()], RoutingMode::FillFirst).expect("b");
+        let p = select(&r, v, &["a".into()], &[], RoutingMode::FillFirst).expect("b");
         assert_eq!(p.credential.id, "b");
-        assert!(select(&r, v, &["a".into(), "b".into()], RoutingMode::RoundRobin).is_none());
+        assert!(select(&r, v, &["a".into(), "b".into()], &[], RoutingMode::RoundRobin).is_none());
+        // An excluded credential is never picked, in any round.
+        let p = select(&r, v, &[], &["a".into()], RoutingMode::FillFirst).expect("b");
+        assert_eq!(p.credential.id, "b");
     }
 
     #[test]
@@ -339,7 +356,7 @@ pub(crate) mod tests {
             now_ms: 0,
         };
         assert_eq!(
-            availability(&r, v),
+            availability(&r, v, &[]),
             Availability::Blocked {
                 free_at_ms: 200,
                 all_quota: true
@@ -355,7 +372,8 @@ pub(crate) mod tests {
                 View {
                     blocks: &b2,
                     now_ms: 0
-                }
+                },
+                &[]
             ),
             Availability::Blocked {
                 free_at_ms: 500,
@@ -370,7 +388,8 @@ pub(crate) mod tests {
                 View {
                     blocks: &b3,
                     now_ms: 0
-                }
+                },
+                &[]
             ),
             Availability::Open
         );

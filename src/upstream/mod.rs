@@ -1,6 +1,8 @@
 //! Upstream clients: one shared HTTP client, and per provider the request it
 //! sends. This is the only module that speaks reqwest.
 
+pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 
 use std::time::Duration;
@@ -19,6 +21,15 @@ pub struct Request {
     /// be secrets: never log them.
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+}
+
+/// The credential's extra headers (`headers` column), sent with every request.
+fn extra_headers(credential: &crate::catalog::Credential) -> Vec<(String, String)> {
+    credential
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The shared HTTP client, with connect, first-byte and idle timeouts.

@@ -1,0 +1,63 @@
+//! The Anthropic surface: `POST /v1/messages` and `/v1/messages/count_tokens`.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+
+use super::AppState;
+use super::auth::authenticate;
+use super::error::render;
+use super::reply::{finish, json_object, model_of, read_body, require_array, stream_flag};
+use crate::pipeline::{ClientRequest, GatewayError, Trace};
+use crate::wire::Format;
+
+/// Client headers passed on to an Anthropic upstream.
+const PASSED_ON: &[&str] = &["anthropic-version", "anthropic-beta"];
+
+pub async fn messages(state: State<AppState>, headers: HeaderMap, uri: Uri, body: Body) -> Response {
+    serve(state, headers, uri, body, false).await
+}
+
+pub async fn count_tokens(state: State<AppState>, headers: HeaderMap, uri: Uri, body: Body) -> Response {
+    serve(state, headers, uri, body, true).await
+}
+
+async fn serve(State(state): State<AppState>, headers: HeaderMap, uri: Uri, body: Body, count: bool) -> Response {
+    let format = Format::Anthropic;
+    let catalog = state.gateway.catalog().load();
+    let key_name = match authenticate(&catalog, &headers, &uri) {
+        Ok(name) => name,
+        Err(e) => return render(format, &e),
+    };
+    let limit = state.gateway.config().max_body_bytes;
+    let parsed = read_body(&headers, body, limit).await.and_then(|b| parse(&b, &headers, count));
+    let request = match parsed {
+        Ok(r) => r,
+        Err(e) => return render(format, &e),
+    };
+    let model = request.model.clone();
+    let mut trace = Trace::default();
+    let reply = if count {
+        state.gateway.count_tokens(request, &mut trace).await
+    } else {
+        state.gateway.generate(request, &mut trace).await
+    };
+    finish(format, reply, key_name, model, trace)
+}
+
+fn parse(bytes: &[u8], headers: &HeaderMap, count: bool) -> Result<ClientRequest, GatewayError> {
+    let body = json_object(bytes)?;
+    let model = model_of(&body)?;
+    require_array(&body, "messages")?;
+    let stream = if count { false } else { stream_flag(&body)? };
+    let mut request = ClientRequest::new(Format::Anthropic, model, body, stream);
+    request.passthrough_headers = PASSED_ON
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect();
+    Ok(request)
+}

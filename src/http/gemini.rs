@@ -1,0 +1,108 @@
+//! The Gemini surface: `POST /v1beta/models/{model}:generateContent`,
+//! `:streamGenerateContent?alt=sse`, `:countTokens`, and `GET /v1beta/models`.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::authenticate;
+use super::error::render;
+use super::reply::{bad, finish, json_object, read_body, require_array};
+use crate::pipeline::{ClientRequest, GatewayError, Trace};
+use crate::wire::{ErrorKind, Format};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Generate,
+    Stream,
+    Count,
+}
+
+pub async fn model_action(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let format = Format::Gemini;
+    let catalog = state.gateway.catalog().load();
+    let key_name = match authenticate(&catalog, &headers, &uri) {
+        Ok(name) => name,
+        Err(e) => return render(format, &e),
+    };
+    let (model, action) = match route(&rest, &uri) {
+        Ok(r) => r,
+        Err(e) => return render(format, &e),
+    };
+    let limit = state.gateway.config().max_body_bytes;
+    let parsed = read_body(&headers, body, limit).await.and_then(|b| parse(&b, model.clone(), action));
+    let request = match parsed {
+        Ok(r) => r,
+        Err(e) => return render(format, &e),
+    };
+    let mut trace = Trace::default();
+    let reply = match action {
+        Action::Count => state.gateway.count_tokens(request, &mut trace).await,
+        Action::Generate | Action::Stream => state.gateway.generate(request, &mut trace).await,
+    };
+    finish(format, reply, key_name, model, trace)
+}
+
+/// `{model}:{action}`; streams must ask for SSE (`alt=sse`).
+fn route(rest: &str, uri: &Uri) -> Result<(String, Action), GatewayError> {
+    let Some((model, action)) = rest.rsplit_once(':') else {
+        return Err(GatewayError::new(ErrorKind::RouteNotFound, "expected models/{model}:{action}"));
+    };
+    let action = match action {
+        "generateContent" => Action::Generate,
+        "streamGenerateContent" => Action::Stream,
+        "countTokens" => Action::Count,
+        other => return Err(GatewayError::new(ErrorKind::RouteNotFound, format!("unknown action `{other}`"))),
+    };
+    let sse = uri.query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "alt" && v == "sse")
+    });
+    if action == Action::Stream && !sse {
+        return Err(bad("streamGenerateContent is served as server-sent events: add `?alt=sse`"));
+    }
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    if model.is_empty() {
+        return Err(bad("the model name is empty"));
+    }
+    Ok((model.to_string(), action))
+}
+
+fn parse(bytes: &[u8], model: String, action: Action) -> Result<ClientRequest, GatewayError> {
+    let mut body = json_object(bytes)?;
+    // countTokens may wrap a whole generateContent request.
+    if action == Action::Count {
+        if let Some(Value::Object(inner)) = body.remove("generateContentRequest") {
+            body = inner;
+        }
+    }
+    body.remove("model");
+    require_array(&body, "contents")?;
+    Ok(ClientRequest::new(Format::Gemini, model, body, action == Action::Stream))
+}
+
+/// `GET /v1beta/models`.
+pub async fn list(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    let catalog = state.gateway.catalog().load();
+    if let Err(e) = authenticate(&catalog, &headers, &uri) {
+        return render(Format::Gemini, &e);
+    }
+    let models: Vec<Value> = catalog
+        .models
+        .iter()
+        .map(|m| json!({
+            "name": format!("models/{m}"),
+            "displayName": m,
+            "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+        }))
+        .collect();
+    axum::Json(json!({ "models": models })).into_response()
+}

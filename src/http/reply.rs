@@ -1,0 +1,125 @@
+//! Reading request bodies and rendering the pipeline's replies, for every
+//! client format.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+
+use super::RequestLog;
+use super::error::render;
+use crate::pipeline::{GatewayError, Reply, Trace};
+use crate::wire::{ErrorKind, Format};
+
+/// Reads the body up to `limit` bytes; anything larger is a 413.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    let too_large = || {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if e.into_inner().is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            GatewayError::new(ErrorKind::BadRequest, "could not read the request body")
+        }
+    })
+}
+
+pub fn bad(message: impl Into<String>) -> GatewayError {
+    GatewayError::new(ErrorKind::BadRequest, message)
+}
+
+/// A body that must be a JSON object in UTF-8.
+pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| bad(format!("request body is not valid UTF-8: {e}")))?;
+    match serde_json::from_str(text) {
+        Ok(Value::Object(body)) => Ok(body),
+        Ok(_) => Err(bad("request body must be a JSON object")),
+        Err(e) => Err(bad(format!("request body is not valid JSON: {e}"))),
+    }
+}
+
+/// `model`: a non-empty string.
+pub fn model_of(body: &Map<String, Value>) -> Result<String, GatewayError> {
+    match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        Some(Value::String(_)) => Err(bad("`model` must not be empty")),
+        Some(_) => Err(bad("`model` must be a string")),
+        None => Err(bad("`model` is required")),
+    }
+}
+
+/// `field` must be an array.
+pub fn require_array(body: &Map<String, Value>, field: &str) -> Result<(), GatewayError> {
+    if body.get(field).is_some_and(Value::is_array) {
+        Ok(())
+    } else {
+        Err(bad(format!("`{field}` must be an array")))
+    }
+}
+
+/// `stream`: absent, null or a boolean.
+pub fn stream_flag(body: &Map<String, Value>) -> Result<bool, GatewayError> {
+    match body.get("stream") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad("`stream` must be a boolean")),
+    }
+}
+
+/// Renders a reply and leaves what the access log needs on the response.
+pub fn finish(format: Format, reply: Reply, key_name: String, model: String, trace: Trace) -> Response {
+    let mut response = into_response(format, reply);
+    response.extensions_mut().insert(RequestLog {
+        key_name,
+        model,
+        trace,
+    });
+    response
+}
+
+pub fn into_response(format: Format, reply: Reply) -> Response {
+    match reply {
+        Reply::Body {
+            status,
+            content_type,
+            body,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let content_type = HeaderValue::from_str(&content_type)
+                .unwrap_or(HeaderValue::from_static("application/json"));
+            (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        Reply::Stream(stream) => {
+            let body = Body::from_stream(stream.map(Ok::<_, Infallible>));
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                    (
+                        header::HeaderName::from_static("x-accel-buffering"),
+                        HeaderValue::from_static("no"),
+                    ),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Reply::Error(e) => render(format, &e),
+    }
+}

@@ -1,0 +1,228 @@
+//! One upstream attempt: rewrite the request for the chosen credential, send
+//! it, and turn what comes back into an answer or a reason to move on.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::prepare::Prepared;
+use super::{
+    AttemptEnd, Attempted, ClientRequest, ERROR_BODY_LIMIT, Gateway, Reply, contains, error_text,
+    relay,
+};
+use crate::catalog::Provider;
+use crate::routing::{Failure, Next, Outcome, hints};
+use crate::secret::scrub;
+use crate::sse;
+use crate::translate::{self, stream::StreamTranslator};
+use crate::upstream::{self, anthropic, gemini, openai};
+use crate::wire::{self, ErrorKind, Format};
+
+/// The largest upstream answer read whole.
+const ANSWER_LIMIT: usize = 64 * 1024 * 1024;
+
+impl Gateway {
+    pub(super) async fn attempt(
+        &self,
+        at: &Attempted,
+        request: &ClientRequest,
+        prepared: &Prepared,
+    ) -> AttemptEnd {
+        let provider = at.pick.credential.provider;
+        let same = translate::format_of(provider) == request.format;
+        let sent = match build(at, request, prepared, same) {
+            Some(s) => s,
+            // Excluded before routing; reaching here would be a bug, not a client error.
+            None => return AttemptEnd::Next,
+        };
+        let mut response = match self.inner.upstream.post(sent).await {
+            Ok(r) => r,
+            Err(f) => return self.failed(at, f).await,
+        };
+        if !(200..300).contains(&response.status) {
+            return self.upstream_error(at, response, request.format).await;
+        }
+        if request.stream {
+            let translator =
+                StreamTranslator::new(provider, request.format, &request.model, request.include_usage);
+            return self.begin_stream(at, response, translator, request.format).await;
+        }
+        let body = match response.read_to_limit(ANSWER_LIMIT).await {
+            Ok(b) => b,
+            Err(f) => return self.failed(at, f).await,
+        };
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return self.failed(at, Failure::Empty).await;
+        }
+        let answer = if same {
+            if let Err(message) = check_answer(provider, &body) {
+                return self.failed_with(at, Failure::Malformed, &message).await;
+            }
+            body
+        } else {
+            let parsed = serde_json::from_slice::<Value>(&body)
+                .map_err(|_| "the upstream answer is not JSON".to_string())
+                .and_then(|v| translate::parse_response(provider, &v).map_err(|e| e.0));
+            match parsed {
+                Ok(r) => Bytes::from(
+                    translate::build_response(request.format, &r, &request.model).to_string(),
+                ),
+                Err(message) => return self.failed_with(at, Failure::Malformed, &message).await,
+            }
+        };
+        self.learn(at, &Outcome::Success, "").await;
+        AttemptEnd::Done(Reply::Body {
+            status: 200,
+            content_type: "application/json".into(),
+            body: answer,
+        })
+    }
+
+    /// Holds the response until the upstream's first event that gives the
+    /// client something: any failure before it falls back invisibly.
+    async fn begin_stream(
+        &self,
+        at: &Attempted,
+        mut response: upstream::Response,
+        mut translator: StreamTranslator,
+        format: Format,
+    ) -> AttemptEnd {
+        let mut parser = sse::Parser::new();
+        let first = loop {
+            match parser.next_event() {
+                Ok(Some(event)) if event.data.trim().is_empty() => continue,
+                Ok(Some(event)) if event.data.trim() == "[DONE]" => {
+                    return self.failed(at, Failure::Empty).await;
+                }
+                Ok(Some(event)) => match translator.feed(&event) {
+                    Ok(out) if out.is_empty() => continue,
+                    Ok(out) => break out,
+                    Err(e) => return self.failed_with(at, Failure::Malformed, &e.0).await,
+                },
+                Ok(None) => {}
+                Err(_) => return self.failed(at, Failure::Malformed).await,
+            }
+            match response.chunk().await {
+                Ok(Some(chunk)) => parser.push(&chunk),
+                Ok(None) => return self.failed(at, Failure::Empty).await,
+                Err(f) => return self.failed(at, f).await,
+            }
+        };
+        self.learn(at, &Outcome::Success, "").await;
+        let stream = relay::relay(self.clone(), at.clone(), response, parser, translator, first, format);
+        AttemptEnd::Done(Reply::Stream(stream))
+    }
+
+    async fn upstream_error(
+        &self,
+        at: &Attempted,
+        mut response: upstream::Response,
+        format: Format,
+    ) -> AttemptEnd {
+        let body = response
+            .read_to_limit(ERROR_BODY_LIMIT)
+            .await
+            .unwrap_or_default();
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        let hint_ms = hints::quota_hint(|h| response.header(h), json.as_ref(), self.now_ms());
+        let text = error_text(&body);
+        let outcome = Outcome::Status {
+            status: response.status,
+            error_text: &text,
+            hint_ms,
+        };
+        match self.learn(at, &outcome, &text).await {
+            Next::ReturnToClient | Next::Answer => {
+                AttemptEnd::Done(relay_error(at, &response, body, &text, format))
+            }
+            Next::NextCandidate | Next::Stop => AttemptEnd::Next,
+        }
+    }
+}
+
+/// The upstream request for this attempt: the client's own body when the
+/// provider speaks its format (with the model rewritten), else a translation.
+fn build(
+    at: &Attempted,
+    request: &ClientRequest,
+    prepared: &Prepared,
+    same: bool,
+) -> Option<upstream::Request> {
+    let cred = &at.pick.credential;
+    let model = &at.pick.upstream_model;
+    let body = if same {
+        let mut body = request.body.clone();
+        if cred.provider != Provider::Gemini {
+            body.insert("model".into(), Value::String(model.clone()));
+        }
+        Value::Object(body)
+    } else {
+        translate::build_request(cred.provider, prepared.ir.as_ref()?, model).ok()?
+    };
+    let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    Some(match cred.provider {
+        Provider::Openai => openai::chat_completions(cred, body),
+        Provider::Anthropic => {
+            let client: &[(String, String)] = if same { &request.passthrough_headers } else { &[] };
+            anthropic::messages(cred, body, client)
+        }
+        Provider::Gemini => gemini::generate(cred, model, request.stream, body),
+    })
+}
+
+/// A 2xx body of the client's own format: JSON, and not an error object in
+/// disguise (some OpenAI-compatible servers answer failures with a 200).
+fn check_answer(provider: Provider, body: &[u8]) -> Result<(), String> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+        return Err(Failure::Malformed.describe().into());
+    }
+    if contains(body, b"\"error\"") {
+        let v: Value = serde_json::from_slice(body).unwrap_or_default();
+        let answer_key = match provider {
+            Provider::Openai => "choices",
+            Provider::Anthropic => "content",
+            Provider::Gemini => "candidates",
+        };
+        if v.get("error").is_some() && v.get(answer_key).is_none() {
+            return Err(error_text(body));
+        }
+    }
+    Ok(())
+}
+
+/// An upstream error that is the request's own fault, for the client: as it
+/// is when the upstream speaks the client's format, else re-rendered in it.
+fn relay_error(
+    at: &Attempted,
+    response: &upstream::Response,
+    body: Bytes,
+    text: &str,
+    format: Format,
+) -> Reply {
+    let secret = at.pick.credential.api_key.expose();
+    if translate::format_of(at.pick.credential.provider) == format {
+        let body = if !secret.is_empty() && contains(&body, secret.as_bytes()) {
+            Bytes::from(scrub(&String::from_utf8_lossy(&body), &[secret]))
+        } else {
+            body
+        };
+        return Reply::Body {
+            status: response.status,
+            content_type: response.content_type().unwrap_or("application/json").to_string(),
+            body,
+        };
+    }
+    let kind = match response.status {
+        413 => ErrorKind::PayloadTooLarge,
+        _ => ErrorKind::BadRequest,
+    };
+    let message = scrub(text, &[secret]);
+    let mut rendered = wire::error_body(format, kind, &message);
+    if let Some(code) = rendered.pointer_mut("/error/code").filter(|c| c.is_number()) {
+        *code = Value::from(response.status);
+    }
+    Reply::Body {
+        status: response.status,
+        content_type: "application/json".into(),
+        body: Bytes::from(rendered.to_string()),
+    }
+}

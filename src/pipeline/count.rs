@@ -1,0 +1,147 @@
+//! Token counting: the upstream count endpoint where the provider has one,
+//! the local estimate otherwise. Counting reads blocks but never clears one,
+//! and a local count touches no learned state.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::prepare::Prepared;
+use super::{AttemptEnd, Attempted, ClientRequest, Gateway, Reply, Trace, model_not_found};
+use crate::catalog::Provider;
+use crate::routing::{Failure, Next, Outcome, Plan, Purpose, Step, hints, select::View};
+use crate::translate::{self, count, ir};
+use crate::upstream::{anthropic, gemini};
+use crate::wire::{ErrorKind, Format};
+
+/// Fields Anthropic's count endpoint accepts.
+const ANTHROPIC_COUNT_FIELDS: &[&str] = &["model", "messages", "system", "tools", "tool_choice", "thinking"];
+
+impl Gateway {
+    /// `POST /v1/messages/count_tokens` and `:countTokens`.
+    pub async fn count_tokens(&self, request: ClientRequest, trace: &mut Trace) -> Reply {
+        let catalog = self.inner.catalog.load();
+        let Some(route) = catalog.route(&request.model).cloned() else {
+            return model_not_found(&request.model);
+        };
+        let prepared = match Prepared::new(&route, &request) {
+            Ok(p) => p,
+            Err(e) => return Reply::Error(e),
+        };
+        let started = self.now_ms();
+        let cfg = &self.inner.config;
+        // A count is cheap to estimate and never worth a wait.
+        let mut plan = Plan::new(cfg.routing, cfg.request_retry, 0, started).excluding(prepared.excluded.clone());
+        loop {
+            let blocks = self.read_blocks(&route).await;
+            let view = View { blocks: &blocks, now_ms: self.now_ms() };
+            match plan.next(&route, view) {
+                Step::Try(pick) => {
+                    trace.attempts += 1;
+                    trace.credential = Some(pick.credential.id.clone());
+                    trace.upstream_model = Some(pick.upstream_model.clone());
+                    let at = Attempted { pick, request_started_ms: started, purpose: Purpose::CountTokens };
+                    if at.pick.credential.provider == Provider::Openai {
+                        return local_count(&request, &prepared);
+                    }
+                    if let AttemptEnd::Done(reply) = self.count_attempt(&at, &request, &prepared).await {
+                        return reply;
+                    }
+                }
+                // Every candidate blocked or failing: the estimate still answers.
+                Step::Wait { .. } | Step::GiveUp { .. } => return local_count(&request, &prepared),
+            }
+        }
+    }
+
+    async fn count_attempt(&self, at: &Attempted, request: &ClientRequest, prepared: &Prepared) -> AttemptEnd {
+        let cred = &at.pick.credential;
+        let model = &at.pick.upstream_model;
+        let same = translate::format_of(cred.provider) == request.format;
+        let ir_request = || {
+            let ir = prepared.ir.clone().or_else(|| translate::parse_request(request.format, &request.body).ok())?;
+            translate::build_request(cred.provider, &ir, model).ok()
+        };
+        let sent = match cred.provider {
+            Provider::Anthropic => {
+                let mut body = if same {
+                    Value::Object(request.body.clone())
+                } else {
+                    match ir_request() {
+                        Some(b) => b,
+                        None => return AttemptEnd::Next,
+                    }
+                };
+                if let Value::Object(map) = &mut body {
+                    map.retain(|k, _| ANTHROPIC_COUNT_FIELDS.contains(&k.as_str()));
+                    map.insert("model".into(), Value::String(model.clone()));
+                }
+                let client: &[(String, String)] = if same { &request.passthrough_headers } else { &[] };
+                anthropic::count_tokens(cred, Bytes::from(body.to_string()), client)
+            }
+            Provider::Gemini => {
+                let mut inner = if same {
+                    Value::Object(request.body.clone())
+                } else {
+                    match ir_request() {
+                        Some(b) => b,
+                        None => return AttemptEnd::Next,
+                    }
+                };
+                inner["model"] = json!(format!("models/{}", model.strip_prefix("models/").unwrap_or(model)));
+                let body = json!({ "generateContentRequest": inner });
+                gemini::count_tokens(cred, model, Bytes::from(body.to_string()))
+            }
+            Provider::Openai => return AttemptEnd::Next,
+        };
+        let mut response = match self.inner.upstream.post(sent).await {
+            Ok(r) => r,
+            Err(f) => return self.failed(at, f).await,
+        };
+        let body = match response.read_to_limit(super::ERROR_BODY_LIMIT).await {
+            Ok(b) => b,
+            Err(f) => return self.failed(at, f).await,
+        };
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        if (200..300).contains(&response.status) {
+            let tokens = json.as_ref().and_then(|v| {
+                v.get("input_tokens").or_else(|| v.get("totalTokens")).and_then(Value::as_u64)
+            });
+            let Some(tokens) = tokens else {
+                return self.failed(at, Failure::Malformed).await;
+            };
+            self.learn(at, &Outcome::Success, "").await;
+            return AttemptEnd::Done(count_reply(request.format, tokens));
+        }
+        let hint_ms = hints::quota_hint(|h| response.header(h), json.as_ref(), self.now_ms());
+        let text = super::error_text(&body);
+        let outcome = Outcome::Status { status: response.status, error_text: &text, hint_ms };
+        match self.learn(at, &outcome, &text).await {
+            Next::ReturnToClient | Next::Answer => {
+                let kind = if response.status == 413 { ErrorKind::PayloadTooLarge } else { ErrorKind::BadRequest };
+                let mut e = super::GatewayError::new(kind, crate::secret::scrub(&text, &[cred.api_key.expose()]));
+                e.retry_after_s = None;
+                AttemptEnd::Done(Reply::Error(e))
+            }
+            Next::NextCandidate | Next::Stop => AttemptEnd::Next,
+        }
+    }
+}
+
+fn local_count(request: &ClientRequest, prepared: &Prepared) -> Reply {
+    let ir = match &prepared.ir {
+        Some(ir) => Ok(ir.clone()),
+        None => translate::parse_request(request.format, &request.body),
+    };
+    match ir {
+        Ok(ir) => count_reply(request.format, count::estimate(&ir)),
+        Err(ir::Untranslatable(why)) => Reply::error(ErrorKind::BadRequest, why),
+    }
+}
+
+fn count_reply(format: Format, tokens: u64) -> Reply {
+    let body = match format {
+        Format::Gemini => json!({ "totalTokens": tokens }),
+        Format::Anthropic | Format::OpenAi => json!({ "input_tokens": tokens }),
+    };
+    Reply::Body { status: 200, content_type: "application/json".into(), body: Bytes::from(body.to_string()) }
+}

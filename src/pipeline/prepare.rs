@@ -1,0 +1,64 @@
+//! Before routing: which credentials can express the request at all.
+
+use std::collections::BTreeSet;
+
+use super::GatewayError;
+use super::ClientRequest;
+use crate::catalog::{Provider, Route};
+use crate::translate::{self, ir};
+use crate::wire::ErrorKind;
+
+/// A request made ready for every provider of its route.
+pub(super) struct Prepared {
+    /// The neutral form, when some candidate speaks another format.
+    pub ir: Option<ir::Request>,
+    /// Credentials whose provider cannot express the request.
+    pub excluded: Vec<String>,
+}
+
+impl Prepared {
+    /// Translates the request for each foreign provider of the route once.
+    /// A provider that cannot express it leaves its credentials out; when
+    /// that leaves no candidate, the client gets a 400 saying why.
+    pub fn new(route: &Route, request: &ClientRequest) -> Result<Self, GatewayError> {
+        let foreign: BTreeSet<Provider> = route
+            .members()
+            .map(|m| m.credential.provider)
+            .filter(|p| translate::format_of(*p) != request.format)
+            .collect();
+        if foreign.is_empty() {
+            return Ok(Self { ir: None, excluded: Vec::new() });
+        }
+        let mut problem = None;
+        let mut unusable = BTreeSet::new();
+        let ir = match translate::parse_request(request.format, &request.body) {
+            Ok(ir) => {
+                for p in &foreign {
+                    if let Err(e) = translate::build_request(*p, &ir, &request.model) {
+                        problem.get_or_insert(e);
+                        unusable.insert(*p);
+                    }
+                }
+                Some(ir)
+            }
+            Err(e) => {
+                problem = Some(e);
+                unusable = foreign;
+                None
+            }
+        };
+        let excluded: Vec<String> = route
+            .members()
+            .filter(|m| unusable.contains(&m.credential.provider))
+            .map(|m| m.credential.id.clone())
+            .collect();
+        if excluded.len() == route.members().count() {
+            let why = problem.map_or_else(String::new, |e| e.0);
+            return Err(GatewayError::new(
+                ErrorKind::BadRequest,
+                format!("no credential of model `{}` can serve this request: {why}", request.model),
+            ));
+        }
+        Ok(Self { ir, excluded })
+    }
+}

@@ -1,0 +1,32 @@
+//! The `gemini` provider: Google's Generative Language API.
+
+use bytes::Bytes;
+
+use super::Request;
+use crate::catalog::Credential;
+
+fn request(credential: &Credential, model: &str, action: &str, body: Bytes) -> Request {
+    let mut headers = super::extra_headers(credential);
+    headers.push(("x-goog-api-key".into(), credential.api_key.expose().to_string()));
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    Request {
+        url: format!("{}/v1beta/models/{model}:{action}", credential.base_url),
+        headers,
+        body,
+    }
+}
+
+/// `:generateContent`, or `:streamGenerateContent?alt=sse` for a stream.
+pub fn generate(credential: &Credential, model: &str, stream: bool, body: Bytes) -> Request {
+    let action = if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    };
+    request(credential, model, action, body)
+}
+
+/// `:countTokens`.
+pub fn count_tokens(credential: &Credential, model: &str, body: Bytes) -> Request {
+    request(credential, model, "countTokens", body)
+}

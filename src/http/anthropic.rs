@@ -15,15 +15,31 @@ use crate::wire::Format;
 /// Client headers passed on to an Anthropic upstream.
 const PASSED_ON: &[&str] = &["anthropic-version", "anthropic-beta"];
 
-pub async fn messages(state: State<AppState>, headers: HeaderMap, uri: Uri, body: Body) -> Response {
+pub async fn messages(
+    state: State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
     serve(state, headers, uri, body, false).await
 }
 
-pub async fn count_tokens(state: State<AppState>, headers: HeaderMap, uri: Uri, body: Body) -> Response {
+pub async fn count_tokens(
+    state: State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
     serve(state, headers, uri, body, true).await
 }
 
-async fn serve(State(state): State<AppState>, headers: HeaderMap, uri: Uri, body: Body, count: bool) -> Response {
+async fn serve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+    count: bool,
+) -> Response {
     let format = Format::Anthropic;
     let catalog = state.gateway.catalog().load();
     let key_name = match authenticate(&catalog, &headers, &uri) {
@@ -31,7 +47,9 @@ async fn serve(State(state): State<AppState>, headers: HeaderMap, uri: Uri, body
         Err(e) => return render(format, &e),
     };
     let limit = state.gateway.config().max_body_bytes;
-    let parsed = read_body(&headers, body, limit).await.and_then(|b| parse(&b, &headers, count));
+    let parsed = read_body(&headers, body, limit)
+        .await
+        .and_then(|b| parse(&b, &headers, count));
     let request = match parsed {
         Ok(r) => r,
         Err(e) => return render(format, &e),

@@ -26,7 +26,10 @@ pub async fn completions(
         Err(e) => return render(format, &e),
     };
     let limit = state.gateway.config().max_body_bytes;
-    let request = match read_body(&headers, body, limit).await.and_then(|b| parse_chat(&b)) {
+    let request = match read_body(&headers, body, limit)
+        .await
+        .and_then(|b| parse_chat(&b))
+    {
         Ok(r) => r,
         Err(e) => return render(format, &e),
     };
@@ -40,7 +43,11 @@ pub async fn completions(
 /// `anthropic-version`.
 pub async fn models(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
     let anthropic = headers.contains_key("anthropic-version");
-    let format = if anthropic { Format::Anthropic } else { Format::OpenAi };
+    let format = if anthropic {
+        Format::Anthropic
+    } else {
+        Format::OpenAi
+    };
     let catalog = state.gateway.catalog().load();
     if let Err(e) = authenticate(&catalog, &headers, &uri) {
         return render(format, &e);
@@ -89,14 +96,27 @@ mod tests {
             (&b"\xff\xfe"[..], "UTF-8"),
             (&b"[1,2]"[..], "JSON object"),
             (&br#"{"messages":[]}"#[..], "`model` is required"),
-            (&br#"{"model":7,"messages":[]}"#[..], "`model` must be a string"),
-            (&br#"{"model":"m","messages":{}}"#[..], "`messages` must be an array"),
+            (
+                &br#"{"model":7,"messages":[]}"#[..],
+                "`model` must be a string",
+            ),
+            (
+                &br#"{"model":"m","messages":{}}"#[..],
+                "`messages` must be an array",
+            ),
             (&br#"{"model":"m"}"#[..], "`messages` must be an array"),
-            (&br#"{"model":"m","messages":[],"stream":"yes"}"#[..], "`stream`"),
+            (
+                &br#"{"model":"m","messages":[],"stream":"yes"}"#[..],
+                "`stream`",
+            ),
         ] {
             let err = parse_chat(body).expect_err("invalid");
             assert_eq!(err.kind, ErrorKind::BadRequest);
-            assert!(err.message.contains(needle), "{} lacks {needle}", err.message);
+            assert!(
+                err.message.contains(needle),
+                "{} lacks {needle}",
+                err.message
+            );
         }
         let ok = parse_chat(br#"{"model":"m","messages":[],"stream":true}"#).expect("valid");
         assert!(ok.stream);

@@ -39,7 +39,9 @@ pub async fn model_action(
         Err(e) => return render(format, &e),
     };
     let limit = state.gateway.config().max_body_bytes;
-    let parsed = read_body(&headers, body, limit).await.and_then(|b| parse(&b, model.clone(), action));
+    let parsed = read_body(&headers, body, limit)
+        .await
+        .and_then(|b| parse(&b, model.clone(), action));
     let request = match parsed {
         Ok(r) => r,
         Err(e) => return render(format, &e),
@@ -55,19 +57,29 @@ pub async fn model_action(
 /// `{model}:{action}`; streams must ask for SSE (`alt=sse`).
 fn route(rest: &str, uri: &Uri) -> Result<(String, Action), GatewayError> {
     let Some((model, action)) = rest.rsplit_once(':') else {
-        return Err(GatewayError::new(ErrorKind::RouteNotFound, "expected models/{model}:{action}"));
+        return Err(GatewayError::new(
+            ErrorKind::RouteNotFound,
+            "expected models/{model}:{action}",
+        ));
     };
     let action = match action {
         "generateContent" => Action::Generate,
         "streamGenerateContent" => Action::Stream,
         "countTokens" => Action::Count,
-        other => return Err(GatewayError::new(ErrorKind::RouteNotFound, format!("unknown action `{other}`"))),
+        other => {
+            return Err(GatewayError::new(
+                ErrorKind::RouteNotFound,
+                format!("unknown action `{other}`"),
+            ));
+        }
     };
     let sse = uri.query().is_some_and(|q| {
         form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "alt" && v == "sse")
     });
     if action == Action::Stream && !sse {
-        return Err(bad("streamGenerateContent is served as server-sent events: add `?alt=sse`"));
+        return Err(bad(
+            "streamGenerateContent is served as server-sent events: add `?alt=sse`",
+        ));
     }
     let model = model.strip_prefix("models/").unwrap_or(model);
     if model.is_empty() {
@@ -86,7 +98,12 @@ fn parse(bytes: &[u8], model: String, action: Action) -> Result<ClientRequest, G
     }
     body.remove("model");
     require_array(&body, "contents")?;
-    Ok(ClientRequest::new(Format::Gemini, model, body, action == Action::Stream))
+    Ok(ClientRequest::new(
+        Format::Gemini,
+        model,
+        body,
+        action == Action::Stream,
+    ))
 }
 
 /// `GET /v1beta/models`.

@@ -15,7 +15,11 @@ use crate::pipeline::{GatewayError, Reply, Trace};
 use crate::wire::{ErrorKind, Format};
 
 /// Reads the body up to `limit` bytes; anything larger is a 413.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
     let too_large = || {
         GatewayError::new(
             ErrorKind::PayloadTooLarge,
@@ -82,7 +86,13 @@ pub fn stream_flag(body: &Map<String, Value>) -> Result<bool, GatewayError> {
 }
 
 /// Renders a reply and leaves what the access log needs on the response.
-pub fn finish(format: Format, reply: Reply, key_name: String, model: String, trace: Trace) -> Response {
+pub fn finish(
+    format: Format,
+    reply: Reply,
+    key_name: String,
+    model: String,
+    trace: Trace,
+) -> Response {
     let mut response = into_response(format, reply);
     response.extensions_mut().insert(RequestLog {
         key_name,
@@ -109,7 +119,10 @@ pub fn into_response(format: Format, reply: Reply) -> Response {
             (
                 StatusCode::OK,
                 [
-                    (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/event-stream"),
+                    ),
                     (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
                     (
                         header::HeaderName::from_static("x-accel-buffering"),

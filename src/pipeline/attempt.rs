@@ -42,9 +42,15 @@ impl Gateway {
             return self.upstream_error(at, response, request.format).await;
         }
         if request.stream {
-            let translator =
-                StreamTranslator::new(provider, request.format, &request.model, request.include_usage);
-            return self.begin_stream(at, response, translator, request.format).await;
+            let translator = StreamTranslator::new(
+                provider,
+                request.format,
+                &request.model,
+                request.include_usage,
+            );
+            return self
+                .begin_stream(at, response, translator, request.format)
+                .await;
         }
         let body = match response.read_to_limit(ANSWER_LIMIT).await {
             Ok(b) => b,
@@ -108,7 +114,15 @@ impl Gateway {
             }
         };
         self.learn(at, &Outcome::Success, "").await;
-        let stream = relay::relay(self.clone(), at.clone(), response, parser, translator, first, format);
+        let stream = relay::relay(
+            self.clone(),
+            at.clone(),
+            response,
+            parser,
+            translator,
+            first,
+            format,
+        );
         AttemptEnd::Done(Reply::Stream(stream))
     }
 
@@ -162,7 +176,11 @@ fn build(
     Some(match cred.provider {
         Provider::Openai => openai::chat_completions(cred, body),
         Provider::Anthropic => {
-            let client: &[(String, String)] = if same { &request.passthrough_headers } else { &[] };
+            let client: &[(String, String)] = if same {
+                &request.passthrough_headers
+            } else {
+                &[]
+            };
             anthropic::messages(cred, body, client)
         }
         Provider::Gemini => gemini::generate(cred, model, request.stream, body),
@@ -207,7 +225,10 @@ fn relay_error(
         };
         return Reply::Body {
             status: response.status,
-            content_type: response.content_type().unwrap_or("application/json").to_string(),
+            content_type: response
+                .content_type()
+                .unwrap_or("application/json")
+                .to_string(),
             body,
         };
     }
@@ -217,7 +238,10 @@ fn relay_error(
     };
     let message = scrub(text, &[secret]);
     let mut rendered = wire::error_body(format, kind, &message);
-    if let Some(code) = rendered.pointer_mut("/error/code").filter(|c| c.is_number()) {
+    if let Some(code) = rendered
+        .pointer_mut("/error/code")
+        .filter(|c| c.is_number())
+    {
         *code = Value::from(response.status);
     }
     Reply::Body {

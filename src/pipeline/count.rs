@@ -14,7 +14,14 @@ use crate::upstream::{anthropic, gemini};
 use crate::wire::{ErrorKind, Format};
 
 /// Fields Anthropic's count endpoint accepts.
-const ANTHROPIC_COUNT_FIELDS: &[&str] = &["model", "messages", "system", "tools", "tool_choice", "thinking"];
+const ANTHROPIC_COUNT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+];
 
 impl Gateway {
     /// `POST /v1/messages/count_tokens` and `:countTokens`.
@@ -30,20 +37,30 @@ impl Gateway {
         let started = self.now_ms();
         let cfg = &self.inner.config;
         // A count is cheap to estimate and never worth a wait.
-        let mut plan = Plan::new(cfg.routing, cfg.request_retry, 0, started).excluding(prepared.excluded.clone());
+        let mut plan = Plan::new(cfg.routing, cfg.request_retry, 0, started)
+            .excluding(prepared.excluded.clone());
         loop {
             let blocks = self.read_blocks(&route).await;
-            let view = View { blocks: &blocks, now_ms: self.now_ms() };
+            let view = View {
+                blocks: &blocks,
+                now_ms: self.now_ms(),
+            };
             match plan.next(&route, view) {
                 Step::Try(pick) => {
                     trace.attempts += 1;
                     trace.credential = Some(pick.credential.id.clone());
                     trace.upstream_model = Some(pick.upstream_model.clone());
-                    let at = Attempted { pick, request_started_ms: started, purpose: Purpose::CountTokens };
+                    let at = Attempted {
+                        pick,
+                        request_started_ms: started,
+                        purpose: Purpose::CountTokens,
+                    };
                     if at.pick.credential.provider == Provider::Openai {
                         return local_count(&request, &prepared);
                     }
-                    if let AttemptEnd::Done(reply) = self.count_attempt(&at, &request, &prepared).await {
+                    if let AttemptEnd::Done(reply) =
+                        self.count_attempt(&at, &request, &prepared).await
+                    {
                         return reply;
                     }
                 }
@@ -53,12 +70,20 @@ impl Gateway {
         }
     }
 
-    async fn count_attempt(&self, at: &Attempted, request: &ClientRequest, prepared: &Prepared) -> AttemptEnd {
+    async fn count_attempt(
+        &self,
+        at: &Attempted,
+        request: &ClientRequest,
+        prepared: &Prepared,
+    ) -> AttemptEnd {
         let cred = &at.pick.credential;
         let model = &at.pick.upstream_model;
         let same = translate::format_of(cred.provider) == request.format;
         let ir_request = || {
-            let ir = prepared.ir.clone().or_else(|| translate::parse_request(request.format, &request.body).ok())?;
+            let ir = prepared
+                .ir
+                .clone()
+                .or_else(|| translate::parse_request(request.format, &request.body).ok())?;
             translate::build_request(cred.provider, &ir, model).ok()
         };
         let sent = match cred.provider {
@@ -75,7 +100,11 @@ impl Gateway {
                     map.retain(|k, _| ANTHROPIC_COUNT_FIELDS.contains(&k.as_str()));
                     map.insert("model".into(), Value::String(model.clone()));
                 }
-                let client: &[(String, String)] = if same { &request.passthrough_headers } else { &[] };
+                let client: &[(String, String)] = if same {
+                    &request.passthrough_headers
+                } else {
+                    &[]
+                };
                 anthropic::count_tokens(cred, Bytes::from(body.to_string()), client)
             }
             Provider::Gemini => {
@@ -87,7 +116,10 @@ impl Gateway {
                         None => return AttemptEnd::Next,
                     }
                 };
-                inner["model"] = json!(format!("models/{}", model.strip_prefix("models/").unwrap_or(model)));
+                inner["model"] = json!(format!(
+                    "models/{}",
+                    model.strip_prefix("models/").unwrap_or(model)
+                ));
                 let body = json!({ "generateContentRequest": inner });
                 gemini::count_tokens(cred, model, Bytes::from(body.to_string()))
             }
@@ -104,7 +136,9 @@ impl Gateway {
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         if (200..300).contains(&response.status) {
             let tokens = json.as_ref().and_then(|v| {
-                v.get("input_tokens").or_else(|| v.get("totalTokens")).and_then(Value::as_u64)
+                v.get("input_tokens")
+                    .or_else(|| v.get("totalTokens"))
+                    .and_then(Value::as_u64)
             });
             let Some(tokens) = tokens else {
                 return self.failed(at, Failure::Malformed).await;
@@ -114,11 +148,22 @@ impl Gateway {
         }
         let hint_ms = hints::quota_hint(|h| response.header(h), json.as_ref(), self.now_ms());
         let text = super::error_text(&body);
-        let outcome = Outcome::Status { status: response.status, error_text: &text, hint_ms };
+        let outcome = Outcome::Status {
+            status: response.status,
+            error_text: &text,
+            hint_ms,
+        };
         match self.learn(at, &outcome, &text).await {
             Next::ReturnToClient | Next::Answer => {
-                let kind = if response.status == 413 { ErrorKind::PayloadTooLarge } else { ErrorKind::BadRequest };
-                let mut e = super::GatewayError::new(kind, crate::secret::scrub(&text, &[cred.api_key.expose()]));
+                let kind = if response.status == 413 {
+                    ErrorKind::PayloadTooLarge
+                } else {
+                    ErrorKind::BadRequest
+                };
+                let mut e = super::GatewayError::new(
+                    kind,
+                    crate::secret::scrub(&text, &[cred.api_key.expose()]),
+                );
                 e.retry_after_s = None;
                 AttemptEnd::Done(Reply::Error(e))
             }
@@ -143,5 +188,9 @@ fn count_reply(format: Format, tokens: u64) -> Reply {
         Format::Gemini => json!({ "totalTokens": tokens }),
         Format::Anthropic | Format::OpenAi => json!({ "input_tokens": tokens }),
     };
-    Reply::Body { status: 200, content_type: "application/json".into(), body: Bytes::from(body.to_string()) }
+    Reply::Body {
+        status: 200,
+        content_type: "application/json".into(),
+        body: Bytes::from(body.to_string()),
+    }
 }

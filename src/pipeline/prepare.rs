@@ -2,8 +2,8 @@
 
 use std::collections::BTreeSet;
 
-use super::GatewayError;
 use super::ClientRequest;
+use super::GatewayError;
 use crate::catalog::{Provider, Route};
 use crate::translate::{self, ir};
 use crate::wire::ErrorKind;
@@ -27,11 +27,19 @@ impl Prepared {
             .filter(|p| translate::format_of(*p) != request.format)
             .collect();
         if foreign.is_empty() {
-            return Ok(Self { ir: None, excluded: Vec::new() });
+            return Ok(Self {
+                ir: None,
+                excluded: Vec::new(),
+            });
         }
         let mut problem = None;
         let mut unusable = BTreeSet::new();
-        let ir = match translate::parse_request(request.format, &request.body) {
+        let parsed = translate::parse_request(request.format, &request.body).map(|mut ir| {
+            // Gemini says "stream" in its URL, not its body.
+            ir.stream = request.stream;
+            ir
+        });
+        let ir = match parsed {
             Ok(ir) => {
                 for p in &foreign {
                     if let Err(e) = translate::build_request(*p, &ir, &request.model) {
@@ -56,7 +64,10 @@ impl Prepared {
             let why = problem.map_or_else(String::new, |e| e.0);
             return Err(GatewayError::new(
                 ErrorKind::BadRequest,
-                format!("no credential of model `{}` can serve this request: {why}", request.model),
+                format!(
+                    "no credential of model `{}` can serve this request: {why}",
+                    request.model
+                ),
             ));
         }
         Ok(Self { ir, excluded })

@@ -114,7 +114,11 @@ impl Relay {
     async fn cut(&mut self, failure: Failure, why: &str, mut out: BytesMut) -> Bytes {
         self.finished = true;
         self.gateway
-            .learn(&self.attempted, &Outcome::Transport(Failure::StreamCut), why)
+            .learn(
+                &self.attempted,
+                &Outcome::Transport(Failure::StreamCut),
+                why,
+            )
             .await;
         tracing::warn!(
             credential = %self.attempted.pick.credential.id,

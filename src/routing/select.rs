@@ -99,7 +99,8 @@ pub fn select(
     mode: RoutingMode,
 ) -> Option<Pick> {
     let untried = |m: &Member| {
-        !tried.iter().any(|t| *t == m.credential.id) && !excluded.iter().any(|t| *t == m.credential.id)
+        !tried.iter().any(|t| *t == m.credential.id)
+            && !excluded.iter().any(|t| *t == m.credential.id)
     };
     for tier in &route.tiers {
         let eligible = |i: usize| {
@@ -332,7 +333,16 @@ pub(crate) mod tests {
         };
         let p = select(&r, v, &["a".into()], &[], RoutingMode::FillFirst).expect("b");
         assert_eq!(p.credential.id, "b");
-        assert!(select(&r, v, &["a".into(), "b".into()], &[], RoutingMode::RoundRobin).is_none());
+        assert!(
+            select(
+                &r,
+                v,
+                &["a".into(), "b".into()],
+                &[],
+                RoutingMode::RoundRobin
+            )
+            .is_none()
+        );
         // An excluded credential is never picked, in any round.
         let p = select(&r, v, &[], &["a".into()], RoutingMode::FillFirst).expect("b");
         assert_eq!(p.credential.id, "b");

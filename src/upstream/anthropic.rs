@@ -15,7 +15,10 @@ fn headers(credential: &Credential, client: &[(String, String)]) -> Vec<(String,
             headers.push((k.clone(), v.clone()));
         }
     }
-    if !headers.iter().any(|(h, _)| h.eq_ignore_ascii_case("anthropic-version")) {
+    if !headers
+        .iter()
+        .any(|(h, _)| h.eq_ignore_ascii_case("anthropic-version"))
+    {
         headers.push(("anthropic-version".into(), VERSION.into()));
     }
     headers.push(("x-api-key".into(), credential.api_key.expose().to_string()));

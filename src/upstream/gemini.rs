@@ -7,7 +7,10 @@ use crate::catalog::Credential;
 
 fn request(credential: &Credential, model: &str, action: &str, body: Bytes) -> Request {
     let mut headers = super::extra_headers(credential);
-    headers.push(("x-goog-api-key".into(), credential.api_key.expose().to_string()));
+    headers.push((
+        "x-goog-api-key".into(),
+        credential.api_key.expose().to_string(),
+    ));
     let model = model.strip_prefix("models/").unwrap_or(model);
     Request {
         url: format!("{}/v1beta/models/{model}:{action}", credential.base_url),

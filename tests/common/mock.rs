@@ -1,6 +1,11 @@
-//! A mock OpenAI-compatible upstream on a real socket. It speaks raw HTTP/1.1
-//! so tests can also make it misbehave the ways real upstreams do: reset the
-//! connection, cut a stream after its first event, stall.
+//! A mock upstream on a real socket that speaks the OpenAI, Anthropic and
+//! Gemini wire formats (JSON and SSE). It speaks raw HTTP/1.1 so tests can
+//! also make it misbehave the ways real upstreams do: reset the connection,
+//! cut a stream after its first event, stall.
+//!
+//! Its answers: with tools offered and no tool result in the last message, a
+//! call of the first tool with `{"city": "Paris"}`; after a tool result,
+//! `tool said: <result>`; otherwise `hello from <key> as <model>`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -14,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// What the mock does with one request.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// A chat completion (JSON or SSE, as the request asks) naming the key and model.
+    /// An answer (JSON or SSE, as the request asks) in the request's format.
     Ok,
     /// An SSE stream of `chunks` content deltas, `delay_ms` apart (plain
     /// JSON when the request did not ask for a stream).
@@ -66,9 +71,20 @@ impl Reply {
     }
 }
 
+/// The wire format of a request, from its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    OpenAi,
+    Anthropic,
+    AnthropicCount,
+    Gemini,
+    GeminiCount,
+}
+
 /// One request the mock received.
 #[derive(Debug, Clone)]
 pub struct Hit {
+    pub kind: Kind,
     pub key: String,
     pub path: String,
     pub model: String,
@@ -112,6 +128,11 @@ impl Mock {
     /// `base_url` for an `openai` credential.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// `base_url` for an `anthropic` or `gemini` credential.
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Queues replies for requests made with `key`.
@@ -184,66 +205,356 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
     let key = headers
         .get("authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").map(String::as_str))
+        .or_else(|| headers.get("x-goog-api-key").map(String::as_str))
         .unwrap_or("")
         .to_string();
-    let model = body["model"].as_str().unwrap_or("").to_string();
-    let stream = body["stream"].as_bool().unwrap_or(false);
+    let kind = if path.ends_with("/chat/completions") {
+        Kind::OpenAi
+    } else if path.ends_with("/v1/messages/count_tokens") {
+        Kind::AnthropicCount
+    } else if path.ends_with("/v1/messages") {
+        Kind::Anthropic
+    } else if path.contains(":countTokens") {
+        Kind::GeminiCount
+    } else {
+        Kind::Gemini
+    };
+    let (model, stream) = match kind {
+        Kind::Gemini | Kind::GeminiCount => {
+            let m = path
+                .split("/models/")
+                .nth(1)
+                .and_then(|r| r.split(':').next())
+                .unwrap_or("");
+            (m.to_string(), path.contains(":streamGenerateContent"))
+        }
+        _ => (
+            body["model"].as_str().unwrap_or("").to_string(),
+            body["stream"].as_bool().unwrap_or(false),
+        ),
+    };
     let reply = {
         let mut s = state.lock().unwrap();
         s.hits.push(Hit {
+            kind,
             key: key.clone(),
             path,
             model: model.clone(),
             stream,
             headers,
-            body,
+            body: body.clone(),
         });
         let queued = s.script.get_mut(&key).and_then(VecDeque::pop_front);
         queued
             .or_else(|| s.always.get(&key).cloned())
             .unwrap_or(Reply::Ok)
     };
-    respond(socket, reply, &key, &model, stream).await
+    respond(
+        socket,
+        reply,
+        &Request {
+            kind,
+            key,
+            model,
+            stream,
+            body,
+        },
+    )
+    .await
 }
 
-const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+struct Request {
+    kind: Kind,
+    key: String,
+    model: String,
+    stream: bool,
+    body: Value,
+}
+
+/// What the mock answers, before it is put in a format.
+enum Answer {
+    Text(Vec<String>),
+    Tool { name: String, args: Vec<String> },
+}
+
+fn answer(req: &Request, chunks: usize) -> Answer {
+    let b = &req.body;
+    let (has_tools, result) = match req.kind {
+        Kind::OpenAi => {
+            let last = b["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .cloned()
+                .unwrap_or_default();
+            let result = (last["role"] == "tool")
+                .then(|| last["content"].as_str().unwrap_or_default().to_string());
+            (b["tools"].as_array().is_some_and(|t| !t.is_empty()), result)
+        }
+        Kind::Anthropic | Kind::AnthropicCount => {
+            let last = b["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .cloned()
+                .unwrap_or_default();
+            let result = last["content"].as_array().and_then(|blocks| {
+                blocks
+                    .iter()
+                    .find(|x| x["type"] == "tool_result")
+                    .map(|r| match &r["content"] {
+                        Value::String(s) => s.clone(),
+                        Value::Array(parts) => {
+                            parts.iter().filter_map(|p| p["text"].as_str()).collect()
+                        }
+                        _ => String::new(),
+                    })
+            });
+            (b["tools"].as_array().is_some_and(|t| !t.is_empty()), result)
+        }
+        Kind::Gemini | Kind::GeminiCount => {
+            let last = b["contents"]
+                .as_array()
+                .and_then(|m| m.last())
+                .cloned()
+                .unwrap_or_default();
+            let result = last["parts"].as_array().and_then(|parts| {
+                parts
+                    .iter()
+                    .find_map(|p| p.get("functionResponse"))
+                    .map(|f| {
+                        let r = &f["response"];
+                        r["content"]
+                            .as_str()
+                            .map_or_else(|| r.to_string(), String::from)
+                    })
+            });
+            let has = b["tools"].as_array().is_some_and(|t| {
+                t.iter().any(|x| {
+                    x["functionDeclarations"]
+                        .as_array()
+                        .is_some_and(|d| !d.is_empty())
+                })
+            });
+            (has, result)
+        }
+    };
+    if let Some(r) = result {
+        return Answer::Text(vec![format!("tool said: {r}")]);
+    }
+    if has_tools {
+        let name = match req.kind {
+            Kind::OpenAi => b["tools"][0]["function"]["name"].as_str(),
+            Kind::Gemini | Kind::GeminiCount => {
+                b["tools"][0]["functionDeclarations"][0]["name"].as_str()
+            }
+            _ => b["tools"][0]["name"].as_str(),
+        };
+        return Answer::Tool {
+            name: name.unwrap_or("tool").to_string(),
+            args: vec!["{\"city\": ".into(), "\"Paris\"}".into()],
+        };
+    }
+    let mut pieces = vec![content(&req.key, &req.model)];
+    for i in 1..chunks.max(1) {
+        pieces.push(format!(" #{i}"));
+    }
+    Answer::Text(pieces)
+}
 
 fn content(key: &str, model: &str) -> String {
     format!("hello from {key} as {model}")
 }
 
-fn chunk(model: &str, delta: Value, finish: Option<&str>) -> String {
-    json!({
-        "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
-    })
-    .to_string()
+const USAGE_IN: u64 = 3;
+const USAGE_OUT: u64 = 5;
+
+fn json_answer(req: &Request, a: &Answer) -> Value {
+    let model = &req.model;
+    match (req.kind, a) {
+        (Kind::OpenAi, Answer::Text(t)) => json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": t.concat()}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": USAGE_IN + USAGE_OUT}
+        }),
+        (Kind::OpenAi, Answer::Tool { name, args }) => json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_mock1", "type": "function", "function": {"name": name, "arguments": args.concat()}}
+            ]}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": USAGE_IN + USAGE_OUT}
+        }),
+        (Kind::Anthropic, a) => {
+            let (content, stop) = match a {
+                Answer::Text(t) => (json!([{"type": "text", "text": t.concat()}]), "end_turn"),
+                Answer::Tool { name, args } => {
+                    let input: Value = serde_json::from_str(&args.concat()).unwrap();
+                    (
+                        json!([{"type": "tool_use", "id": "toolu_mock1", "name": name, "input": input}]),
+                        "tool_use",
+                    )
+                }
+            };
+            json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": content,
+                   "stop_reason": stop, "stop_sequence": null, "usage": {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT}})
+        }
+        (Kind::Gemini, a) => {
+            let parts = match a {
+                Answer::Text(t) => json!([{"text": t.concat()}]),
+                Answer::Tool { name, args } => {
+                    let a: Value = serde_json::from_str(&args.concat()).unwrap();
+                    json!([{"functionCall": {"name": name, "args": a}}])
+                }
+            };
+            json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+                   "usageMetadata": {"promptTokenCount": USAGE_IN, "candidatesTokenCount": USAGE_OUT, "totalTokenCount": USAGE_IN + USAGE_OUT},
+                   "modelVersion": model})
+        }
+        (Kind::AnthropicCount, _) => json!({"input_tokens": 42}),
+        (Kind::GeminiCount, _) => json!({"totalTokens": 42}),
+    }
 }
 
-async fn respond(
-    mut socket: TcpStream,
-    reply: Reply,
-    key: &str,
-    model: &str,
-    stream: bool,
-) -> std::io::Result<()> {
+/// The stream of an answer: (event name, data) pairs.
+fn sse_answer(req: &Request, a: &Answer) -> Vec<(Option<&'static str>, String)> {
+    let model = &req.model;
+    let mut out = Vec::new();
+    match req.kind {
+        Kind::OpenAi => {
+            let chunk = |delta: Value, finish: Option<&str>| {
+                json!({
+                "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+            }).to_string()
+            };
+            out.push((
+                None,
+                chunk(json!({"role": "assistant", "content": ""}), None),
+            ));
+            let finish = match a {
+                Answer::Text(pieces) => {
+                    for p in pieces {
+                        out.push((None, chunk(json!({"content": p}), None)));
+                    }
+                    "stop"
+                }
+                Answer::Tool { name, args } => {
+                    out.push((None, chunk(json!({"tool_calls": [{"index": 0, "id": "call_mock1", "type": "function", "function": {"name": name, "arguments": ""}}]}), None)));
+                    for p in args {
+                        out.push((
+                            None,
+                            chunk(
+                                json!({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}),
+                                None,
+                            ),
+                        ));
+                    }
+                    "tool_calls"
+                }
+            };
+            out.push((None, chunk(json!({}), Some(finish))));
+            if req.body.pointer("/stream_options/include_usage") == Some(&Value::Bool(true)) {
+                out.push((None, json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [],
+                    "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": USAGE_IN + USAGE_OUT}}).to_string()));
+            }
+            out.push((None, "[DONE]".into()));
+        }
+        Kind::Anthropic | Kind::AnthropicCount => {
+            out.push((Some("message_start"), json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant",
+                "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}}).to_string()));
+            let stop = match a {
+                Answer::Text(pieces) => {
+                    out.push((Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}).to_string()));
+                    for p in pieces {
+                        out.push((Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}).to_string()));
+                    }
+                    "end_turn"
+                }
+                Answer::Tool { name, args } => {
+                    out.push((Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock1", "name": name, "input": {}}}).to_string()));
+                    for p in args {
+                        out.push((Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": p}}).to_string()));
+                    }
+                    "tool_use"
+                }
+            };
+            out.push((
+                Some("content_block_stop"),
+                json!({"type": "content_block_stop", "index": 0}).to_string(),
+            ));
+            out.push((Some("message_delta"), json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": USAGE_OUT}}).to_string()));
+            out.push((
+                Some("message_stop"),
+                json!({"type": "message_stop"}).to_string(),
+            ));
+        }
+        Kind::Gemini | Kind::GeminiCount => {
+            let chunk = |parts: Value, last: bool| {
+                let mut c = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+                let mut v = json!({"candidates": [], "modelVersion": model});
+                if last {
+                    c["finishReason"] = json!("STOP");
+                    v["usageMetadata"] = json!({"promptTokenCount": USAGE_IN, "candidatesTokenCount": USAGE_OUT, "totalTokenCount": USAGE_IN + USAGE_OUT});
+                }
+                v["candidates"] = json!([c]);
+                v.to_string()
+            };
+            match a {
+                Answer::Text(pieces) => {
+                    for (i, p) in pieces.iter().enumerate() {
+                        out.push((None, chunk(json!([{"text": p}]), i + 1 == pieces.len())));
+                    }
+                }
+                Answer::Tool { name, args } => {
+                    let a: Value = serde_json::from_str(&args.concat()).unwrap();
+                    out.push((
+                        None,
+                        chunk(json!([{"functionCall": {"name": name, "args": a}}]), true),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An error event in the request's format, as a stream would carry it.
+fn sse_error(kind: Kind) -> (Option<&'static str>, String) {
+    match kind {
+        Kind::Anthropic | Kind::AnthropicCount => (
+            Some("error"),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).to_string(),
+        ),
+        Kind::Gemini | Kind::GeminiCount => (
+            None,
+            json!({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}).to_string(),
+        ),
+        Kind::OpenAi => (
+            None,
+            json!({"error": {"message": "The server had an error while processing your request", "type": "server_error"}}).to_string(),
+        ),
+    }
+}
+
+const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+
+async fn respond(mut socket: TcpStream, reply: Reply, req: &Request) -> std::io::Result<()> {
     let mut reply = reply;
     while let Reply::Delay { ms, then } = reply {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         reply = *then;
     }
+    let counting = matches!(req.kind, Kind::AnthropicCount | Kind::GeminiCount);
     // A streaming reply answers a plain request with plain JSON.
-    if matches!(reply, Reply::Stream { .. }) && !stream {
+    if matches!(reply, Reply::Stream { .. }) && (!req.stream || counting) {
         reply = Reply::Ok;
     }
     match reply {
-        Reply::Ok if stream => stream_events(socket, key, model, 2, 0, None).await,
+        Reply::Ok if req.stream && !counting => {
+            let events = sse_answer(req, &answer(req, 2));
+            write_stream(&mut socket, &events, 0, None).await
+        }
         Reply::Ok => {
-            let body = json!({
-                "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content(key, model)}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
-            });
+            let body = json_answer(req, &answer(req, 1));
             write_full(
                 &mut socket,
                 200,
@@ -254,36 +565,35 @@ async fn respond(
             .await
         }
         Reply::Stream { chunks, delay_ms } => {
-            stream_events(socket, key, model, chunks, delay_ms, None).await
+            let events = sse_answer(req, &answer(req, chunks));
+            write_stream(&mut socket, &events, delay_ms, None).await
         }
         Reply::StreamCut { events } => {
-            stream_events(socket, key, model, 1000, 0, Some(events)).await
+            let all = sse_answer(req, &answer(req, 1000));
+            write_stream(&mut socket, &all, 0, Some(events)).await
         }
         Reply::Gated(gate) => {
+            let all = sse_answer(req, &answer(req, 2));
             socket.write_all(SSE_HEAD).await?;
-            let first = chunk(
-                model,
-                json!({"role": "assistant", "content": content(key, model)}),
-                None,
-            );
-            write_event(&mut socket, &first).await?;
+            // Everything up to and including the first text, then the gate.
+            let split = all
+                .iter()
+                .position(|(_, d)| d.contains("hello from"))
+                .map_or(1, |i| i + 1);
+            for (name, data) in &all[..split] {
+                write_event(&mut socket, *name, data).await?;
+            }
             gate.notified().await;
-            write_event(
-                &mut socket,
-                &chunk(model, json!({"content": " after the gate"}), None),
-            )
-            .await?;
-            write_event(&mut socket, &chunk(model, json!({}), Some("stop"))).await?;
-            write_event(&mut socket, "[DONE]").await?;
+            for (name, data) in &all[split..] {
+                let data = data.replace(" #1", " after the gate");
+                write_event(&mut socket, *name, &data).await?;
+            }
             socket.write_all(b"0\r\n\r\n").await?;
             socket.shutdown().await
         }
         Reply::StreamError => {
-            socket.write_all(SSE_HEAD).await?;
-            let error = json!({"error": {"message": "The server had an error while processing your request", "type": "server_error"}});
-            write_event(&mut socket, &error.to_string()).await?;
-            socket.write_all(b"0\r\n\r\n").await?;
-            socket.shutdown().await
+            let (name, data) = sse_error(req.kind);
+            write_stream(&mut socket, &[(name, data)], 0, None).await
         }
         Reply::Status {
             status,
@@ -329,41 +639,25 @@ async fn write_full(
     socket.shutdown().await
 }
 
-/// Writes an SSE stream with chunked encoding. With `cut_after`, stops after
-/// that many events and resets the connection, leaving the body unfinished.
-async fn stream_events(
-    mut socket: TcpStream,
-    key: &str,
-    model: &str,
-    chunks: usize,
+/// Writes an SSE stream with chunked encoding, `delay_ms` between events.
+/// With `cut_after`, stops after that many events and resets the
+/// connection, leaving the body unfinished.
+async fn write_stream(
+    socket: &mut TcpStream,
+    events: &[(Option<&'static str>, String)],
     delay_ms: u64,
     cut_after: Option<usize>,
 ) -> std::io::Result<()> {
     socket.write_all(SSE_HEAD).await?;
-    let mut events = vec![chunk(
-        model,
-        json!({"role": "assistant", "content": ""}),
-        None,
-    )];
-    for i in 0..chunks {
-        let piece = if i == 0 {
-            content(key, model)
-        } else {
-            format!(" #{i}")
-        };
-        events.push(chunk(model, json!({"content": piece}), None));
-    }
-    events.push(chunk(model, json!({}), Some("stop")));
-    events.push("[DONE]".to_string());
-    for (i, data) in events.iter().enumerate() {
+    for (i, (name, data)) in events.iter().enumerate() {
         if cut_after == Some(i) {
-            reset(&socket)?;
+            reset(socket)?;
             return Ok(());
         }
         if i > 0 && delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
-        write_event(&mut socket, data).await?;
+        write_event(socket, *name, data).await?;
     }
     socket.write_all(b"0\r\n\r\n").await?;
     socket.shutdown().await
@@ -377,8 +671,15 @@ fn reset(socket: &TcpStream) -> std::io::Result<()> {
 }
 
 /// Writes one SSE event as one HTTP chunk.
-async fn write_event(socket: &mut TcpStream, data: &str) -> std::io::Result<()> {
-    let event = format!("data: {data}\n\n");
+async fn write_event(
+    socket: &mut TcpStream,
+    name: Option<&str>,
+    data: &str,
+) -> std::io::Result<()> {
+    let event = match name {
+        Some(n) => format!("event: {n}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    };
     socket
         .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
         .await?;

@@ -29,6 +29,7 @@ pub const CLIENT_KEY: &str = "sk-test-client";
 /// A credential of the mock: `id`, priority, and (model, upstream model) pairs.
 pub struct Cred<'a> {
     pub id: &'a str,
+    pub provider: &'a str,
     pub priority: i32,
     pub weight: u32,
     pub models: &'a [(&'a str, &'a str)],
@@ -38,10 +39,17 @@ impl<'a> Cred<'a> {
     pub fn new(id: &'a str, priority: i32, models: &'a [(&'a str, &'a str)]) -> Self {
         Self {
             id,
+            provider: "openai",
             priority,
             weight: 1,
             models,
         }
+    }
+
+    /// The same credential speaking `provider` (openai, anthropic or gemini).
+    pub fn speaking(mut self, provider: &'a str) -> Self {
+        self.provider = provider;
+        self
     }
 }
 
@@ -54,10 +62,16 @@ pub fn key_of(id: &str) -> String {
 pub fn config_toml(mock: &Mock, creds: &[Cred<'_>]) -> String {
     let mut s = String::new();
     for c in creds {
+        let base = if c.provider == "openai" {
+            mock.base_url()
+        } else {
+            mock.root_url()
+        };
         s.push_str(&format!(
-            "[[credentials]]\nid = {:?}\nprovider = \"openai\"\nbase_url = {:?}\napi_key = {:?}\npriority = {}\nweight = {}\nheaders = {{ \"x-team\" = \"blue\" }}\n\n",
+            "[[credentials]]\nid = {:?}\nprovider = {:?}\nbase_url = {:?}\napi_key = {:?}\npriority = {}\nweight = {}\nheaders = {{ \"x-team\" = \"blue\" }}\n\n",
             c.id,
-            mock.base_url(),
+            c.provider,
+            base,
             key_of(c.id),
             c.priority,
             c.weight

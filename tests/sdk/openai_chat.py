@@ -40,4 +40,18 @@ try:
 except openai.AuthenticationError as e:
     out["bad_key"] = {"status": e.status_code}
 
+tools = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+ask = [{"role": "user", "content": "Weather in Paris?"}]
+first = client.chat.completions.create(model="m", messages=ask, tools=tools)
+call = first.choices[0].message.tool_calls[0]
+out["tool_call"] = {"name": call.function.name, "arguments": json.loads(call.function.arguments),
+                    "finish_reason": first.choices[0].finish_reason}
+second = client.chat.completions.create(model="m", tools=tools, messages=ask + [
+    {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+    {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+])
+out["after_tool"] = second.choices[0].message.content
+
 json.dump(out, sys.stdout)

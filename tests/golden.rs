@@ -1,0 +1,299 @@
+//! Golden tests of translation in every direction: requests (client format
+//! -> provider), responses (provider -> client format) and streams (provider
+//! events -> client events). The expected outputs live in tests/golden/;
+//! `SWITCHYARD_UPDATE_GOLDEN=1 cargo test --test golden` rewrites them, and
+//! the diff is then reviewed like code.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value, json};
+use switchyard::catalog::Provider;
+use switchyard::sse::{Event, Parser};
+use switchyard::translate::{self, stream::StreamTranslator};
+use switchyard::wire::Format;
+
+const FORMATS: [(Format, Provider, &str); 3] = [
+    (Format::OpenAi, Provider::Openai, "openai"),
+    (Format::Anthropic, Provider::Anthropic, "anthropic"),
+    (Format::Gemini, Provider::Gemini, "gemini"),
+];
+
+const IMAGE: &str = "iVBORw0KGgo=";
+
+/// One conversation in each client format: a system prompt, an image, a tool
+/// declaration, an earlier tool call and its result, and a new question.
+fn conversation(format: Format) -> Map<String, Value> {
+    let v = match format {
+        Format::OpenAi => json!({
+            "model": "m", "max_tokens": 300, "temperature": 0.2, "stop": ["END"],
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is in this picture, and the weather in Paris?"},
+                    {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{IMAGE}")}}
+                ]},
+                {"role": "assistant", "content": "A cat. Checking the weather.", "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+                {"role": "user", "content": "Thanks. And tomorrow?"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+            "tool_choice": "auto"
+        }),
+        Format::Anthropic => json!({
+            "model": "m", "max_tokens": 300, "temperature": 0.2, "stop_sequences": ["END"],
+            "system": "You are terse.",
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is in this picture, and the weather in Paris?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": IMAGE}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "A cat. Checking the weather."},
+                    {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny, 21 C"},
+                    {"type": "text", "text": "Thanks. And tomorrow?"}
+                ]}
+            ],
+            "tools": [{"name": "get_weather", "description": "Current weather of a city",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}],
+            "tool_choice": {"type": "auto"}
+        }),
+        Format::Gemini => json!({
+            "systemInstruction": {"parts": [{"text": "You are terse."}]},
+            "contents": [
+                {"role": "user", "parts": [
+                    {"text": "What is in this picture, and the weather in Paris?"},
+                    {"inlineData": {"mimeType": "image/png", "data": IMAGE}}
+                ]},
+                {"role": "model", "parts": [
+                    {"text": "A cat. Checking the weather."},
+                    {"functionCall": {"id": "call_1", "name": "get_weather", "args": {"city": "Paris"}}}
+                ]},
+                {"role": "user", "parts": [
+                    {"functionResponse": {"id": "call_1", "name": "get_weather", "response": {"content": "sunny, 21 C"}}},
+                    {"text": "Thanks. And tomorrow?"}
+                ]}
+            ],
+            "tools": [{"functionDeclarations": [{"name": "get_weather", "description": "Current weather of a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]}],
+            "toolConfig": {"functionCallingConfig": {"mode": "AUTO"}},
+            "generationConfig": {"maxOutputTokens": 300, "temperature": 0.2, "stopSequences": ["END"]}
+        }),
+    };
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    }
+}
+
+/// One answer of each provider: text, then a tool call.
+fn answer(provider: Provider) -> Value {
+    match provider {
+        Provider::Openai => {
+            json!({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "up",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": "Let me check.",
+                "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\",\"day\":\"tomorrow\"}"}}]}}],
+            "usage": {"prompt_tokens": 120, "completion_tokens": 15, "total_tokens": 135}})
+        }
+        Provider::Anthropic => {
+            json!({"id": "msg_up", "type": "message", "role": "assistant", "model": "up",
+            "content": [{"type": "text", "text": "Let me check."},
+                        {"type": "tool_use", "id": "call_9", "name": "get_weather", "input": {"city": "Paris", "day": "tomorrow"}}],
+            "stop_reason": "tool_use", "stop_sequence": null, "usage": {"input_tokens": 120, "output_tokens": 15}})
+        }
+        Provider::Gemini => {
+            json!({"candidates": [{"index": 0, "finishReason": "STOP", "content": {"role": "model", "parts": [
+                {"text": "Let me check."}, {"functionCall": {"id": "call_9", "name": "get_weather", "args": {"city": "Paris", "day": "tomorrow"}}}]}}],
+            "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 15, "totalTokenCount": 135}, "modelVersion": "up", "responseId": "resp-up"})
+        }
+    }
+}
+
+/// The same answer as each provider streams it.
+fn answer_stream(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Openai => concat!(
+            "data: {\"id\":\"chatcmpl-up\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-up\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Let me \"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-up\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"check.\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-up\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_9\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-up\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Paris\\\",\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-up\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"day\\\":\\\"tomorrow\\\"}\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-up\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: {\"id\":\"chatcmpl-up\",\"model\":\"up\",\"choices\":[],\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":15,\"total_tokens\":135}}\n\n",
+            "data: [DONE]\n\n",
+        ),
+        Provider::Anthropic => concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_up\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"up\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":120,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Let me \"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"check.\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"call_9\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\\\"Paris\\\",\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"day\\\":\\\"tomorrow\\\"}\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ),
+        Provider::Gemini => concat!(
+            "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"Let me \"}]},\"index\":0}],\"modelVersion\":\"up\",\"responseId\":\"resp-up\"}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"check.\"}]},\"index\":0}],\"modelVersion\":\"up\",\"responseId\":\"resp-up\"}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"functionCall\":{\"id\":\"call_9\",\"name\":\"get_weather\",\"args\":{\"city\":\"Paris\",\"day\":\"tomorrow\"}}}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":120,\"candidatesTokenCount\":15,\"totalTokenCount\":135},\"modelVersion\":\"up\",\"responseId\":\"resp-up\"}\n\n",
+        ),
+    }
+}
+
+/// Replaces what differs from run to run (made-up ids, clocks).
+fn normalize(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "created" {
+                    *x = json!(0);
+                } else {
+                    normalize(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalize),
+        Value::String(s) => {
+            let (prefix, rest) = s.split_at(s.len().saturating_sub(32));
+            if rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                *s = format!("{prefix}<generated>");
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check(name: &str, mut actual: Value) {
+    normalize(&mut actual);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.json"));
+    let rendered = serde_json::to_string_pretty(&actual).unwrap() + "\n";
+    if std::env::var_os("SWITCHYARD_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &rendered).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run with SWITCHYARD_UPDATE_GOLDEN=1 and review it",
+            path.display()
+        )
+    });
+    assert_eq!(rendered, expected, "{name} differs from its golden file");
+}
+
+fn events_json(events: &[Event]) -> Value {
+    Value::Array(
+        events
+            .iter()
+            .map(|e| {
+                let data =
+                    serde_json::from_str::<Value>(&e.data).unwrap_or(Value::String(e.data.clone()));
+                match &e.event {
+                    Some(name) => json!({"event": name, "data": data}),
+                    None => json!({"data": data}),
+                }
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn requests_in_every_direction() {
+    for (client, _, from) in FORMATS {
+        let ir = translate::parse_request(client, &conversation(client)).unwrap();
+        for (target, provider, to) in FORMATS {
+            if target == client {
+                continue;
+            }
+            let body = translate::build_request(provider, &ir, "up-model").unwrap();
+            check(&format!("request_{from}_to_{to}"), body);
+        }
+    }
+}
+
+#[test]
+fn every_format_reads_the_same_conversation() {
+    let irs: Vec<_> = FORMATS
+        .iter()
+        .map(|(f, _, _)| translate::parse_request(*f, &conversation(*f)).unwrap())
+        .collect();
+    // The OpenAI form has no tool-result name; Gemini's does. Otherwise they agree.
+    let strip = |mut r: translate::ir::Request| {
+        for m in &mut r.messages {
+            for p in &mut m.parts {
+                if let translate::ir::Part::ToolResult { name, .. } = p {
+                    *name = None;
+                }
+            }
+        }
+        translate::ir::merge_turns(std::mem::take(&mut r.messages)).clone_into(&mut r.messages);
+        r
+    };
+    let irs: Vec<_> = irs.into_iter().map(strip).collect();
+    assert_eq!(irs[0], irs[1], "OpenAI and Anthropic");
+    assert_eq!(irs[1], irs[2], "Anthropic and Gemini");
+}
+
+#[test]
+fn responses_in_every_direction() {
+    for (_, provider, from) in FORMATS {
+        let r = translate::parse_response(provider, &answer(provider)).unwrap();
+        for (client, _, to) in FORMATS {
+            if translate::format_of(provider) == client {
+                continue;
+            }
+            check(
+                &format!("response_{from}_to_{to}"),
+                translate::build_response(client, &r, "m"),
+            );
+        }
+    }
+}
+
+#[test]
+fn streams_in_every_direction() {
+    for (_, provider, from) in FORMATS {
+        for (client, _, to) in FORMATS {
+            if translate::format_of(provider) == client {
+                continue;
+            }
+            let mut t = StreamTranslator::new(provider, client, "m", true);
+            let mut parser = Parser::new();
+            parser.push(answer_stream(provider).as_bytes());
+            let mut out = Vec::new();
+            while let Some(e) = parser.next_event().unwrap() {
+                out.extend(t.feed(&e).unwrap());
+            }
+            out.extend(t.finish().unwrap());
+            check(&format!("stream_{from}_to_{to}"), events_json(&out));
+        }
+    }
+}
+
+#[test]
+fn a_stream_that_ends_early_is_an_error_in_every_direction() {
+    for (_, provider, _) in FORMATS {
+        for (client, _, _) in FORMATS {
+            let mut t = StreamTranslator::new(provider, client, "m", false);
+            let mut parser = Parser::new();
+            let full = answer_stream(provider);
+            parser.push(&full.as_bytes()[..full.find("\n\n").unwrap() + 2]);
+            while let Some(e) = parser.next_event().unwrap() {
+                t.feed(&e).unwrap();
+            }
+            assert!(t.finish().is_err(), "{provider:?} -> {client:?}");
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -191,6 +192,13 @@ async fn serve(
             closed.cancel();
         }
     };
+    // Streams are many small writes: send each at once, never held back by
+    // Nagle's algorithm waiting for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(drain);
     let timeout = config.drain.timeout;
     let watchdog = async {

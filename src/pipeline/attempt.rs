@@ -126,7 +126,9 @@ impl Gateway {
         AttemptEnd::Done(Reply::Stream(stream))
     }
 
-    async fn upstream_error(
+    /// A non-2xx answer: classified and learned; relayed to the client when
+    /// it is the request's own fault.
+    pub(super) async fn upstream_error(
         &self,
         at: &Attempted,
         mut response: upstream::Response,
@@ -164,15 +166,19 @@ fn build(
     let cred = &at.pick.credential;
     let model = &at.pick.upstream_model;
     let body = if same {
-        let mut body = request.body.clone();
-        if cred.provider != Provider::Gemini {
-            body.insert("model".into(), Value::String(model.clone()));
-        }
-        Value::Object(body)
+        // Gemini names the model in the URL, the others in the body.
+        let model = (cred.provider != Provider::Gemini).then_some(model.as_str());
+        serde_json::to_vec(&WithModel {
+            body: &request.body,
+            model,
+        })
     } else {
-        translate::build_request(cred.provider, prepared.ir.as_ref()?, model).ok()?
+        serde_json::to_vec(
+            &translate::build_request(cred.provider, prepared.ir.as_ref()?, model).ok()?,
+        )
     };
-    let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    // Serialising JSON values into a Vec cannot fail.
+    let body = Bytes::from(body.unwrap_or_default());
     Some(match cred.provider {
         Provider::Openai => openai::chat_completions(cred, body),
         Provider::Anthropic => {
@@ -185,6 +191,26 @@ fn build(
         }
         Provider::Gemini => gemini::generate(cred, model, request.stream, body),
     })
+}
+
+/// The client's body with `model` replaced, serialised without copying it.
+struct WithModel<'a> {
+    body: &'a serde_json::Map<String, Value>,
+    model: Option<&'a str>,
+}
+
+impl serde::Serialize for WithModel<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.body.len()))?;
+        for (k, v) in self.body {
+            match self.model {
+                Some(model) if k == "model" => map.serialize_entry(k, model)?,
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
 }
 
 /// A 2xx body of the client's own format: JSON, and not an error object in

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::prepare::Prepared;
 use super::{AttemptEnd, Attempted, ClientRequest, Gateway, Reply, Trace, model_not_found};
 use crate::catalog::Provider;
-use crate::routing::{Failure, Next, Outcome, Plan, Purpose, Step, hints, select::View};
+use crate::routing::{Failure, Outcome, Plan, Purpose, Step, select::View};
 use crate::translate::{self, count, ir};
 use crate::upstream::{anthropic, gemini};
 use crate::wire::{ErrorKind, Format};
@@ -47,9 +47,7 @@ impl Gateway {
             };
             match plan.next(&route, view) {
                 Step::Try(pick) => {
-                    trace.attempts += 1;
-                    trace.credential = Some(pick.credential.id.clone());
-                    trace.upstream_model = Some(pick.upstream_model.clone());
+                    trace.attempt(&pick);
                     let at = Attempted {
                         pick,
                         request_started_ms: started,
@@ -129,46 +127,23 @@ impl Gateway {
             Ok(r) => r,
             Err(f) => return self.failed(at, f).await,
         };
+        if !(200..300).contains(&response.status) {
+            return self.upstream_error(at, response, request.format).await;
+        }
         let body = match response.read_to_limit(super::ERROR_BODY_LIMIT).await {
             Ok(b) => b,
             Err(f) => return self.failed(at, f).await,
         };
-        let json: Option<Value> = serde_json::from_slice(&body).ok();
-        if (200..300).contains(&response.status) {
-            let tokens = json.as_ref().and_then(|v| {
-                v.get("input_tokens")
-                    .or_else(|| v.get("totalTokens"))
-                    .and_then(Value::as_u64)
-            });
-            let Some(tokens) = tokens else {
-                return self.failed(at, Failure::Malformed).await;
-            };
-            self.learn(at, &Outcome::Success, "").await;
-            return AttemptEnd::Done(count_reply(request.format, tokens));
-        }
-        let hint_ms = hints::quota_hint(|h| response.header(h), json.as_ref(), self.now_ms());
-        let text = super::error_text(&body);
-        let outcome = Outcome::Status {
-            status: response.status,
-            error_text: &text,
-            hint_ms,
+        let tokens = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+            v.get("input_tokens")
+                .or_else(|| v.get("totalTokens"))
+                .and_then(Value::as_u64)
+        });
+        let Some(tokens) = tokens else {
+            return self.failed(at, Failure::Malformed).await;
         };
-        match self.learn(at, &outcome, &text).await {
-            Next::ReturnToClient | Next::Answer => {
-                let kind = if response.status == 413 {
-                    ErrorKind::PayloadTooLarge
-                } else {
-                    ErrorKind::BadRequest
-                };
-                let mut e = super::GatewayError::new(
-                    kind,
-                    crate::secret::scrub(&text, &[cred.api_key.expose()]),
-                );
-                e.retry_after_s = None;
-                AttemptEnd::Done(Reply::Error(e))
-            }
-            Next::NextCandidate | Next::Stop => AttemptEnd::Next,
-        }
+        self.learn(at, &Outcome::Success, "").await;
+        AttemptEnd::Done(count_reply(request.format, tokens))
     }
 }
 

@@ -106,6 +106,14 @@ pub struct Trace {
     pub waited_ms: u64,
 }
 
+impl Trace {
+    fn attempt(&mut self, pick: &Pick) {
+        self.attempts += 1;
+        self.credential = Some(pick.credential.id.clone());
+        self.upstream_model = Some(pick.upstream_model.clone());
+    }
+}
+
 /// What the client gets.
 pub enum Reply {
     /// A complete body: an upstream answer, or an upstream error relayed as is.
@@ -228,9 +236,7 @@ impl Gateway {
             };
             match plan.next(&route, view) {
                 Step::Try(pick) => {
-                    trace.attempts += 1;
-                    trace.credential = Some(pick.credential.id.clone());
-                    trace.upstream_model = Some(pick.upstream_model.clone());
+                    trace.attempt(&pick);
                     let attempted = Attempted {
                         pick,
                         request_started_ms: started,

@@ -127,6 +127,10 @@ struct Shared {
     local: MemoryStore,
     /// Scopes learned while Redis was unreachable, written back when it returns.
     pending: Mutex<HashSet<Scope>>,
+    /// Pairs the last read found with neither block nor quota ladder: a
+    /// success on one of them has nothing to clear, so it costs no write.
+    /// Any write on a pair takes it out.
+    clean: Mutex<HashSet<Scope>>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     /// Wakes the health task when a call finds Redis gone.
@@ -158,6 +162,7 @@ impl RedisStore {
             replica: replica.to_string(),
             local: MemoryStore::new(clock.clone()),
             pending: Mutex::default(),
+            clean: Mutex::default(),
             clock,
             metrics,
             lost: Notify::new(),
@@ -351,22 +356,41 @@ impl Shared {
         conn: &mut MultiplexedConnection,
         keys: &[String],
     ) -> Result<Vec<Option<Block>>, RedisError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        Ok(self.read_with(conn, keys, &[]).await?.0)
+    }
+
+    /// [`Self::read`], and whether each of `ladders` exists, in the same round trip.
+    async fn read_with(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[String],
+        ladders: &[String],
+    ) -> Result<(Vec<Option<Block>>, Vec<bool>), RedisError> {
+        if keys.is_empty() && ladders.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
         let mut pipe = redis::pipe();
         for k in keys {
             pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
         }
+        for l in ladders {
+            pipe.cmd("EXISTS").arg(l);
+        }
         let values: Vec<RedisValue> = pipe.query_async(conn).await?;
         let now = self.clock.now_ms();
-        Ok(values
+        let (blocks, exists) = values.split_at((keys.len() * 2).min(values.len()));
+        let blocks = blocks
             .chunks(2)
             .map(|pair| match pair {
                 [value, RedisValue::Int(ttl)] => block_of(value, *ttl, now),
                 _ => None,
             })
-            .collect())
+            .collect();
+        let exists = exists
+            .iter()
+            .map(|v| !matches!(v, RedisValue::Int(0)))
+            .collect();
+        Ok((blocks, exists))
     }
 
     /// Keeps the connection healthy: pings it, and reconnects after a loss.
@@ -454,6 +478,20 @@ impl Shared {
         let _ = self.local.put(&scope, block).await;
     }
 
+    fn dirty(&self, scope: &Scope) {
+        self.clean
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(scope);
+    }
+
+    fn is_clean(&self, scope: &Scope) -> bool {
+        self.clean
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(scope)
+    }
+
     fn remember(&self, scope: &Scope) {
         self.pending
             .lock()
@@ -515,17 +553,42 @@ impl LearnedStore for RedisStore {
     async fn get(&self, scopes: &[Scope]) -> Result<Vec<Option<Block>>, StoreError> {
         let s = &self.shared;
         let keys: Vec<String> = scopes.iter().map(|sc| s.key(sc)).collect();
-        match s
-            .call(|mut c| async move { s.read(&mut c, &keys).await })
-            .await
-        {
-            Some(blocks) => Ok(blocks),
+        // The pairs' ladders ride along in the same round trip, so a success
+        // on a pair that has neither block nor ladder needs no write.
+        let pairs: Vec<&Scope> = scopes
+            .iter()
+            .filter(|sc| matches!(sc, Scope::Pair { .. }))
+            .collect();
+        let ladders: Vec<String> = pairs.iter().map(|sc| s.ladder_key(sc)).collect();
+        let read = s
+            .call(|mut c| async move {
+                let blocks = s.read_with(&mut c, &keys, &ladders).await?;
+                Ok(blocks)
+            })
+            .await;
+        match read {
+            Some((blocks, laddered)) => {
+                let mut clean = s.clean.lock().unwrap_or_else(|p| p.into_inner());
+                let mut pair = 0;
+                for (scope, block) in scopes.iter().zip(&blocks) {
+                    if matches!(scope, Scope::Pair { .. }) {
+                        if block.is_none() && !laddered[pair] {
+                            clean.insert(scope.clone());
+                        } else {
+                            clean.remove(scope);
+                        }
+                        pair += 1;
+                    }
+                }
+                Ok(blocks)
+            }
             None => s.local.get(scopes).await,
         }
     }
 
     async fn put(&self, scope: &Scope, block: Block) -> Result<Block, StoreError> {
         let s = &self.shared;
+        s.dirty(scope);
         let now = s.clock.now_ms();
         let ttl = block.until_ms - now;
         if ttl <= 0 {
@@ -555,6 +618,7 @@ impl LearnedStore for RedisStore {
 
     async fn quota(&self, pair: &Scope, hit: QuotaHit) -> Result<Block, StoreError> {
         let s = &self.shared;
+        s.dirty(pair);
         let (key, ladder) = (s.key(pair), s.ladder_key(pair));
         let h = hit.clone();
         let written = s
@@ -585,6 +649,9 @@ impl LearnedStore for RedisStore {
 
     async fn succeed(&self, pair: &Scope, request_started_ms: i64) -> Result<(), StoreError> {
         let s = &self.shared;
+        if s.is_clean(pair) {
+            return s.local.succeed(pair, request_started_ms).await;
+        }
         let (key, ladder) = (s.key(pair), s.ladder_key(pair));
         s.call(|mut c| async move {
             s.succeed

@@ -4,7 +4,7 @@ use serde_json::{Map, Value, json};
 
 use super::ir::{
     Delta, Image, Message, Part, Request, Response, Role, StopReason, Tool, ToolChoice,
-    Untranslatable, Usage, f64_field, new_id, u64_field, untranslatable,
+    Untranslatable, Usage, f64_field, new_id, text_of, u64_field, untranslatable,
 };
 use crate::sse::Event;
 
@@ -85,11 +85,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                 ));
             }
             req.tools.push(Tool {
-                name: t
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
+                name: text_of(&t, "name"),
                 description: t
                     .get("description")
                     .and_then(Value::as_str)
@@ -107,12 +103,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
             Some("auto") => ToolChoice::Auto,
             Some("any") => ToolChoice::Required,
             Some("none") => ToolChoice::None,
-            Some("tool") => ToolChoice::Tool(
-                c.get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-            ),
+            Some("tool") => ToolChoice::Tool(text_of(&c, "name")),
             _ => return untranslatable("`tool_choice` is not known"),
         }),
     };
@@ -321,11 +312,7 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
             .get("id")
             .and_then(Value::as_str)
             .map_or_else(|| new_id("msg_"), String::from),
-        model: v
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        model: text_of(&v, "model"),
         parts,
         stop: stop_from(
             v.get("stop_reason")
@@ -399,16 +386,8 @@ impl Decoder {
                     .and_then(Value::as_u64)
                     .unwrap_or(0);
                 out.push(Delta::Start {
-                    id: m
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    model: m
-                        .get("model")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
+                    id: text_of(&m, "id"),
+                    model: text_of(&m, "model"),
                 });
             }
             "content_block_start" => {

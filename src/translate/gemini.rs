@@ -4,7 +4,7 @@ use serde_json::{Map, Value, json};
 
 use super::ir::{
     Delta, Image, Message, Part, Request, Response, Role, StopReason, Tool, ToolChoice,
-    Untranslatable, Usage, media_type_of, new_id, untranslatable,
+    Untranslatable, Usage, media_type_of, new_id, stream_json, text_of, untranslatable,
 };
 use crate::sse::Event;
 
@@ -100,11 +100,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                 "functionDeclarations" | "function_declarations" => {
                     for f in v.as_array().into_iter().flatten() {
                         req.tools.push(Tool {
-                            name: f
-                                .get("name")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                                .to_string(),
+                            name: text_of(&f, "name"),
                             description: f
                                 .get("description")
                                 .and_then(Value::as_str)
@@ -171,11 +167,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                         .and_then(Value::as_str)
                         .unwrap_or("image/png")
                         .to_string(),
-                    data: d
-                        .get("data")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
+                    data: text_of(&d, "data"),
                 }));
             } else if let Some(d) = p.get("fileData").or_else(|| p.get("file_data")) {
                 parts.push(Part::Image(Image::Url(
@@ -186,11 +178,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                         .to_string(),
                 )));
             } else if let Some(f) = p.get("functionCall").or_else(|| p.get("function_call")) {
-                let name = f
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
+                let name = text_of(&f, "name");
                 let id = f
                     .get("id")
                     .and_then(Value::as_str)
@@ -205,11 +193,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                 .get("functionResponse")
                 .or_else(|| p.get("function_response"))
             {
-                let name = f
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
+                let name = text_of(&f, "name");
                 let call_id = match f.get("id").and_then(Value::as_str) {
                     Some(id) => id.to_string(),
                     None => req
@@ -407,11 +391,7 @@ fn candidate_parts(v: &Value, calls: &mut usize) -> Vec<Part> {
         if let Some(t) = p.get("text").and_then(Value::as_str) {
             parts.push(Part::Text(t.to_string()));
         } else if let Some(f) = p.get("functionCall") {
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let name = text_of(&f, "name");
             let id = f
                 .get("id")
                 .and_then(Value::as_str)
@@ -449,11 +429,7 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
             .get("responseId")
             .and_then(Value::as_str)
             .map_or_else(|| new_id(""), String::from),
-        model: v
-            .get("modelVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        model: text_of(&v, "modelVersion"),
         stop: stop_from(reason, calls > 0),
         parts,
         usage: usage_of(v).unwrap_or_default(),
@@ -497,25 +473,13 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn feed(&mut self, event: &Event) -> Result<Option<Vec<Delta>>, Untranslatable> {
-        let v: Value = serde_json::from_str(&event.data)
-            .map_err(|_| Untranslatable("a stream chunk is not JSON".into()))?;
-        if v.get("error").is_some() {
-            return untranslatable(crate::pipeline::error_text(event.data.as_bytes()));
-        }
+        let v = stream_json(event)?;
         let mut out = Vec::new();
         if !self.started {
             self.started = true;
             out.push(Delta::Start {
-                id: v
-                    .get("responseId")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                model: v
-                    .get("modelVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
+                id: text_of(&v, "responseId"),
+                model: text_of(&v, "modelVersion"),
             });
         }
         let before = self.calls;

@@ -236,3 +236,22 @@ pub fn result_text(content: &[Part], target: &str) -> Result<String, Untranslata
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
+
+/// A string field of a JSON object, or "" when absent.
+pub fn text_of(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A stream event's JSON, refusing error objects (the upstream reporting a
+/// failure inside its stream).
+pub fn stream_json(event: &crate::sse::Event) -> Result<Value, Untranslatable> {
+    let v: Value = serde_json::from_str(&event.data)
+        .map_err(|_| Untranslatable("a stream event is not JSON".into()))?;
+    if v.get("error").is_some() {
+        return untranslatable(crate::pipeline::error_text(event.data.as_bytes()));
+    }
+    Ok(v)
+}

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 use super::ir::{
     Delta, Image, Message, Part, Request, Response, Role, StopReason, Tool, ToolChoice,
     Untranslatable, Usage, arguments_from_text, f64_field, image_from_url, new_id, result_text,
-    u64_field, untranslatable,
+    stream_json, text_of, u64_field, untranslatable,
 };
 use crate::sse::Event;
 
@@ -147,38 +147,14 @@ fn parse_message(m: &Value, req: &mut Request) -> Result<(), Untranslatable> {
                 None | Some(Value::Null) => Vec::new(),
                 Some(c) => content_parts(c)?,
             };
-            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
-                for c in calls {
-                    parts.push(Part::ToolCall {
-                        id: c
-                            .get("id")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
-                        name: c
-                            .pointer("/function/name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
-                        arguments: arguments_from_text(
-                            c.pointer("/function/arguments")
-                                .and_then(Value::as_str)
-                                .unwrap_or(""),
-                        )?,
-                    });
-                }
-            }
+            parts.extend(tool_calls(m)?);
             req.messages.push(Message {
                 role: Role::Assistant,
                 parts,
             });
         }
         "tool" => {
-            let call_id = m
-                .get("tool_call_id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let call_id = text_of(&m, "tool_call_id");
             let content = vec![Part::Text(content_text(&m["content"])?)];
             req.messages.push(Message {
                 role: Role::User,
@@ -197,6 +173,27 @@ fn parse_message(m: &Value, req: &mut Request) -> Result<(), Untranslatable> {
         }
     }
     Ok(())
+}
+
+/// The `tool_calls` of an assistant message.
+fn tool_calls(message: &Value) -> Result<Vec<Part>, Untranslatable> {
+    let calls = message.get("tool_calls").and_then(Value::as_array);
+    calls
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let arguments = c.pointer("/function/arguments").and_then(Value::as_str);
+            Ok(Part::ToolCall {
+                id: text_of(c, "id"),
+                name: c
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                arguments: arguments_from_text(arguments.unwrap_or(""))?,
+            })
+        })
+        .collect()
 }
 
 fn content_text(c: &Value) -> Result<String, Untranslatable> {
@@ -387,37 +384,13 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
             parts.push(Part::Text(t.to_string()));
         }
     }
-    if let Some(calls) = msg.get("tool_calls").and_then(Value::as_array) {
-        for c in calls {
-            parts.push(Part::ToolCall {
-                id: c
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                name: c
-                    .pointer("/function/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                arguments: arguments_from_text(
-                    c.pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or(""),
-                )?,
-            });
-        }
-    }
+    parts.extend(tool_calls(msg)?);
     Ok(Response {
         id: v
             .get("id")
             .and_then(Value::as_str)
             .map_or_else(|| new_id("chatcmpl-"), String::from),
-        model: v
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        model: text_of(&v, "model"),
         parts,
         stop: stop_from(
             choice
@@ -485,25 +458,13 @@ impl Decoder {
         if event.data.trim() == "[DONE]" {
             return Ok(None);
         }
-        let v: Value = serde_json::from_str(&event.data)
-            .map_err(|_| Untranslatable("a stream chunk is not JSON".into()))?;
-        if v.get("error").is_some() {
-            return untranslatable(crate::pipeline::error_text(event.data.as_bytes()));
-        }
+        let v = stream_json(event)?;
         let mut out = Vec::new();
         if !self.started {
             self.started = true;
             out.push(Delta::Start {
-                id: v
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                model: v
-                    .get("model")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
+                id: text_of(&v, "id"),
+                model: text_of(&v, "model"),
             });
         }
         if let Some(choice) = v.pointer("/choices/0") {

@@ -1,0 +1,735 @@
+//! switchyard's cost against the floor, measured in one run on one machine.
+//!
+//! Starts a fast mock upstream, then measures side by side: the mock
+//! directly; nginx `proxy_pass` to it (the floor: a plain reverse proxy);
+//! switchyard embedded; switchyard in cluster mode with Postgres and Redis,
+//! one replica, and two behind nginx; optionally LiteLLM's proxy. Prints one
+//! table and writes the figures as JSON (target/bench/results.json).
+//!
+//!   ops/bench [--runs N] [--quick] [--litellm]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // A bench fails loudly; its tasks live as long as it.
+
+#[path = "../tests/common/services.rs"]
+#[allow(dead_code)]
+mod services;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use services::{Nginx, PgServer, RedisServer};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const CLIENT_KEY: &str = "sk-bench-client";
+/// Chunks of the streaming measurement, and the mock's gap between them.
+const STREAM_CHUNKS: usize = 20;
+const STREAM_GAP: Duration = Duration::from_millis(2);
+const OPEN_STREAMS: usize = 1000;
+
+struct Options {
+    runs: usize,
+    seconds: u64,
+    litellm: bool,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if flag("--quick") { 1 } else { 3 });
+    Options {
+        runs,
+        seconds: if flag("--quick") { 2 } else { 5 },
+        litellm: flag("--litellm"),
+    }
+}
+
+// ---------------------------------------------------------------- the mock
+
+/// The upstream: a small JSON answer at once, or a stream. Model `fast`
+/// answers JSON (or a one-chunk stream); `stream` sends STREAM_CHUNKS chunks
+/// STREAM_GAP apart; `slow` a chunk a second for a minute; `p…`/`q…`-keyed
+/// requests say which credential they came with.
+async fn mock(headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let model = v["model"].as_str().unwrap_or("").to_string();
+    let key = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let content = format!("served with {key}");
+    if !v["stream"].as_bool().unwrap_or(false) {
+        let answer = json!({"id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}});
+        return ([("content-type", "application/json")], answer.to_string()).into_response();
+    }
+    let (chunks, gap) = match model.as_str() {
+        "stream" => (STREAM_CHUNKS, STREAM_GAP),
+        "slow" => (60, Duration::from_secs(1)),
+        _ => (1, Duration::ZERO),
+    };
+    let events = futures_util::stream::unfold(0usize, move |i| {
+        let model = model.clone();
+        async move {
+            if i > chunks + 1 {
+                return None;
+            }
+            if i > 0 && i <= chunks && !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+            let data = if i == chunks + 1 {
+                "[DONE]".to_string()
+            } else if i == chunks {
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string()
+            } else {
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [{"index": 0, "delta": {"content": format!("chunk {i} ")}, "finish_reason": null}]}).to_string()
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(format!("data: {data}\n\n")),
+                i + 1,
+            ))
+        }
+    });
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(events),
+    )
+        .into_response()
+}
+
+async fn start_mock() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/v1/chat/completions", post(mock));
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+// ------------------------------------------------------------ the targets
+
+struct Target {
+    name: &'static str,
+    /// Base URL; requests go to {url}/v1/chat/completions.
+    url: String,
+    /// The switchyard process whose memory is measured, if any.
+    pid: Option<u32>,
+}
+
+struct Replica {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+/// Starts the release binary and waits for it to be ready.
+async fn replica(env: &[(&str, String)]) -> Replica {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_LOG", "warn,switchyard::server=info")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "switchyard listening" {
+                    return v["addr"].as_str().unwrap().parse().unwrap();
+                }
+            }
+        }
+        panic!("the gateway exited before listening")
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return Replica { child, addr };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway did not become ready");
+}
+
+fn embedded_config(dir: &Path, mock: SocketAddr) -> PathBuf {
+    let path = dir.join("switchyard.toml");
+    let text = format!(
+        "[[credentials]]\nid = \"p\"\nprovider = \"openai\"\nbase_url = \"http://{mock}/v1\"\napi_key = \"upstream-p\"\n\n\
+         [[credential_models]]\ncredential_id = \"p\"\nmodel = \"fast\"\n\n\
+         [[credential_models]]\ncredential_id = \"p\"\nmodel = \"stream\"\n\n\
+         [[credential_models]]\ncredential_id = \"p\"\nmodel = \"slow\"\n\n\
+         [[api_keys]]\nname = \"bench\"\nkey_hash = \"{}\"\n",
+        switchyard::catalog::hash_key(CLIENT_KEY)
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn seed_cluster(pg: &PgServer, mock: SocketAddr) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("migrate")
+        .env("DATABASE_URL", pg.url("postgres"))
+        .env_remove("REDIS_URL")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap();
+    let seed = format!(
+        "insert into credentials (id, provider, base_url, api_key, priority) values
+           ('p', 'openai', 'http://{mock}/v1', 'upstream-p', 1), ('q', 'openai', 'http://{mock}/v1', 'upstream-q', 0);
+         insert into credential_models values ('p', 'fast', 'fast'), ('p', 'stream', 'stream'), ('p', 'slow', 'slow');
+         insert into credential_models select 'p', 'prop' || i, 'u' || i from generate_series(0, 999) i;
+         insert into credential_models select 'q', 'prop' || i, 'u' || i from generate_series(0, 999) i;
+         insert into api_keys (name, key_hash) values ('bench', '{}');",
+        switchyard::catalog::hash_key(CLIENT_KEY)
+    );
+    sqlx::raw_sql(&seed).execute(&db).await.unwrap();
+    db.close().await;
+}
+
+// --------------------------------------------------------- measurements
+
+fn wrk_script(dir: &Path) -> PathBuf {
+    let path = dir.join("post.lua");
+    std::fs::write(
+        &path,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{{\"model\":\"fast\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {CLIENT_KEY}\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs wrk and returns (requests per second, p50 ms, p99 ms, non-2xx).
+async fn wrk(url: &str, script: &Path, connections: usize, seconds: u64) -> (f64, f64, f64, u64) {
+    let threads = connections.min(2).to_string();
+    let out = tokio::process::Command::new("wrk")
+        .args([
+            "-t",
+            &threads,
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(format!("{url}/v1/chat/completions"))
+        .output()
+        .await
+        .expect("wrk runs (ops/bench installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let pct = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(str::trim).map(String::from))
+            .map(|v| duration_ms(&v))
+            .unwrap_or(f64::NAN)
+    };
+    let errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (rps, pct("50%"), pct("99%"), errors)
+}
+
+fn duration_ms(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1_000.0,
+        "ms" => n,
+        "s" => n * 1_000.0,
+        "m" => n * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+/// Sequential streams: the median time to the first content chunk, and the
+/// median arrival time of each chunk after the request was sent (ms).
+async fn stream_timing(url: &str, requests: usize) -> (f64, Vec<f64>) {
+    let client = reqwest::Client::new();
+    let body =
+        json!({"model": "stream", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let mut firsts = Vec::new();
+    let mut per_chunk: Vec<Vec<f64>> = vec![Vec::new(); STREAM_CHUNKS];
+    for _ in 0..requests {
+        let sent = Instant::now();
+        let r = client
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let mut s = r.bytes_stream();
+        let mut buf = String::new();
+        let mut seen = 0;
+        while let Some(chunk) = s.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(i) = buf.find("\n\n") {
+                let event: String = buf.drain(..i + 2).collect();
+                if event.contains("\"content\":\"chunk ") && seen < STREAM_CHUNKS {
+                    let at = sent.elapsed().as_secs_f64() * 1_000.0;
+                    if seen == 0 {
+                        firsts.push(at);
+                    }
+                    per_chunk[seen].push(at);
+                    seen += 1;
+                }
+            }
+        }
+    }
+    (
+        median(&mut firsts),
+        per_chunk.iter_mut().map(|v| median(v)).collect(),
+    )
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+            })
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// RSS idle, and with OPEN_STREAMS streams open at once (each past its first chunk).
+async fn memory(url: &str, pid: u32) -> (f64, f64) {
+    let idle = rss_mb(pid);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let body =
+        json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let ready = Arc::new(tokio::sync::Semaphore::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    for _ in 0..OPEN_STREAMS {
+        let (client, body, url, ready, stop) = (
+            client.clone(),
+            body.clone(),
+            url.to_string(),
+            ready.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(CLIENT_KEY)
+                .json(&body)
+                .send()
+                .await;
+            let Ok(r) = r else {
+                ready.add_permits(1);
+                return;
+            };
+            let mut s = r.bytes_stream();
+            let _ = s.next().await;
+            ready.add_permits(1);
+            stop.cancelled().await;
+        }));
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(60),
+        ready.acquire_many(OPEN_STREAMS as u32),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = rss_mb(pid);
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    (idle, open)
+}
+
+/// A block written by one replica's code path (the Redis store), and the
+/// other replica's routing: for each trial, the time from the write starting
+/// until the first request of B that was routed away from the blocked pair
+/// came back (B is asked back to back meanwhile), and how many requests B
+/// sent after the write had returned still chose the blocked pair.
+async fn propagation(b_url: &str, redis_url: &str, trials: usize) -> (Vec<f64>, usize) {
+    use switchyard::state::{Block, LearnedStore, Reason, Scope};
+    let store = switchyard::state::RedisStore::connect(
+        redis_url,
+        "switchyard:",
+        Duration::from_millis(250),
+        "bench-writer",
+        Arc::new(switchyard::clock::SystemClock),
+        Arc::new(switchyard::metrics::Metrics::new()),
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut times = Vec::new();
+    let mut violations = 0;
+    for i in 0..trials {
+        let model = format!("prop{i}");
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        let writer = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let start = Instant::now();
+            let now = switchyard::clock::Clock::now_ms(&switchyard::clock::SystemClock);
+            let block = Block {
+                reason: Reason::ModelNotSupported,
+                status: 400,
+                message: "bench".into(),
+                replica: "bench-writer".into(),
+                since_ms: now,
+                until_ms: now + 60_000,
+            };
+            store
+                .put(&Scope::pair("p", &format!("u{i}")), block)
+                .await
+                .unwrap();
+            (start, Instant::now())
+        };
+        let reader = async {
+            let mut log = Vec::new();
+            loop {
+                let sent = Instant::now();
+                let r = client
+                    .post(format!("{b_url}/v1/chat/completions"))
+                    .bearer_auth(CLIENT_KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let v: Value = r.json().await.unwrap();
+                let by_q = v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("upstream-q");
+                log.push((sent, Instant::now(), by_q));
+                if by_q {
+                    return log;
+                }
+            }
+        };
+        let ((start, written), log) = tokio::join!(writer, reader);
+        let honoured = log.last().unwrap().1;
+        times.push(honoured.saturating_duration_since(start).as_secs_f64() * 1_000.0);
+        violations += log
+            .iter()
+            .filter(|(sent, _, by_q)| *sent > written && !by_q)
+            .count();
+    }
+    (times, violations)
+}
+
+// ------------------------------------------------------------------ report
+
+#[derive(Default, Clone)]
+struct Row {
+    rps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    ttft: Vec<f64>,
+    chunks: Vec<Vec<f64>>,
+    errors: u64,
+    rss_idle: Option<f64>,
+    rss_open: Option<f64>,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let opts = options();
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let script = wrk_script(tmp.path());
+    eprintln!("==> starting the mock upstream, nginx, Postgres, Redis and the gateways");
+    let mock = start_mock().await;
+    let floor = Nginx::start(&[mock]);
+    let embedded = replica(&[(
+        "SWITCHYARD_CONFIG",
+        embedded_config(tmp.path(), mock).display().to_string(),
+    )])
+    .await;
+    let pg = PgServer::start();
+    let redis = RedisServer::start();
+    seed_cluster(&pg, mock).await;
+    let cluster_env = |id: &str| {
+        vec![
+            ("DATABASE_URL", pg.url("postgres")),
+            ("REDIS_URL", redis.url()),
+            ("SWITCHYARD_REPLICA_ID", id.to_string()),
+        ]
+    };
+    let a = replica(&cluster_env("bench-a")).await;
+    let b = replica(&cluster_env("bench-b")).await;
+    let pair = Nginx::start(&[a.addr, b.addr]);
+    let mut litellm = if opts.litellm {
+        Some(start_litellm(mock, tmp.path()).await)
+    } else {
+        None
+    };
+
+    let mut targets = vec![
+        Target {
+            name: "mock, direct",
+            url: format!("http://{mock}"),
+            pid: None,
+        },
+        Target {
+            name: "nginx proxy_pass (floor)",
+            url: floor.url(),
+            pid: None,
+        },
+        Target {
+            name: "switchyard embedded",
+            url: format!("http://{}", embedded.addr),
+            pid: embedded.child.id(),
+        },
+        Target {
+            name: "switchyard cluster, 1 replica",
+            url: format!("http://{}", a.addr),
+            pid: a.child.id(),
+        },
+        Target {
+            name: "switchyard cluster, 2 behind nginx",
+            url: pair.url(),
+            pid: None,
+        },
+    ];
+    if let Some((url, _)) = &litellm {
+        targets.push(Target {
+            name: "LiteLLM proxy",
+            url: url.clone(),
+            pid: None,
+        });
+    }
+    let mut rows: Vec<Row> = vec![Row::default(); targets.len()];
+    for run in 1..=opts.runs {
+        for (t, row) in targets.iter().zip(rows.iter_mut()) {
+            eprintln!("==> run {run}/{}: {}", opts.runs, t.name);
+            let _ = wrk(&t.url, &script, 8, 1).await; // warm-up
+            let (rps, _, _, e1) = wrk(&t.url, &script, 32, opts.seconds).await;
+            let (_, p50, p99, e2) = wrk(&t.url, &script, 4, opts.seconds).await;
+            let (ttft, chunks) = stream_timing(&t.url, 30).await;
+            row.rps.push(rps);
+            row.p50.push(p50);
+            row.p99.push(p99);
+            row.ttft.push(ttft);
+            row.chunks.push(chunks);
+            row.errors += e1 + e2;
+        }
+    }
+    for (t, row) in targets.iter().zip(rows.iter_mut()) {
+        if let Some(pid) = t.pid {
+            eprintln!("==> memory: {}", t.name);
+            let (idle, open) = memory(&t.url, pid).await;
+            row.rss_idle = Some(idle);
+            row.rss_open = Some(open);
+        }
+    }
+    eprintln!("==> cross-replica propagation");
+    let (mut prop, violations) =
+        propagation(&format!("http://{}", b.addr), &redis.url(), 200).await;
+    if let Some((_, child)) = litellm.as_mut() {
+        let _ = child.kill().await;
+    }
+    report(&targets, &rows, &mut prop, violations, &opts, &out_dir);
+}
+
+async fn start_litellm(mock: SocketAddr, dir: &Path) -> (String, tokio::process::Child) {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-venv");
+    if !venv.join("bin/litellm").exists() {
+        eprintln!("==> installing LiteLLM into {}", venv.display());
+        assert!(
+            std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let ok = std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "litellm[proxy]"])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pip install litellm[proxy] failed");
+    }
+    let port = services::free_port();
+    let cfg = dir.join("litellm.yaml");
+    std::fs::write(&cfg, format!(
+        "model_list:\n  - model_name: fast\n    litellm_params: {{model: openai/fast, api_base: \"http://{mock}/v1\", api_key: upstream-p}}\n  - model_name: stream\n    litellm_params: {{model: openai/stream, api_base: \"http://{mock}/v1\", api_key: upstream-p}}\ngeneral_settings:\n  master_key: {CLIENT_KEY}\n"
+    )).unwrap();
+    let child = tokio::process::Command::new(venv.join("bin/litellm"))
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--host",
+            "127.0.0.1",
+            "--num_workers",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if client
+            .get(format!("{url}/health/liveliness"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return (url, child);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("LiteLLM did not start");
+}
+
+fn report(
+    targets: &[Target],
+    rows: &[Row],
+    prop: &mut [f64],
+    violations: usize,
+    opts: &Options,
+    out_dir: &Path,
+) {
+    let med = |v: &[f64]| median(&mut v.to_vec());
+    let direct = &rows[0];
+    let floor_rps = med(&rows[1].rps);
+    let (d50, d99, dttft) = (med(&direct.p50), med(&direct.p99), med(&direct.ttft));
+    // Chunk i's median arrival over runs, for the direct stream.
+    let chunk_median =
+        |row: &Row, i: usize| med(&row.chunks.iter().map(|c| c[i]).collect::<Vec<_>>());
+    println!();
+    println!(
+        "switchyard benchmark: medians of {} runs, {} s per load, on this machine",
+        opts.runs, opts.seconds
+    );
+    println!(
+        "{:<36} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "target",
+        "req/s @32",
+        "x floor",
+        "p50 @4",
+        "p99 @4",
+        "+p99",
+        "+TTFT",
+        "+chunk",
+        "RSS idle/1k"
+    );
+    let mut json_rows = Vec::new();
+    for (t, row) in targets.iter().zip(rows) {
+        let rps = med(&row.rps);
+        let (p50, p99, ttft) = (med(&row.p50), med(&row.p99), med(&row.ttft));
+        let added_chunk = med(&(0..STREAM_CHUNKS)
+            .map(|i| chunk_median(row, i) - chunk_median(direct, i))
+            .collect::<Vec<_>>());
+        let rss = match (row.rss_idle, row.rss_open) {
+            (Some(i), Some(o)) => format!("{i:.0}/{o:.0} MB"),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<36} {:>10.0} {:>8.2} {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>8.3}ms {:>10}",
+            t.name,
+            rps,
+            rps / floor_rps,
+            p50,
+            p99,
+            p99 - d99,
+            ttft - dttft,
+            added_chunk,
+            rss
+        );
+        json_rows.push(json!({
+            "target": t.name, "rps_32": rps, "rps_ratio_to_nginx": rps / floor_rps,
+            "p50_ms_4": p50, "p99_ms_4": p99, "p50_added_ms": p50 - d50, "p99_added_ms": p99 - d99,
+            "ttft_ms": ttft, "ttft_added_ms": ttft - dttft, "chunk_added_ms": added_chunk,
+            "rss_idle_mb": row.rss_idle, "rss_1000_streams_mb": row.rss_open, "errors": row.errors,
+            "runs": {"rps": row.rps, "p50": row.p50, "p99": row.p99, "ttft": row.ttft},
+        }));
+    }
+    let (p50, p99, max) = (
+        percentile(prop, 0.5),
+        percentile(prop, 0.99),
+        percentile(prop, 1.0),
+    );
+    println!();
+    println!(
+        "cross-replica propagation ({} trials): block written -> other replica's routing honours it: p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms; requests that chose the blocked pair after the write: {violations}",
+        prop.len()
+    );
+    let summary = json!({
+        "runs": opts.runs, "seconds_per_load": opts.seconds, "targets": json_rows,
+        "propagation_ms": {"p50": p50, "p99": p99, "max": max, "trials": prop.len(), "violations": violations},
+    });
+    let path = out_dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary).unwrap()).unwrap();
+    println!("figures written to {}", path.display());
+}

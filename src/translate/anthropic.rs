@@ -85,7 +85,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                 ));
             }
             req.tools.push(Tool {
-                name: text_of(&t, "name"),
+                name: text_of(t, "name"),
                 description: t
                     .get("description")
                     .and_then(Value::as_str)
@@ -103,7 +103,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
             Some("auto") => ToolChoice::Auto,
             Some("any") => ToolChoice::Required,
             Some("none") => ToolChoice::None,
-            Some("tool") => ToolChoice::Tool(text_of(&c, "name")),
+            Some("tool") => ToolChoice::Tool(text_of(c, "name")),
             _ => return untranslatable("`tool_choice` is not known"),
         }),
     };
@@ -312,7 +312,7 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
             .get("id")
             .and_then(Value::as_str)
             .map_or_else(|| new_id("msg_"), String::from),
-        model: text_of(&v, "model"),
+        model: text_of(v, "model"),
         parts,
         stop: stop_from(
             v.get("stop_reason")
@@ -386,8 +386,8 @@ impl Decoder {
                     .and_then(Value::as_u64)
                     .unwrap_or(0);
                 out.push(Delta::Start {
-                    id: text_of(&m, "id"),
-                    model: text_of(&m, "model"),
+                    id: text_of(m, "id"),
+                    model: text_of(m, "model"),
                 });
             }
             "content_block_start" => {

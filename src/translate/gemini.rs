@@ -100,7 +100,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                 "functionDeclarations" | "function_declarations" => {
                     for f in v.as_array().into_iter().flatten() {
                         req.tools.push(Tool {
-                            name: text_of(&f, "name"),
+                            name: text_of(f, "name"),
                             description: f
                                 .get("description")
                                 .and_then(Value::as_str)
@@ -167,7 +167,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                         .and_then(Value::as_str)
                         .unwrap_or("image/png")
                         .to_string(),
-                    data: text_of(&d, "data"),
+                    data: text_of(d, "data"),
                 }));
             } else if let Some(d) = p.get("fileData").or_else(|| p.get("file_data")) {
                 parts.push(Part::Image(Image::Url(
@@ -178,7 +178,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                         .to_string(),
                 )));
             } else if let Some(f) = p.get("functionCall").or_else(|| p.get("function_call")) {
-                let name = text_of(&f, "name");
+                let name = text_of(f, "name");
                 let id = f
                     .get("id")
                     .and_then(Value::as_str)
@@ -193,7 +193,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                 .get("functionResponse")
                 .or_else(|| p.get("function_response"))
             {
-                let name = text_of(&f, "name");
+                let name = text_of(f, "name");
                 let call_id = match f.get("id").and_then(Value::as_str) {
                     Some(id) => id.to_string(),
                     None => req
@@ -391,7 +391,7 @@ fn candidate_parts(v: &Value, calls: &mut usize) -> Vec<Part> {
         if let Some(t) = p.get("text").and_then(Value::as_str) {
             parts.push(Part::Text(t.to_string()));
         } else if let Some(f) = p.get("functionCall") {
-            let name = text_of(&f, "name");
+            let name = text_of(f, "name");
             let id = f
                 .get("id")
                 .and_then(Value::as_str)
@@ -429,7 +429,7 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
             .get("responseId")
             .and_then(Value::as_str)
             .map_or_else(|| new_id(""), String::from),
-        model: text_of(&v, "modelVersion"),
+        model: text_of(v, "modelVersion"),
         stop: stop_from(reason, calls > 0),
         parts,
         usage: usage_of(v).unwrap_or_default(),

@@ -154,7 +154,7 @@ fn parse_message(m: &Value, req: &mut Request) -> Result<(), Untranslatable> {
             });
         }
         "tool" => {
-            let call_id = text_of(&m, "tool_call_id");
+            let call_id = text_of(m, "tool_call_id");
             let content = vec![Part::Text(content_text(&m["content"])?)];
             req.messages.push(Message {
                 role: Role::User,
@@ -390,7 +390,7 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
             .get("id")
             .and_then(Value::as_str)
             .map_or_else(|| new_id("chatcmpl-"), String::from),
-        model: text_of(&v, "model"),
+        model: text_of(v, "model"),
         parts,
         stop: stop_from(
             choice

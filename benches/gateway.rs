@@ -26,7 +26,6 @@ use axum::routing::post;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use services::{Nginx, PgServer, RedisServer};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const CLIENT_KEY: &str = "sk-bench-client";
 /// Chunks of the streaming measurement, and the mock's gap between them.
@@ -137,42 +136,35 @@ struct Replica {
     addr: SocketAddr,
 }
 
-/// Starts the release binary and waits for it to be ready.
-async fn replica(env: &[(&str, String)]) -> Replica {
+/// Starts the release binary, with its default logging (to a file), and
+/// waits for it to be ready.
+async fn replica(env: &[(&str, String)], log: &Path) -> Replica {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
     cmd.env("SWITCHYARD_LISTEN", "127.0.0.1:0")
-        .env("SWITCHYARD_LOG", "warn,switchyard::server=info")
+        .env_remove("SWITCHYARD_LOG")
+        .env_remove("RUST_LOG")
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
         .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "switchyard listening" {
-                    return v["addr"].as_str().unwrap().parse().unwrap();
-                }
-            }
+    let child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    let addr: SocketAddr = loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let listening = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["message"] == "switchyard listening");
+        if let Some(v) = listening {
+            break v["addr"].as_str().unwrap().parse().unwrap();
         }
-        panic!("the gateway exited before listening")
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        assert!(started.elapsed() < Duration::from_secs(30), "the gateway did not start: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        if client
-            .get(format!("http://{addr}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
+        if client.get(format!("http://{addr}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
             return Replica { child, addr };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -521,8 +513,8 @@ async fn main() {
             ("SWITCHYARD_REPLICA_ID", id.to_string()),
         ]
     };
-    let a = replica(&cluster_env("bench-a")).await;
-    let b = replica(&cluster_env("bench-b")).await;
+    let a = replica(&cluster_env("bench-a"), &tmp.path().join("a.log")).await;
+    let b = replica(&cluster_env("bench-b"), &tmp.path().join("b.log")).await;
     let pair = Nginx::start(&[a.addr, b.addr]);
     let mut litellm = if opts.litellm {
         Some(start_litellm(mock, tmp.path()).await)

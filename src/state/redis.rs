@@ -350,16 +350,36 @@ impl Shared {
             .collect())
     }
 
-    /// The values and remaining TTLs of `keys`, in one round trip.
+    /// The values and remaining TTLs of `keys`, in one round trip: what the
+    /// admin API and the mirror show.
     async fn read(
         &self,
         conn: &mut MultiplexedConnection,
         keys: &[String],
     ) -> Result<Vec<Option<Block>>, RedisError> {
-        Ok(self.read_with(conn, keys, &[]).await?.0)
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
+        }
+        let values: Vec<RedisValue> = pipe.query_async(conn).await?;
+        let now = self.clock.now_ms();
+        Ok(values
+            .chunks(2)
+            .map(|pair| match pair {
+                [value, RedisValue::Int(ttl)] => block_of(value, *ttl, now),
+                _ => None,
+            })
+            .collect())
     }
 
-    /// [`Self::read`], and whether each of `ladders` exists, in the same round trip.
+    /// The routing read: the blocks of `keys` and whether each of `ladders`
+    /// exists, in one MGET. A key Redis returns has not expired, so it blocks;
+    /// its `until_ms` is taken from the value (TTL and value are written
+    /// together), at least a moment from now, so a TTL extended by hand still
+    /// blocks and a value that is not ours blocks too.
     async fn read_with(
         &self,
         conn: &mut MultiplexedConnection,
@@ -369,28 +389,18 @@ impl Shared {
         if keys.is_empty() && ladders.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
-        }
-        for l in ladders {
-            pipe.cmd("EXISTS").arg(l);
-        }
-        let values: Vec<RedisValue> = pipe.query_async(conn).await?;
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(keys)
+            .arg(ladders)
+            .query_async(conn)
+            .await?;
         let now = self.clock.now_ms();
-        let (blocks, exists) = values.split_at((keys.len() * 2).min(values.len()));
+        let (blocks, exists) = values.split_at(keys.len().min(values.len()));
         let blocks = blocks
-            .chunks(2)
-            .map(|pair| match pair {
-                [value, RedisValue::Int(ttl)] => block_of(value, *ttl, now),
-                _ => None,
-            })
-            .collect();
-        let exists = exists
             .iter()
-            .map(|v| !matches!(v, RedisValue::Int(0)))
+            .map(|v| v.as_deref().map(|bytes| present_block(bytes, now)))
             .collect();
-        Ok((blocks, exists))
+        Ok((blocks, exists.iter().map(Option::is_some).collect()))
     }
 
     /// Keeps the connection healthy: pings it, and reconnects after a loss.
@@ -533,6 +543,28 @@ fn block_of(value: &RedisValue, ttl_ms: i64, now_ms: i64) -> Option<Block> {
     }
     Some(block)
 }
+
+/// A block Redis still holds, for routing: active whatever its value says.
+fn present_block(bytes: &[u8], now_ms: i64) -> Block {
+    match serde_json::from_slice::<Block>(bytes) {
+        Ok(mut block) => {
+            block.until_ms = block.until_ms.max(now_ms + 1);
+            block
+        }
+        Err(_) => Block {
+            reason: Reason::UpstreamError,
+            status: 0,
+            message: "a block value that is not switchyard's JSON".into(),
+            replica: String::new(),
+            since_ms: now_ms,
+            until_ms: now_ms + UNKNOWN_END_MS,
+        },
+    }
+}
+
+/// How long a block whose value gives no end is taken to last, for waits
+/// (it keeps blocking for as long as Redis holds it).
+const UNKNOWN_END_MS: i64 = 1_000;
 
 /// How far a block's `until_ms` may sit from its TTL's end and still be kept.
 const TTL_SLACK_MS: i64 = 1_000;

@@ -155,16 +155,27 @@ async fn replica(env: &[(&str, String)], log: &Path) -> Replica {
     let started = Instant::now();
     let addr: SocketAddr = loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let listening = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["message"] == "switchyard listening");
+        let listening = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "switchyard listening");
         if let Some(v) = listening {
             break v["addr"].as_str().unwrap().parse().unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the gateway did not start: {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the gateway did not start: {text}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        if client.get(format!("http://{addr}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+        if client
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             return Replica { child, addr };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -498,10 +509,11 @@ async fn main() {
     eprintln!("==> starting the mock upstream, nginx, Postgres, Redis and the gateways");
     let mock = start_mock().await;
     let floor = Nginx::start(&[mock]);
-    let embedded = replica(&[(
-        "SWITCHYARD_CONFIG",
-        embedded_config(tmp.path(), mock).display().to_string(),
-    )])
+    let config = embedded_config(tmp.path(), mock).display().to_string();
+    let embedded = replica(
+        &[("SWITCHYARD_CONFIG", config)],
+        &tmp.path().join("embedded.log"),
+    )
     .await;
     let pg = PgServer::start();
     let redis = RedisServer::start();

@@ -140,7 +140,11 @@ struct Replica {
 /// waits for it to be ready.
 async fn replica(env: &[(&str, String)], log: &Path) -> Replica {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    // One worker thread, as the nginx floor runs one worker process: on a
+    // small machine shared with the load generator and the mock, more
+    // threads than cores only trade tail latency for throughput.
     cmd.env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_WORKER_THREADS", "1")
         .env_remove("SWITCHYARD_LOG")
         .env_remove("RUST_LOG")
         .env_remove("DATABASE_URL")

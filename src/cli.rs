@@ -47,11 +47,19 @@ enum KeysCommand {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let _log = crate::telemetry::init();
+    let config = match sources(cli.config.clone()).and_then(|s| Ok(Config::load(&s)?)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");

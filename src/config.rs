@@ -32,6 +32,8 @@ pub struct Config {
     pub reload_interval: Duration,
     /// How often cluster mode reloads from Postgres without a notification.
     pub reconcile_interval: Duration,
+    /// Runtime worker threads; `None`: one per CPU.
+    pub worker_threads: Option<usize>,
     /// The embedded-mode TOML file.
     pub config_file: Option<PathBuf>,
 }
@@ -92,6 +94,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("SWITCHYARD_REDIS_TIMEOUT_MS", "250"),
     ("SWITCHYARD_RELOAD_INTERVAL_MS", "500"),
     ("SWITCHYARD_RECONCILE_INTERVAL_MS", "2000"),
+    ("SWITCHYARD_WORKER_THREADS", ""),
 ];
 
 /// Where setting values come from: the environment and the file's
@@ -214,6 +217,10 @@ impl Config {
             redis_timeout: positive_ms(s, "SWITCHYARD_REDIS_TIMEOUT_MS")?,
             reload_interval: positive_ms(s, "SWITCHYARD_RELOAD_INTERVAL_MS")?,
             reconcile_interval: positive_ms(s, "SWITCHYARD_RECONCILE_INTERVAL_MS")?,
+            worker_threads: match s.get("SWITCHYARD_WORKER_THREADS") {
+                None => None,
+                Some(_) => Some(parse::<usize>(s, "SWITCHYARD_WORKER_THREADS")?).filter(|n| *n > 0),
+            },
             config_file: s.config_file.clone(),
         })
     }

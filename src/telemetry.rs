@@ -1,19 +1,25 @@
 //! Logging: JSON lines when stderr is not a terminal, readable text when it is.
+//! Lines are written by a background thread, so a request never waits on the
+//! log's write.
 
 use std::io::IsTerminal;
 
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `SWITCHYARD_LOG` (or `RUST_LOG`) filters.
-pub fn init() {
+/// Keep the returned guard until the process ends: dropping it flushes the
+/// lines still queued.
+pub fn init() -> WorkerGuard {
     let filter = std::env::var("SWITCHYARD_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
@@ -23,4 +29,5 @@ pub fn init() {
             .with_current_span(false)
             .init();
     }
+    guard
 }

@@ -34,8 +34,33 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// Runtime worker threads; `None`: one per CPU.
     pub worker_threads: Option<usize>,
+    /// Which requests get a log line of their own.
+    pub access_log: AccessLog,
     /// The embedded-mode TOML file.
     pub config_file: Option<PathBuf>,
+}
+
+/// Which requests get a log line of their own. 5xx answers always do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    /// Every request.
+    All,
+    /// Requests that failed (4xx), fell back, or waited for a block.
+    Errors,
+    /// Only 5xx answers.
+    Off,
+}
+
+impl std::str::FromStr for AccessLog {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(AccessLog::All),
+            "errors" => Ok(AccessLog::Errors),
+            "off" => Ok(AccessLog::Off),
+            other => Err(format!("{other:?} is not one of all, errors, off")),
+        }
+    }
 }
 
 /// Upstream timeouts.
@@ -95,6 +120,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("SWITCHYARD_RELOAD_INTERVAL_MS", "500"),
     ("SWITCHYARD_RECONCILE_INTERVAL_MS", "2000"),
     ("SWITCHYARD_WORKER_THREADS", ""),
+    ("SWITCHYARD_ACCESS_LOG", "errors"),
 ];
 
 /// Where setting values come from: the environment and the file's
@@ -217,6 +243,7 @@ impl Config {
             redis_timeout: positive_ms(s, "SWITCHYARD_REDIS_TIMEOUT_MS")?,
             reload_interval: positive_ms(s, "SWITCHYARD_RELOAD_INTERVAL_MS")?,
             reconcile_interval: positive_ms(s, "SWITCHYARD_RECONCILE_INTERVAL_MS")?,
+            access_log: parse(s, "SWITCHYARD_ACCESS_LOG")?,
             worker_threads: match s.get("SWITCHYARD_WORKER_THREADS") {
                 None => None,
                 Some(_) => Some(parse::<usize>(s, "SWITCHYARD_WORKER_THREADS")?).filter(|n| *n > 0),

@@ -231,3 +231,31 @@ async fn the_example_file_starts_a_working_gateway() {
     bin.sigterm();
     assert_eq!(bin.exit_code().await, 0);
 }
+
+#[tokio::test]
+async fn the_access_log_setting_chooses_which_requests_get_a_line() {
+    let lines_for = |logs: Vec<String>, status: u64| {
+        logs.iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == "request" && v["status"] == status)
+            .count()
+    };
+    for (setting, ok_lines) in [(None, 0), (Some("all"), 1), (Some("off"), 0)] {
+        let mock = Mock::start().await;
+        let env: Vec<(&str, &str)> = setting.map(|s| ("SWITCHYARD_ACCESS_LOG", s)).into_iter().collect();
+        let mut bin = start_on(&mock, &env).await;
+        let client = reqwest::Client::new();
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let url = format!("{}/v1/chat/completions", bin.url);
+        let ok = client.post(&url).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        let denied = client.post(&url).bearer_auth("sk-nope").json(&body).send().await.unwrap();
+        assert_eq!(denied.status(), 401);
+        bin.sigterm();
+        assert_eq!(bin.exit_code().await, 0);
+        let logs = bin.logs();
+        assert_eq!(lines_for(logs.clone(), 200), ok_lines, "{setting:?}");
+        let denied_lines = if setting == Some("off") { 0 } else { 1 };
+        assert_eq!(lines_for(logs, 401), denied_lines, "{setting:?}");
+    }
+}

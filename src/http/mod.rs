@@ -21,6 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 
+use crate::config::AccessLog;
 use crate::pipeline::{Gateway, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
 
@@ -123,9 +124,10 @@ pub struct RequestLog {
     pub trace: Trace,
 }
 
-/// One log line per request, and the one place 5xx answers are logged. The
-/// query string is never logged: it may carry a client key (`?key=`). For a
-/// stream, the line is written when its headers go out.
+/// The request's log line (which requests get one is `SWITCHYARD_ACCESS_LOG`),
+/// and the one place 5xx answers are logged. The query string is never
+/// logged: it may carry a client key (`?key=`). For a stream, the line is
+/// written when its headers go out.
 async fn access_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -141,9 +143,16 @@ async fn access_log(State(state): State<AppState>, request: Request, next: Next)
     let upstream_model = log.and_then(|l| l.trace.upstream_model.as_deref());
     let attempts = log.map(|l| l.trace.attempts);
     let waited_ms = log.map(|l| l.trace.waited_ms);
+    let eventful =
+        status >= 400 || attempts.is_some_and(|a| a > 1) || waited_ms.is_some_and(|w| w > 0);
+    let wanted = match state.gateway.config().access_log {
+        AccessLog::All => !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics"),
+        AccessLog::Errors => eventful,
+        AccessLog::Off => false,
+    };
     if status >= 500 {
         tracing::warn!(%method, %path, status, ms, key, model, credential, upstream_model, attempts, waited_ms, "request failed");
-    } else if !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+    } else if wanted {
         tracing::info!(%method, %path, status, ms, key, model, credential, upstream_model, attempts, waited_ms, "request");
     }
     response

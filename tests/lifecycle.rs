@@ -242,14 +242,29 @@ async fn the_access_log_setting_chooses_which_requests_get_a_line() {
     };
     for (setting, ok_lines) in [(None, 0), (Some("all"), 1), (Some("off"), 0)] {
         let mock = Mock::start().await;
-        let env: Vec<(&str, &str)> = setting.map(|s| ("SWITCHYARD_ACCESS_LOG", s)).into_iter().collect();
+        let env: Vec<(&str, &str)> = setting
+            .map(|s| ("SWITCHYARD_ACCESS_LOG", s))
+            .into_iter()
+            .collect();
         let mut bin = start_on(&mock, &env).await;
         let client = reqwest::Client::new();
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         let url = format!("{}/v1/chat/completions", bin.url);
-        let ok = client.post(&url).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap();
+        let ok = client
+            .post(&url)
+            .bearer_auth(CLIENT_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(ok.status(), 200);
-        let denied = client.post(&url).bearer_auth("sk-nope").json(&body).send().await.unwrap();
+        let denied = client
+            .post(&url)
+            .bearer_auth("sk-nope")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(denied.status(), 401);
         bin.sigterm();
         assert_eq!(bin.exit_code().await, 0);

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::prepare::Prepared;
 use super::{AttemptEnd, Attempted, ClientRequest, Gateway, Reply, Trace, model_not_found};
 use crate::catalog::Provider;
-use crate::routing::{Failure, Outcome, Plan, Purpose, Step, select::View};
+use crate::routing::{Failure, Outcome, Plan, Purpose, Step};
 use crate::translate::{self, count, ir};
 use crate::upstream::{anthropic, gemini};
 use crate::wire::{ErrorKind, Format};
@@ -40,12 +40,7 @@ impl Gateway {
         let mut plan = Plan::new(cfg.routing, cfg.request_retry, 0, started)
             .excluding(prepared.excluded.clone());
         loop {
-            let blocks = self.read_blocks(&route).await;
-            let view = View {
-                blocks: &blocks,
-                now_ms: self.now_ms(),
-            };
-            match plan.next(&route, view) {
+            match self.next_step(&mut plan, &route).await {
                 Step::Try(pick) => {
                     trace.attempt(&pick);
                     let at = Attempted {

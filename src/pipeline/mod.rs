@@ -229,12 +229,7 @@ impl Gateway {
         )
         .excluding(prepared.excluded.clone());
         loop {
-            let blocks = self.read_blocks(&route).await;
-            let view = View {
-                blocks: &blocks,
-                now_ms: self.now_ms(),
-            };
-            match plan.next(&route, view) {
+            match self.next_step(&mut plan, &route).await {
                 Step::Try(pick) => {
                     trace.attempt(&pick);
                     let attempted = Attempted {
@@ -266,6 +261,16 @@ impl Gateway {
                 } => return give_up(&route, retry_after_s, all_quota),
             }
         }
+    }
+
+    /// Reads the route's blocks now and asks the plan for the next step.
+    async fn next_step(&self, plan: &mut Plan, route: &Route) -> Step {
+        let blocks = self.read_blocks(route).await;
+        let view = View {
+            blocks: &blocks,
+            now_ms: self.now_ms(),
+        };
+        plan.next(route, view)
     }
 
     /// The route's blocks. A store that fails is treated as holding none, so

@@ -110,14 +110,27 @@ async fn mock(headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Respon
         .into_response()
 }
 
-async fn start_mock() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// The mock runs on a thread and a single-threaded runtime of its own, like
+/// a one-worker server: it neither competes with the bench's own tasks nor
+/// adds threads of its own to the machine's load.
+fn start_mock() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Router::new().route("/v1/chat/completions", post(mock));
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let app = Router::new().route("/v1/chat/completions", post(mock));
+            axum::serve(listener, app).await.unwrap();
+        });
     });
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
 }
 
@@ -511,7 +524,7 @@ async fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let script = wrk_script(tmp.path());
     eprintln!("==> starting the mock upstream, nginx, Postgres, Redis and the gateways");
-    let mock = start_mock().await;
+    let mock = start_mock();
     let floor = Nginx::start(&[mock]);
     let config = embedded_config(tmp.path(), mock).display().to_string();
     let embedded = replica(

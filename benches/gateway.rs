@@ -37,6 +37,8 @@ struct Options {
     runs: usize,
     seconds: u64,
     litellm: bool,
+    /// Only the memory figures (for working on them).
+    memory_only: bool,
 }
 
 fn options() -> Options {
@@ -48,10 +50,12 @@ fn options() -> Options {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(if flag("--quick") { 1 } else { 3 });
+    let memory_only = flag("--memory-only");
     Options {
-        runs,
+        runs: if memory_only { 0 } else { runs },
         seconds: if flag("--quick") { 2 } else { 5 },
         litellm: flag("--litellm"),
+        memory_only,
     }
 }
 
@@ -232,8 +236,8 @@ async fn seed_cluster(pg: &PgServer, mock: SocketAddr) {
         "insert into credentials (id, provider, base_url, api_key, priority) values
            ('p', 'openai', 'http://{mock}/v1', 'upstream-p', 1), ('q', 'openai', 'http://{mock}/v1', 'upstream-q', 0);
          insert into credential_models values ('p', 'fast', 'fast'), ('p', 'stream', 'stream'), ('p', 'slow', 'slow');
-         insert into credential_models select 'p', 'prop' || i, 'u' || i from generate_series(0, 999) i;
-         insert into credential_models select 'q', 'prop' || i, 'u' || i from generate_series(0, 999) i;
+         insert into credential_models select 'p', 'prop' || i, 'u' || i from generate_series(0, 199) i;
+         insert into credential_models select 'q', 'prop' || i, 'u' || i from generate_series(0, 199) i;
          insert into api_keys (name, key_hash) values ('bench', '{}');",
         switchyard::catalog::hash_key(CLIENT_KEY)
     );
@@ -608,6 +612,17 @@ async fn main() {
             row.rss_idle = Some(idle);
             row.rss_open = Some(open);
         }
+    }
+    if opts.memory_only {
+        for (t, row) in targets.iter().zip(&rows) {
+            if let (Some(i), Some(o)) = (row.rss_idle, row.rss_open) {
+                println!(
+                    "{}: RSS idle {i:.1} MB, with {OPEN_STREAMS} streams {o:.1} MB",
+                    t.name
+                );
+            }
+        }
+        return;
     }
     eprintln!("==> cross-replica propagation");
     let (mut prop, violations) =

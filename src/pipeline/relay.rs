@@ -70,12 +70,14 @@ impl Relay {
                     Ok(Some(event)) if event.data.trim().is_empty() => {}
                     Ok(Some(event)) => match self.translator.feed(&event) {
                         Ok(events) => events.iter().for_each(|e| e.encode_into(&mut out)),
-                        Err(e) => return Some(self.cut(Failure::Malformed, &e.0, out).await),
+                        Err(e) => {
+                            return Some(Box::pin(self.cut(Failure::Malformed, &e.0, out)).await);
+                        }
                     },
                     Ok(None) => break,
                     Err(_) => {
                         let why = Failure::Malformed.describe();
-                        return Some(self.cut(Failure::Malformed, why, out).await);
+                        return Some(Box::pin(self.cut(Failure::Malformed, why, out)).await);
                     }
                 }
             }
@@ -99,18 +101,20 @@ impl Relay {
                     return match self.translator.finish() {
                         Ok(events) if events.is_empty() => None,
                         Ok(events) => Some(encode(&events)),
-                        Err(e) => Some(self.cut(Failure::StreamCut, &e.0, out).await),
+                        Err(e) => Some(Box::pin(self.cut(Failure::StreamCut, &e.0, out)).await),
                     };
                 }
                 Ok(None) | Err(_) => {
                     let why = Failure::StreamCut.describe();
-                    return Some(self.cut(Failure::StreamCut, why, out).await);
+                    return Some(Box::pin(self.cut(Failure::StreamCut, why, out)).await);
                 }
             }
         }
     }
 
-    /// Learns a broken stream and ends it with an error event.
+    /// Learns a broken stream and ends it with an error event. Callers box
+    /// this future: it is rare and large, and every open stream would
+    /// otherwise carry its size.
     async fn cut(&mut self, failure: Failure, why: &str, mut out: BytesMut) -> Bytes {
         self.finished = true;
         self.gateway

@@ -8,7 +8,6 @@ pub mod openai;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderMap;
 
 use crate::config::Timeouts;
 use crate::routing::Failure;
@@ -72,7 +71,6 @@ impl Upstream {
             Ok(Err(e)) => Err(failure_of(&e)),
             Ok(Ok(inner)) => Ok(Response {
                 status: inner.status().as_u16(),
-                headers: inner.headers().clone(),
                 inner,
                 idle: self.idle,
             }),
@@ -93,14 +91,13 @@ fn failure_of(e: &reqwest::Error) -> Failure {
 /// An upstream response whose body has not been read yet.
 pub struct Response {
     pub status: u16,
-    pub headers: HeaderMap,
     inner: reqwest::Response,
     idle: Duration,
 }
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+        self.inner.headers().get(name).and_then(|v| v.to_str().ok())
     }
 
     pub fn content_type(&self) -> Option<&str> {

@@ -42,8 +42,10 @@ impl Postgres {
     /// Pools that connect lazily: a replica starts while Postgres is down.
     pub fn new(url: &Secret) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = url.expose().parse()?;
+        // One query at a time is all a replica makes (the follower's reloads,
+        // the odd CLI command): a small pool keeps memory down.
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(2)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone().application_name("switchyard"));
         let listen = PgPoolOptions::new()

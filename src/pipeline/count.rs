@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::prepare::Prepared;
-use super::{AttemptEnd, Attempted, ClientRequest, Gateway, Reply, Trace, model_not_found};
+use super::{AttemptEnd, Attempted, ClientRequest, Gateway, Reply, Trace};
 use crate::catalog::Provider;
 use crate::routing::{Failure, Outcome, Plan, Purpose, Step};
 use crate::translate::{self, count, ir};
@@ -26,13 +26,9 @@ const ANTHROPIC_COUNT_FIELDS: &[&str] = &[
 impl Gateway {
     /// `POST /v1/messages/count_tokens` and `:countTokens`.
     pub async fn count_tokens(&self, request: ClientRequest, trace: &mut Trace) -> Reply {
-        let catalog = self.inner.catalog.load();
-        let Some(route) = catalog.route(&request.model).cloned() else {
-            return model_not_found(&request.model);
-        };
-        let prepared = match Prepared::new(&route, &request) {
-            Ok(p) => p,
-            Err(e) => return Reply::Error(e),
+        let (route, prepared) = match self.route_for(&request) {
+            Ok(r) => r,
+            Err(reply) => return reply,
         };
         let started = self.now_ms();
         let cfg = &self.inner.config;

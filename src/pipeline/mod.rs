@@ -211,13 +211,9 @@ impl Gateway {
     /// Serves one generation request, in any client format, from any
     /// credential that serves its model.
     pub async fn generate(&self, request: ClientRequest, trace: &mut Trace) -> Reply {
-        let catalog = self.inner.catalog.load();
-        let Some(route) = catalog.route(&request.model).cloned() else {
-            return model_not_found(&request.model);
-        };
-        let prepared = match Prepared::new(&route, &request) {
-            Ok(p) => p,
-            Err(e) => return Reply::Error(e),
+        let (route, prepared) = match self.route_for(&request) {
+            Ok(r) => r,
+            Err(reply) => return reply,
         };
         let started = self.now_ms();
         let cfg = &self.inner.config;
@@ -261,6 +257,18 @@ impl Gateway {
                 } => return give_up(&route, retry_after_s, all_quota),
             }
         }
+    }
+
+    /// The route of the request's model, and which of its credentials can
+    /// express the request; or the reply when there is none.
+    fn route_for(&self, request: &ClientRequest) -> Result<(Arc<Route>, Prepared), Reply> {
+        let catalog = self.inner.catalog.load();
+        let route = catalog
+            .route(&request.model)
+            .cloned()
+            .ok_or_else(|| model_not_found(&request.model))?;
+        let prepared = Prepared::new(&route, request).map_err(Reply::Error)?;
+        Ok((route, prepared))
     }
 
     /// Reads the route's blocks now and asks the plan for the next step.

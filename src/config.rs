@@ -26,6 +26,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub cooldowns: Cooldowns,
     pub timeouts: Timeouts,
+    pub proxies: crate::upstream::Proxies,
     pub drain: Drain,
     pub redis_timeout: Duration,
     /// How often the embedded-mode file is checked for changes.
@@ -151,6 +152,21 @@ impl Sources {
     }
 }
 
+/// The usual proxy variables, lower-case names first (as curl reads them).
+fn proxies(s: &Sources) -> crate::upstream::Proxies {
+    let var = |name: &str| {
+        [name.to_ascii_lowercase(), name.to_string()]
+            .into_iter()
+            .find_map(|n| s.env.get(&n).filter(|v| !v.trim().is_empty()).cloned())
+    };
+    crate::upstream::Proxies {
+        all: var("ALL_PROXY").map(Secret::new),
+        http: var("HTTP_PROXY").map(Secret::new),
+        https: var("HTTPS_PROXY").map(Secret::new),
+        no: var("NO_PROXY"),
+    }
+}
+
 /// The TOML key of a setting: `SWITCHYARD_REQUEST_RETRY` is `request_retry`.
 pub fn file_key(name: &str) -> String {
     name.trim_start_matches("SWITCHYARD_").to_ascii_lowercase()
@@ -236,6 +252,7 @@ impl Config {
                 first_byte: positive_ms(s, "SWITCHYARD_FIRST_BYTE_TIMEOUT_MS")?,
                 idle: positive_ms(s, "SWITCHYARD_IDLE_TIMEOUT_MS")?,
             },
+            proxies: proxies(s),
             drain: Drain {
                 grace: Duration::from_millis(millis(s, "SWITCHYARD_DRAIN_GRACE_MS")?),
                 timeout: Duration::from_millis(millis(s, "SWITCHYARD_DRAIN_TIMEOUT_MS")?),

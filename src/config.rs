@@ -153,18 +153,41 @@ impl Sources {
 }
 
 /// The usual proxy variables, lower-case names first (as curl reads them).
-fn proxies(s: &Sources) -> crate::upstream::Proxies {
+/// Upstream connections tunnel through a proxy with `CONNECT`, which only an
+/// HTTP proxy speaks: any other scheme is refused at start-up rather than
+/// failing every request.
+fn proxies(s: &Sources) -> Result<crate::upstream::Proxies, ConfigError> {
+    // (the name found, its value)
     let var = |name: &str| {
         [name.to_ascii_lowercase(), name.to_string()]
             .into_iter()
-            .find_map(|n| s.env.get(&n).filter(|v| !v.trim().is_empty()).cloned())
+            .find_map(|n| {
+                let v = s.env.get(&n)?.trim().to_string();
+                (!v.is_empty()).then_some((n, v))
+            })
     };
-    crate::upstream::Proxies {
-        all: var("ALL_PROXY").map(Secret::new),
-        http: var("HTTP_PROXY").map(Secret::new),
-        https: var("HTTPS_PROXY").map(Secret::new),
-        no: var("NO_PROXY"),
-    }
+    let proxy = |name: &str| -> Result<Option<Secret>, ConfigError> {
+        let Some((found, url)) = var(name) else {
+            return Ok(None);
+        };
+        match url.split_once("://") {
+            Some((scheme, _)) if !scheme.eq_ignore_ascii_case("http") => {
+                Err(ConfigError::Invalid {
+                    name: found,
+                    reason: format!(
+                        "a {scheme}:// proxy is not supported: upstream connections tunnel through an http:// proxy"
+                    ),
+                })
+            }
+            _ => Ok(Some(Secret::new(url))),
+        }
+    };
+    Ok(crate::upstream::Proxies {
+        all: proxy("ALL_PROXY")?,
+        http: proxy("HTTP_PROXY")?,
+        https: proxy("HTTPS_PROXY")?,
+        no: var("NO_PROXY").map(|(_, v)| v),
+    })
 }
 
 /// The TOML key of a setting: `SWITCHYARD_REQUEST_RETRY` is `request_retry`.
@@ -252,7 +275,7 @@ impl Config {
                 first_byte: positive_ms(s, "SWITCHYARD_FIRST_BYTE_TIMEOUT_MS")?,
                 idle: positive_ms(s, "SWITCHYARD_IDLE_TIMEOUT_MS")?,
             },
-            proxies: proxies(s),
+            proxies: proxies(s)?,
             drain: Drain {
                 grace: Duration::from_millis(millis(s, "SWITCHYARD_DRAIN_GRACE_MS")?),
                 timeout: Duration::from_millis(millis(s, "SWITCHYARD_DRAIN_TIMEOUT_MS")?),
@@ -325,6 +348,37 @@ mod tests {
         assert!(err.to_string().contains("SWITCHYARD_ROUTING"), "{err}");
         let err = Config::load(&with(&[("SWITCHYARD_LISTEN", "nowhere")])).unwrap_err();
         assert!(err.to_string().contains("SWITCHYARD_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn proxies_come_from_the_usual_variables_lower_case_first() {
+        let c = Config::load(&with(&[
+            ("HTTPS_PROXY", "http://upper:3128"),
+            ("https_proxy", "http://lower:3128"),
+            ("HTTP_PROXY", "proxy.internal:3128"),
+            ("no_proxy", "localhost,.internal"),
+        ]))
+        .expect("valid");
+        let exposed = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());
+        assert_eq!(
+            exposed(&c.proxies.https).as_deref(),
+            Some("http://lower:3128")
+        );
+        assert_eq!(
+            exposed(&c.proxies.http).as_deref(),
+            Some("proxy.internal:3128")
+        );
+        assert_eq!(c.proxies.all, None);
+        assert_eq!(c.proxies.no.as_deref(), Some("localhost,.internal"));
+
+        for (name, url) in [
+            ("HTTPS_PROXY", "socks5://p:1080"),
+            ("all_proxy", "https://p:443"),
+        ] {
+            let err = Config::load(&with(&[(name, url)])).unwrap_err();
+            assert!(err.to_string().starts_with(&format!("{name}:")), "{err}");
+            assert!(err.to_string().contains("http://"), "{err}");
+        }
     }
 
     #[test]

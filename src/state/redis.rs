@@ -151,8 +151,13 @@ impl RedisStore {
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("REDIS_URL is not valid: {e}")))?;
+        let invalid =
+            |e: RedisError| StoreError::Unavailable(format!("REDIS_URL is not valid: {e}"));
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid)?;
+        // Each request's read is a small command: send it at once, not held
+        // back by Nagle's algorithm behind the previous one's ACK.
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        let client = redis::Client::open(info.set_tcp_settings(tcp)).map_err(invalid)?;
         let shared = Arc::new(Shared {
             client,
             conn: ArcSwapOption::empty(),

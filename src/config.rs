@@ -27,6 +27,8 @@ pub struct Config {
     pub cooldowns: Cooldowns,
     pub timeouts: Timeouts,
     pub proxies: crate::upstream::Proxies,
+    /// PEM certificates trusted for TLS upstreams besides the built-in set.
+    pub ssl_cert_file: Option<PathBuf>,
     pub drain: Drain,
     pub redis_timeout: Duration,
     /// How often the embedded-mode file is checked for changes.
@@ -276,6 +278,11 @@ impl Config {
                 idle: positive_ms(s, "SWITCHYARD_IDLE_TIMEOUT_MS")?,
             },
             proxies: proxies(s)?,
+            ssl_cert_file: s
+                .env
+                .get("SSL_CERT_FILE")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from),
             drain: Drain {
                 grace: Duration::from_millis(millis(s, "SWITCHYARD_DRAIN_GRACE_MS")?),
                 timeout: Duration::from_millis(millis(s, "SWITCHYARD_DRAIN_TIMEOUT_MS")?),

@@ -98,7 +98,11 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         .await
         .with_context(|| format!("SWITCHYARD_LISTEN: cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let upstream = Upstream::new(&config.timeouts, &config.proxies);
+    let upstream = Upstream::new(
+        &config.timeouts,
+        &config.proxies,
+        config.ssl_cert_file.as_deref(),
+    )?;
     let hard_stop = CancellationToken::new();
     let config = Arc::new(config);
     let gateway = Gateway::new(

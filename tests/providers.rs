@@ -760,3 +760,31 @@ async fn an_unreachable_proxy_is_a_connect_failure_that_is_learned() {
     assert_eq!(blocks[0].1.message, "could not connect to the upstream");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn tls_upstreams_are_verified_and_speak_http2_when_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = common::tls::TlsUpstream::start(dir.path()).await;
+    let url = tls.base_url();
+    let ca = tls.ca_file.to_str().unwrap();
+
+    // The upstream's CA trusted through SSL_CERT_FILE: HTTP/2 by ALPN.
+    let gw = gateway(&[Cred::new("tls", 0, M).at(&url)], &[("SSL_CERT_FILE", ca)]).await;
+    let r = gw.chat("m").await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        format!("over HTTP/2.0 with Bearer {}", key_of("tls"))
+    );
+    gw.stop().await;
+
+    // Without it the certificate is not trusted: nothing is sent, the
+    // credential is blocked as unreachable.
+    let gw = gateway(&[Cred::new("tls", 0, M).at(&url)], &[]).await;
+    assert_eq!(gw.chat("m").await.status(), 503);
+    let blocks = gw.blocks().await;
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0].1.message, "could not connect to the upstream");
+    gw.stop().await;
+}

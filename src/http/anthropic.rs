@@ -69,7 +69,7 @@ fn parse(bytes: &[u8], headers: &HeaderMap, count: bool) -> Result<ClientRequest
     let model = model_of(&body)?;
     require_array(&body, "messages")?;
     let stream = if count { false } else { stream_flag(&body)? };
-    let mut request = ClientRequest::new(Format::Anthropic, model, body, stream);
+    let mut request = ClientRequest::new(Format::Anthropic, model, body, bytes.len(), stream);
     request.passthrough_headers = PASSED_ON
         .iter()
         .filter_map(|name| {

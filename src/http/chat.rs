@@ -81,7 +81,13 @@ pub fn parse_chat(bytes: &[u8]) -> Result<ClientRequest, GatewayError> {
     let model = model_of(&body)?;
     require_array(&body, "messages")?;
     let stream = stream_flag(&body)?;
-    Ok(ClientRequest::new(Format::OpenAi, model, body, stream))
+    Ok(ClientRequest::new(
+        Format::OpenAi,
+        model,
+        body,
+        bytes.len(),
+        stream,
+    ))
 }
 
 #[cfg(test)]

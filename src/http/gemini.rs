@@ -102,6 +102,7 @@ fn parse(bytes: &[u8], model: String, action: Action) -> Result<ClientRequest, G
         Format::Gemini,
         model,
         body,
+        bytes.len(),
         action == Action::Stream,
     ))
 }

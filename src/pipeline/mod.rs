@@ -55,10 +55,19 @@ pub struct ClientRequest {
     pub passthrough_headers: Vec<(String, String)>,
     /// An OpenAI client asked for a usage chunk at the end of its stream.
     pub include_usage: bool,
+    /// The size of the body as the client sent it: what an upstream body
+    /// built from it will roughly need.
+    pub body_bytes: usize,
 }
 
 impl ClientRequest {
-    pub fn new(format: Format, model: String, body: Map<String, Value>, stream: bool) -> Self {
+    pub fn new(
+        format: Format,
+        model: String,
+        body: Map<String, Value>,
+        body_bytes: usize,
+        stream: bool,
+    ) -> Self {
         let include_usage = body
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
@@ -71,6 +80,7 @@ impl ClientRequest {
             stream,
             passthrough_headers: Vec::new(),
             include_usage,
+            body_bytes,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod gemini;
 pub mod openai;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,6 +21,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
 use tokio::net::TcpStream;
 
 use crate::config::Timeouts;
@@ -88,8 +91,51 @@ pub struct Upstream {
     idle: Duration,
 }
 
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("SSL_CERT_FILE {path}: {reason}")]
+    Roots { path: String, reason: String },
+    #[error("TLS settings: {0}")]
+    Tls(String),
+}
+
+/// The certificates TLS upstreams are verified against: the Mozilla set
+/// built into the binary, plus the PEM file `extra` names (an internal CA,
+/// or the one a TLS-inspecting proxy signs with).
+fn roots(extra: Option<&Path>) -> Result<rustls::RootCertStore, ClientError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let Some(path) = extra else {
+        return Ok(roots);
+    };
+    let failed = |reason: String| ClientError::Roots {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| failed(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(e.to_string()))?;
+    // System bundles hold a few certificates WebPKI cannot use; they are
+    // skipped, as other TLS clients do, but a file with none usable is wrong.
+    let (added, skipped) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(failed("no usable PEM certificate in the file".into()));
+    }
+    if skipped > 0 {
+        tracing::warn!(path = %path.display(), skipped, "certificates skipped from SSL_CERT_FILE");
+    }
+    Ok(roots)
+}
+
 impl Upstream {
-    pub fn new(timeouts: &Timeouts, proxies: &Proxies) -> Self {
+    pub fn new(
+        timeouts: &Timeouts,
+        proxies: &Proxies,
+        extra_roots: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -98,8 +144,15 @@ impl Upstream {
             direct: http,
             proxies: proxies.matcher().map(Arc::new),
         };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots(extra_roots)?)
+        .with_no_client_auth();
         let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -108,11 +161,11 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(tls);
-        Self {
+        Ok(Self {
             client,
             first_byte: timeouts.first_byte,
             idle: timeouts.idle,
-        }
+        })
     }
 
     /// Sends a POST and waits for the response headers.
@@ -229,5 +282,29 @@ impl Response {
             }
         }
         Ok(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_roots_must_be_a_readable_pem_file_with_a_certificate() {
+        let builtin = roots(None).expect("the built-in set").len();
+        assert!(builtin > 100, "{builtin}");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("missing.pem");
+        let err = roots(Some(&missing)).expect_err("a missing file");
+        assert!(err.to_string().starts_with("SSL_CERT_FILE "), "{err}");
+
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").expect("write");
+        let err = roots(Some(&junk)).expect_err("no certificate");
+        assert!(
+            err.to_string().contains("no usable PEM certificate"),
+            "{err}"
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod mock;
 pub mod proxy;
 pub mod services;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ pub struct Cred<'a> {
     pub priority: i32,
     pub weight: u32,
     pub models: &'a [(&'a str, &'a str)],
+    /// Another upstream than the mock.
+    pub base_url: Option<&'a str>,
 }
 
 impl<'a> Cred<'a> {
@@ -44,7 +47,14 @@ impl<'a> Cred<'a> {
             priority,
             weight: 1,
             models,
+            base_url: None,
         }
+    }
+
+    /// The same credential pointing at `base_url` instead of the mock.
+    pub fn at(mut self, base_url: &'a str) -> Self {
+        self.base_url = Some(base_url);
+        self
     }
 
     /// The same credential speaking `provider` (openai, anthropic or gemini).
@@ -63,10 +73,10 @@ pub fn key_of(id: &str) -> String {
 pub fn config_toml(mock: &Mock, creds: &[Cred<'_>]) -> String {
     let mut s = String::new();
     for c in creds {
-        let base = if c.provider == "openai" {
-            mock.base_url()
-        } else {
-            mock.root_url()
+        let base = match c.base_url {
+            Some(url) => url.to_string(),
+            None if c.provider == "openai" => mock.base_url(),
+            None => mock.root_url(),
         };
         s.push_str(&format!(
             "[[credentials]]\nid = {:?}\nprovider = {:?}\nbase_url = {:?}\napi_key = {:?}\npriority = {}\nweight = {}\nheaders = {{ \"x-team\" = \"blue\" }}\n\n",

@@ -730,6 +730,29 @@ async fn upstream_connections_follow_the_proxy_variables() {
     assert_eq!(gw.mock.hits()[0].key, key_of("only"));
     gw.stop().await;
 
+    // An HTTPS upstream: TLS (and HTTP/2) inside the tunnel.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = common::tls::TlsUpstream::start(dir.path()).await;
+    let url = tls.base_url();
+    let gw = gateway(
+        &[Cred::new("tls", 0, M).at(&url)],
+        &[
+            ("HTTPS_PROXY", &proxy_url),
+            ("SSL_CERT_FILE", tls.ca_file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let r = gw.chat("m").await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        format!("over HTTP/2.0 with Bearer {}", key_of("tls"))
+    );
+    let last = proxy.tunnels().last().cloned().unwrap();
+    assert_eq!(last.target, tls.addr.to_string());
+    gw.stop().await;
+
     // NO_PROXY names the host: straight there, the proxy sees nothing new.
     let before = proxy.tunnels().len();
     let gw = gateway(

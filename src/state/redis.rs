@@ -610,7 +610,10 @@ impl LearnedStore for RedisStore {
                 for (scope, block) in scopes.iter().zip(&blocks) {
                     if matches!(scope, Scope::Pair { .. }) {
                         if block.is_none() && !laddered[pair] {
-                            clean.insert(scope.clone());
+                            // Usually already known clean: no clone then.
+                            if !clean.contains(scope) {
+                                clean.insert(scope.clone());
+                            }
                         } else {
                             clean.remove(scope);
                         }

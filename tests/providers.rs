@@ -811,3 +811,25 @@ async fn tls_upstreams_are_verified_and_speak_http2_when_offered() {
     assert_eq!(blocks[0].1.message, "could not connect to the upstream");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn the_connect_timeout_covers_a_proxy_that_never_answers() {
+    let silent_url = common::proxy::silent().await;
+    let gw = gateway(
+        &[Cred::new("only", 0, M)],
+        &[
+            ("HTTP_PROXY", &silent_url),
+            ("SWITCHYARD_CONNECT_TIMEOUT_MS", "300"),
+        ],
+    )
+    .await;
+    // Without the connect timeout this waits for the first-byte one (5 min).
+    let r = tokio::time::timeout(std::time::Duration::from_secs(20), gw.chat("m"))
+        .await
+        .expect("the request ends at the connect timeout");
+    assert_eq!(r.status(), 503);
+    let blocks = gw.blocks().await;
+    assert_eq!(blocks[0].1.message, "could not connect to the upstream");
+    assert!(gw.mock.hits().is_empty());
+    gw.stop().await;
+}

@@ -80,7 +80,7 @@ impl Proxies {
     }
 }
 
-type Client = hyper_util::client::legacy::Client<HttpsConnector<Connect>, Full<Bytes>>;
+type Client = hyper_util::client::legacy::Client<Timed<HttpsConnector<Connect>>, Full<Bytes>>;
 
 /// The shared HTTP client (HTTP/1.1, or HTTP/2 where TLS negotiates it), with
 /// connect, first-byte and idle timeouts.
@@ -157,10 +157,14 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(connect);
+        let connector = Timed {
+            inner: tls,
+            limit: timeouts.connect,
+        };
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(tls);
+            .build(connector);
         Ok(Self {
             client,
             first_byte: timeouts.first_byte,
@@ -195,6 +199,41 @@ impl Upstream {
 }
 
 const USER_AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
+
+/// The connect timeout over everything that opens a connection: TCP, a
+/// proxy's tunnel, the TLS handshake.
+#[derive(Clone)]
+struct Timed<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> tower_service::Service<Uri> for Timed<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Response: Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err("connecting timed out".into()),
+            }
+        })
+    }
+}
 
 /// Opens TCP connections: directly, or through a proxy's `CONNECT` tunnel.
 #[derive(Clone)]

@@ -93,3 +93,16 @@ async fn relay(mut client: TcpStream, seen: Arc<Mutex<Vec<Tunnel>>>) -> std::io:
     tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
     Ok(())
 }
+
+/// A proxy that accepts connections and never says a word; its URL.
+pub async fn silent() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    url
+}

@@ -768,6 +768,13 @@ async fn upstream_connections_follow_the_proxy_variables() {
     gw.stop().await;
 }
 
+/// The gateway's one credential is blocked as one that could not be reached.
+async fn assert_learned_unreachable(gw: &Gateway) {
+    let blocks = gw.blocks().await;
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0].1.message, "could not connect to the upstream");
+}
+
 #[tokio::test]
 async fn an_unreachable_proxy_is_a_connect_failure_that_is_learned() {
     // A port nothing listens on.
@@ -775,12 +782,9 @@ async fn an_unreachable_proxy_is_a_connect_failure_that_is_learned() {
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let gw = gateway(&[Cred::new("only", 0, M)], &[("HTTP_PROXY", &dead_url)]).await;
-    let r = gw.chat("m").await;
-    assert_eq!(r.status(), 503);
+    assert_eq!(gw.chat("m").await.status(), 503);
     assert!(gw.mock.hits().is_empty());
-    let blocks = gw.blocks().await;
-    assert_eq!(blocks.len(), 1, "{blocks:?}");
-    assert_eq!(blocks[0].1.message, "could not connect to the upstream");
+    assert_learned_unreachable(&gw).await;
     gw.stop().await;
 }
 
@@ -806,9 +810,7 @@ async fn tls_upstreams_are_verified_and_speak_http2_when_offered() {
     // credential is blocked as unreachable.
     let gw = gateway(&[Cred::new("tls", 0, M).at(&url)], &[]).await;
     assert_eq!(gw.chat("m").await.status(), 503);
-    let blocks = gw.blocks().await;
-    assert_eq!(blocks.len(), 1, "{blocks:?}");
-    assert_eq!(blocks[0].1.message, "could not connect to the upstream");
+    assert_learned_unreachable(&gw).await;
     gw.stop().await;
 }
 
@@ -828,8 +830,7 @@ async fn the_connect_timeout_covers_a_proxy_that_never_answers() {
         .await
         .expect("the request ends at the connect timeout");
     assert_eq!(r.status(), 503);
-    let blocks = gw.blocks().await;
-    assert_eq!(blocks[0].1.message, "could not connect to the upstream");
     assert!(gw.mock.hits().is_empty());
+    assert_learned_unreachable(&gw).await;
     gw.stop().await;
 }

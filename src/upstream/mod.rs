@@ -139,6 +139,8 @@ impl Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
+        // Per address tried (the whole of it is also bounded by `Timed`):
+        // a host with a dead first address still gets to its next one.
         http.set_connect_timeout(Some(timeouts.connect));
         let connect = Connect {
             direct: http,

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use serde_json::{Map, Value, json};
 use switchyard::catalog::Provider;
 use switchyard::sse::{Event, Parser};
-use switchyard::translate::{self, stream::StreamTranslator};
+use switchyard::translate::{
+    self,
+    stream::{StreamSpec, StreamTranslator},
+};
 use switchyard::wire::Format;
 
 const FORMATS: [(Format, Provider, &str); 3] = [
@@ -193,6 +196,16 @@ fn check(name: &str, mut actual: Value) {
     assert_eq!(rendered, expected, "{name} differs from its golden file");
 }
 
+fn translator(provider: Provider, client: Format, include_usage: bool) -> StreamTranslator {
+    StreamTranslator::new(&StreamSpec {
+        provider,
+        client,
+        model: "m",
+        include_usage,
+        input_estimate: 100,
+    })
+}
+
 fn events_json(events: &[Event]) -> Value {
     Value::Array(
         events
@@ -238,7 +251,8 @@ fn every_format_reads_the_same_conversation() {
                 }
             }
         }
-        translate::ir::merge_turns(std::mem::take(&mut r.messages)).clone_into(&mut r.messages);
+        let messages = std::mem::take(&mut r.messages);
+        r.messages = translate::ir::merge_turns(&mut r.system, messages);
         r
     };
     let irs: Vec<_> = irs.into_iter().map(strip).collect();
@@ -269,7 +283,7 @@ fn streams_in_every_direction() {
             if translate::format_of(provider) == client {
                 continue;
             }
-            let mut t = StreamTranslator::new(provider, client, "m", true);
+            let mut t = translator(provider, client, true);
             let mut parser = Parser::new();
             parser.push(answer_stream(provider).as_bytes());
             let mut out = Vec::new();
@@ -286,7 +300,7 @@ fn streams_in_every_direction() {
 fn a_stream_that_ends_early_is_an_error_in_every_direction() {
     for (_, provider, _) in FORMATS {
         for (client, _, _) in FORMATS {
-            let mut t = StreamTranslator::new(provider, client, "m", false);
+            let mut t = translator(provider, client, false);
             let mut parser = Parser::new();
             let full = answer_stream(provider);
             parser.push(&full.as_bytes()[..full.find("\n\n").unwrap() + 2]);

@@ -13,7 +13,10 @@ use crate::catalog::Provider;
 use crate::routing::{Failure, Next, Outcome, hints};
 use crate::secret::scrub;
 use crate::sse;
-use crate::translate::{self, stream::StreamTranslator};
+use crate::translate::{
+    self,
+    stream::{Rename, StreamSpec, StreamTranslator},
+};
 use crate::upstream::{self, anthropic, gemini, openai};
 use crate::wire::{self, ErrorKind, Format};
 
@@ -42,12 +45,13 @@ impl Gateway {
             return self.upstream_error(at, response, request.format).await;
         }
         if request.stream {
-            let translator = StreamTranslator::new(
+            let translator = StreamTranslator::new(&StreamSpec {
                 provider,
-                request.format,
-                &request.model,
-                request.include_usage,
-            );
+                client: request.format,
+                model: &request.model,
+                include_usage: request.include_usage,
+                input_estimate: prepared.input_estimate,
+            });
             return self
                 .begin_stream(at, response, translator, request.format)
                 .await;
@@ -63,16 +67,24 @@ impl Gateway {
             if let Err(message) = check_answer(provider, &body) {
                 return self.failed_with(at, Failure::Malformed, &message).await;
             }
-            body
+            renamed(provider, body, &request.model)
         } else {
-            let parsed = serde_json::from_slice::<Value>(&body)
-                .map_err(|_| "the upstream answer is not JSON".to_string())
-                .and_then(|v| translate::parse_response(provider, &v).map_err(|e| e.0));
-            match parsed {
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return self
+                    .failed_with(at, Failure::Malformed, "the upstream answer is not JSON")
+                    .await;
+            };
+            match translate::parse_response(provider, &v) {
                 Ok(r) => Bytes::from(
                     translate::build_response(request.format, &r, &request.model).to_string(),
                 ),
-                Err(message) => return self.failed_with(at, Failure::Malformed, &message).await,
+                // JSON of some other shape is the upstream's failure...
+                Err(e) if !has_answer(provider, &v) => {
+                    return self.failed_with(at, Failure::Malformed, &e.0).await;
+                }
+                // ...an answer the gateway could not translate is its own:
+                // it teaches nothing about the credential.
+                Err(e) => return AttemptEnd::Done(untranslated(at, &e.0)),
             }
         };
         self.learn(at, &Outcome::Success, "").await;
@@ -93,15 +105,22 @@ impl Gateway {
         format: Format,
     ) -> AttemptEnd {
         let mut parser = sse::Parser::new();
-        let first = loop {
+        // What the client gets once the upstream has sent content.
+        let mut held = Vec::new();
+        loop {
             match parser.next_event() {
                 Ok(Some(event)) if event.data.trim().is_empty() => continue,
-                Ok(Some(event)) if event.data.trim() == "[DONE]" => {
-                    return self.failed(at, Failure::Empty).await;
-                }
                 Ok(Some(event)) => match translator.feed(&event) {
-                    Ok(out) if out.is_empty() => continue,
-                    Ok(out) => break out,
+                    Ok(out) => {
+                        held.extend(out);
+                        if translator.has_content() {
+                            break;
+                        }
+                        if translator.complete() {
+                            return self.failed(at, Failure::Empty).await;
+                        }
+                        continue;
+                    }
                     Err(e) => return self.failed_with(at, Failure::Malformed, &e.0).await,
                 },
                 Ok(None) => {}
@@ -112,7 +131,7 @@ impl Gateway {
                 Ok(None) => return self.failed(at, Failure::Empty).await,
                 Err(f) => return self.failed(at, f).await,
             }
-        };
+        }
         self.learn(at, &Outcome::Success, "").await;
         let stream = relay::relay(
             self.clone(),
@@ -120,7 +139,7 @@ impl Gateway {
             response,
             parser,
             translator,
-            first,
+            held,
             format,
         );
         AttemptEnd::Done(Reply::Stream(stream))
@@ -174,7 +193,7 @@ fn build(
         serde_json::to_writer(
             &mut body,
             &WithModel {
-                body: &request.body,
+                body: prepared.own.as_ref().unwrap_or(&request.body),
                 model,
             },
         )
@@ -219,6 +238,50 @@ impl serde::Serialize for WithModel<'_> {
         }
         map.end()
     }
+}
+
+/// Whether a JSON answer has the shape of a provider's answer at all.
+fn has_answer(provider: Provider, v: &Value) -> bool {
+    let key = match provider {
+        Provider::Openai => "choices",
+        Provider::Anthropic => "content",
+        Provider::Gemini => "candidates",
+    };
+    v.get(key).is_some()
+}
+
+/// The client's error for an answer the gateway could not translate.
+fn untranslated(at: &Attempted, why: &str) -> Reply {
+    tracing::error!(
+        credential = %at.pick.credential.id,
+        upstream_model = %at.pick.upstream_model,
+        error = why,
+        "could not translate an upstream answer"
+    );
+    Reply::error(
+        ErrorKind::Upstream,
+        format!("the gateway could not translate the upstream's answer: {why}"),
+    )
+}
+
+/// A passthrough answer naming the model the client asked for, not the one
+/// sent upstream.
+fn renamed(provider: Provider, body: Bytes, model: &str) -> Bytes {
+    let key = match provider {
+        Provider::Openai | Provider::Anthropic => "model",
+        Provider::Gemini => "modelVersion",
+    };
+    if !Rename::new(model, key).needed(&body) {
+        return body;
+    }
+    let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
+        return body;
+    };
+    match v.get_mut(key) {
+        Some(slot) => *slot = Value::String(model.to_string()),
+        None => return body,
+    }
+    Bytes::from(v.to_string())
 }
 
 /// A 2xx body of the client's own format: JSON, and not an error object in

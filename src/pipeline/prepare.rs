@@ -14,6 +14,12 @@ pub(super) struct Prepared {
     pub ir: Option<ir::Request>,
     /// Credentials whose provider cannot express the request.
     pub excluded: Vec<String>,
+    /// The client's body mended for an upstream of its own format, when its
+    /// history breaks that format's rules (thinking translated from another
+    /// provider, see `translate::*::mend_history`).
+    pub own: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The local estimate of the prompt's tokens (0 when not translated).
+    pub input_estimate: u64,
 }
 
 impl Prepared {
@@ -26,10 +32,17 @@ impl Prepared {
             .map(|m| m.credential.provider)
             .filter(|p| translate::format_of(*p) != request.format)
             .collect();
+        let own = route
+            .members()
+            .any(|m| translate::format_of(m.credential.provider) == request.format)
+            .then(|| translate::mend_history(request.format, &request.body))
+            .flatten();
         if foreign.is_empty() {
             return Ok(Self {
                 ir: None,
                 excluded: Vec::new(),
+                own,
+                input_estimate: 0,
             });
         }
         let mut problem = None;
@@ -70,6 +83,12 @@ impl Prepared {
                 ),
             ));
         }
-        Ok(Self { ir, excluded })
+        let input_estimate = ir.as_ref().map_or(0, translate::count::estimate);
+        Ok(Self {
+            ir,
+            excluded,
+            own,
+            input_estimate,
+        })
     }
 }

@@ -3,41 +3,25 @@
 use serde_json::{Map, Value, json};
 
 use super::ir::{
-    Delta, Image, Message, Part, Request, Response, Role, StopReason, Tool, ToolChoice,
-    Untranslatable, Usage, f64_field, new_id, text_of, u64_field, untranslatable,
+    Delta, Effort, Image, Message, Output, Part, Reasoning, Request, Response, Role, StopReason,
+    TRANSLATED_THINKING, Tool, ToolChoice, Untranslatable, Usage, f64_field, new_id, text_of,
+    u64_field, untranslatable,
 };
+use super::policy;
 use crate::sse::Event;
+use crate::wire::Format;
 
 /// Anthropic requires `max_tokens`; requests from formats where it is
-/// optional get this.
+/// optional get this (plus the thinking budget, when there is one).
 pub const DEFAULT_MAX_TOKENS: u64 = 8192;
-
-/// Fields other providers may go without: metadata, and generation hints
-/// that have no counterpart there (extended thinking, service tier).
-const DROPPABLE: &[&str] = &[
-    "metadata",
-    "service_tier",
-    "thinking",
-    "container",
-    "context_management",
-];
-const KNOWN: &[&str] = &[
-    "model",
-    "messages",
-    "system",
-    "max_tokens",
-    "stream",
-    "temperature",
-    "top_p",
-    "top_k",
-    "stop_sequences",
-    "tools",
-    "tool_choice",
-];
+/// Anthropic's smallest thinking budget.
+const MIN_THINKING_BUDGET: u64 = 1024;
+/// What a JSON answer without a schema becomes: Anthropic has no JSON mode.
+pub const JSON_INSTRUCTION: &str = "Answer with a single JSON object and nothing else.";
 
 pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatable> {
     for key in body.keys() {
-        if !KNOWN.contains(&key.as_str()) && !DROPPABLE.contains(&key.as_str()) {
+        if policy::left_out_everywhere(Format::Anthropic, key) {
             return untranslatable(format!(
                 "`{key}` cannot be carried to this model's provider"
             ));
@@ -49,6 +33,8 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         top_p: f64_field(body, "top_p")?,
         top_k: u64_field(body, "top_k")?,
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        reasoning: reasoning(body)?,
+        output: output(body)?,
         ..Request::default()
     };
     match body.get("system") {
@@ -57,9 +43,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         Some(Value::Array(blocks)) => {
             for b in blocks {
                 match b.get("type").and_then(Value::as_str) {
-                    Some("text") => req
-                        .system
-                        .push(b["text"].as_str().unwrap_or_default().to_string()),
+                    Some("text") => req.system.push(text_of(b, "text")),
                     _ => return untranslatable("system blocks must be text"),
                 }
             }
@@ -114,14 +98,81 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         let role = match m.get("role").and_then(Value::as_str) {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
-            other => return untranslatable(format!("message role {other:?} is not known")),
+            Some("system") => Role::System,
+            Some(other) => return untranslatable(format!("message role `{other}` is not known")),
+            None => return untranslatable("a message needs a role"),
         };
-        req.messages.push(Message {
-            role,
-            parts: blocks(&m["content"])?,
-        });
+        let content = m.get("content").unwrap_or(&Value::Null);
+        req.messages.push(Message::new(role, blocks(content)?));
     }
     Ok(req)
+}
+
+/// `thinking` and `output_config.effort`.
+fn reasoning(body: &Map<String, Value>) -> Result<Option<Reasoning>, Untranslatable> {
+    let thinking = body.get("thinking").filter(|t| !t.is_null());
+    let effort = body
+        .get("output_config")
+        .and_then(|c| c.get("effort"))
+        .and_then(Value::as_str);
+    if thinking.is_none() && effort.is_none() {
+        return Ok(None);
+    }
+    let mut r = Reasoning {
+        effort: effort.and_then(effort_from),
+        ..Reasoning::default()
+    };
+    if let Some(t) = thinking {
+        let shown = t.get("display").and_then(Value::as_str) != Some("omitted");
+        match t.get("type").and_then(Value::as_str) {
+            Some("enabled") => {
+                r.budget = t.get("budget_tokens").and_then(Value::as_u64);
+                r.show = shown;
+            }
+            Some("adaptive") => {
+                r.dynamic = true;
+                r.show = shown;
+            }
+            Some("disabled") => r.off = true,
+            _ => return untranslatable("`thinking.type` is not known"),
+        }
+    }
+    Ok(Some(r))
+}
+
+pub fn effort_from(s: &str) -> Option<Effort> {
+    Some(match s {
+        "minimal" => Effort::Minimal,
+        "low" => Effort::Low,
+        "medium" => Effort::Medium,
+        "high" => Effort::High,
+        "max" | "xhigh" => Effort::Max,
+        _ => return None,
+    })
+}
+
+/// `output_config.format`, or the structured-outputs beta's `output_format`.
+fn output(body: &Map<String, Value>) -> Result<Option<Output>, Untranslatable> {
+    let format = body
+        .get("output_config")
+        .and_then(|c| c.get("format"))
+        .or_else(|| body.get("output_format"))
+        .filter(|f| !f.is_null());
+    let Some(f) = format else {
+        return Ok(None);
+    };
+    match f.get("type").and_then(Value::as_str) {
+        Some("json_schema") => Ok(Some(Output::Schema {
+            name: f
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("answer")
+                .to_string(),
+            schema: f.get("schema").cloned().unwrap_or_else(|| json!({})),
+            strict: None,
+        })),
+        _ => untranslatable("this output format cannot be carried to this model's provider"),
+    }
 }
 
 fn blocks(content: &Value) -> Result<Vec<Part>, Untranslatable> {
@@ -183,37 +234,62 @@ fn blocks(content: &Value) -> Result<Vec<Part>, Untranslatable> {
 
 /// The body to send Anthropic's Messages API.
 pub fn build_request(req: &Request, model: &str) -> Result<Value, Untranslatable> {
+    let mut system = req.system.clone();
     let mut messages = Vec::new();
-    for m in super::ir::merge_turns(req.messages.clone()) {
+    for m in super::ir::merge_turns(&mut system, req.messages.clone()) {
         let role = match m.role {
-            Role::User => "user",
             Role::Assistant => "assistant",
+            Role::User | Role::System => "user",
         };
-        let content: Vec<Value> = m.parts.iter().map(block).collect::<Result<_, _>>()?;
+        let mut content: Vec<Value> = m.parts.iter().map(block).collect::<Result<_, _>>()?;
+        for (i, marker) in &m.cache {
+            if let Some(b) = content.get_mut(*i) {
+                b["cache_control"] = marker.clone();
+            }
+        }
         messages.push(json!({"role": role, "content": content}));
     }
+    let thinking = thinking_budget(req);
+    let max_tokens = match (req.max_tokens, thinking) {
+        (Some(n), _) => n,
+        (None, Some(budget)) => budget + DEFAULT_MAX_TOKENS,
+        (None, None) => DEFAULT_MAX_TOKENS,
+    };
+    // The budget must stay below max_tokens; too small a room turns thinking off.
+    let thinking = thinking
+        .map(|b| b.min(max_tokens.saturating_sub(1)))
+        .filter(|b| *b >= MIN_THINKING_BUDGET);
     let mut body = json!({
         "model": model,
-        "max_tokens": req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        "max_tokens": max_tokens,
         "messages": messages,
     });
-    if !req.system.is_empty() {
-        body["system"] = json!(req.system.join("\n\n"));
+    match &req.output {
+        Some(Output::Json) => system.push(JSON_INSTRUCTION.to_string()),
+        Some(Output::Schema { schema, .. }) => {
+            body["output_config"] = json!({"format": {"type": "json_schema", "schema": schema}});
+        }
+        None => {}
     }
-    if let Some(t) = req.temperature {
+    if !system.is_empty() {
+        body["system"] = json!(system.join("\n\n"));
+    }
+    if let Some(budget) = thinking {
+        body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
+    }
+    // With thinking on, Anthropic takes no temperature or top_k, and top_p
+    // only from 0.95.
+    if let Some(t) = req.temperature.filter(|_| thinking.is_none()) {
         body["temperature"] = json!(t);
     }
-    if let Some(p) = req.top_p {
+    if let Some(p) = req.top_p.filter(|p| thinking.is_none() || *p >= 0.95) {
         body["top_p"] = json!(p);
     }
-    if let Some(k) = req.top_k {
+    if let Some(k) = req.top_k.filter(|_| thinking.is_none()) {
         body["top_k"] = json!(k);
     }
     if !req.stop.is_empty() {
         body["stop_sequences"] = json!(req.stop);
-    }
-    if req.json_output {
-        return untranslatable("a JSON response format cannot be carried to Anthropic");
     }
     if !req.tools.is_empty() {
         body["tools"] = Value::Array(
@@ -243,6 +319,28 @@ pub fn build_request(req: &Request, model: &str) -> Result<Value, Untranslatable
     Ok(body)
 }
 
+/// The thinking budget to ask Anthropic for, if any. Thinking is left off
+/// where Anthropic's rules could not be met: a forced tool choice, and a
+/// tool loop whose assistant turn has no signed thinking (history from
+/// another provider never has), Anthropic's documented fallback.
+fn thinking_budget(req: &Request) -> Option<u64> {
+    let r = req.reasoning.as_ref().filter(|r| !r.off)?;
+    let budget = r
+        .budget_tokens()
+        .or(r.dynamic.then(|| Effort::Medium.budget()))?
+        .max(MIN_THINKING_BUDGET);
+    if matches!(
+        req.tool_choice,
+        Some(ToolChoice::Required | ToolChoice::Tool(_))
+    ) {
+        return None;
+    }
+    let in_tool_loop = req.messages.last().is_some_and(|m| {
+        m.role == Role::User && m.parts.iter().any(|p| matches!(p, Part::ToolResult { .. }))
+    });
+    (!in_tool_loop).then_some(budget)
+}
+
 fn block(p: &Part) -> Result<Value, Untranslatable> {
     Ok(match p {
         Part::Text(t) => json!({"type": "text", "text": t}),
@@ -257,6 +355,9 @@ fn block(p: &Part) -> Result<Value, Untranslatable> {
             name,
             arguments,
         } => json!({"type": "tool_use", "id": id, "name": name, "input": arguments}),
+        Part::Thinking(_) => {
+            return untranslatable("thinking is not carried into a request of another format");
+        }
         Part::ToolResult {
             call_id,
             content,
@@ -304,6 +405,8 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
                 name: b["name"].as_str().unwrap_or_default().to_string(),
                 arguments: b.get("input").cloned().unwrap_or_else(|| json!({})),
             }),
+            // The signature only Anthropic can check stays behind.
+            Some("thinking") => parts.push(Part::Thinking(text_of(b, "thinking"))),
             _ => {}
         }
     }
@@ -343,6 +446,9 @@ pub fn build_response(r: &Response, model: &str) -> Value {
                 name,
                 arguments,
             } => Some(json!({"type": "tool_use", "id": id, "name": name, "input": arguments})),
+            Part::Thinking(t) => {
+                Some(json!({"type": "thinking", "thinking": t, "signature": TRANSLATED_THINKING}))
+            }
             _ => None,
         })
         .collect();
@@ -423,6 +529,7 @@ impl Decoder {
                     Some("text_delta") => out.push(Delta::Text(
                         d["text"].as_str().unwrap_or_default().to_string(),
                     )),
+                    Some("thinking_delta") => out.push(Delta::Thinking(text_of(d, "thinking"))),
                     Some("input_json_delta") => {
                         if let Some(&(_, index)) = self.tool_blocks.iter().find(|(b, _)| *b == at) {
                             let json = d["partial_json"].as_str().unwrap_or_default();
@@ -459,22 +566,33 @@ impl Decoder {
     }
 }
 
+/// The kind of content block an encoder has open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Text,
+    Thinking,
+    Tool,
+}
+
 /// Deltas -> Anthropic's event sequence.
 #[derive(Debug)]
 pub struct Encoder {
     model: String,
-    /// The content block open now: its index and whether it is text.
-    open: Option<(usize, bool)>,
+    /// The content block open now: its index and kind.
+    open: Option<(usize, Open)>,
     next_block: usize,
     /// Our tool call index -> its content block index.
     tool_blocks: Vec<usize>,
     started: bool,
     stop: Option<StopReason>,
     usage: Usage,
+    /// The local estimate of the prompt's tokens, for `message_start`
+    /// (the upstream's count comes with the final usage).
+    input_estimate: u64,
 }
 
 impl Encoder {
-    pub fn new(model: &str) -> Self {
+    pub fn new(model: &str, input_estimate: u64) -> Self {
         Self {
             model: model.to_string(),
             open: None,
@@ -483,6 +601,7 @@ impl Encoder {
             started: false,
             stop: None,
             usage: Usage::default(),
+            input_estimate,
         }
     }
 
@@ -491,12 +610,37 @@ impl Encoder {
     }
 
     fn close(&mut self, out: &mut Vec<Event>) {
-        if let Some((index, _)) = self.open.take() {
+        if let Some((index, kind)) = self.open.take() {
+            if kind == Open::Thinking {
+                out.push(Self::event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "signature_delta", "signature": TRANSLATED_THINKING}}),
+                ));
+            }
             out.push(Self::event(
                 "content_block_stop",
                 json!({"type": "content_block_stop", "index": index}),
             ));
         }
+    }
+
+    /// Opens a block of `kind` unless one is open already; its index.
+    fn open(&mut self, kind: Open, block: Value, out: &mut Vec<Event>) -> usize {
+        if let Some((index, open)) = self.open {
+            if open == kind && kind != Open::Tool {
+                return index;
+            }
+        }
+        self.close(out);
+        let index = self.next_block;
+        self.next_block += 1;
+        self.open = Some((index, kind));
+        out.push(Self::event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+        ));
+        index
     }
 
     fn start(&mut self, id: &str, out: &mut Vec<Event>) {
@@ -511,7 +655,8 @@ impl Encoder {
         };
         out.push(Self::event("message_start", json!({"type": "message_start", "message": {
             "id": id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-            "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": self.input_estimate, "output_tokens": 1}
         }})));
     }
 
@@ -520,24 +665,20 @@ impl Encoder {
             Delta::Start { id, .. } => self.start(id, out),
             Delta::Text(t) => {
                 self.start("", out);
-                if !matches!(self.open, Some((_, true))) {
-                    self.close(out);
-                    let index = self.next_block;
-                    self.next_block += 1;
-                    self.open = Some((index, true));
-                    out.push(Self::event("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})));
-                }
-                let index = self.open.map_or(0, |(i, _)| i);
+                let index = self.open(Open::Text, json!({"type": "text", "text": ""}), out);
                 out.push(Self::event("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": t}})));
+            }
+            Delta::Thinking(t) => {
+                self.start("", out);
+                let block = json!({"type": "thinking", "thinking": "", "signature": ""});
+                let index = self.open(Open::Thinking, block, out);
+                out.push(Self::event("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": t}})));
             }
             Delta::ToolStart { id, name, .. } => {
                 self.start("", out);
-                self.close(out);
-                let index = self.next_block;
-                self.next_block += 1;
-                self.open = Some((index, false));
+                let block = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
+                let index = self.open(Open::Tool, block, out);
                 self.tool_blocks.push(index);
-                out.push(Self::event("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}})));
             }
             Delta::ToolArgs { index, json } => {
                 if let Some(&block) = self.tool_blocks.get(*index) {
@@ -557,4 +698,73 @@ impl Encoder {
             "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens}})));
         out.push(Self::event("message_stop", json!({"type": "message_stop"})));
     }
+}
+
+/// Whether an assistant content block is thinking this gateway translated.
+fn translated_thinking(b: &Value) -> bool {
+    b.get("type").and_then(Value::as_str) == Some("thinking")
+        && b.get("signature").and_then(Value::as_str) == Some(TRANSLATED_THINKING)
+}
+
+/// For an Anthropic upstream of an Anthropic client: the client's body
+/// mended where its history breaks Anthropic's rules, or `None` when it does
+/// not. Thinking this gateway translated from another provider is taken out
+/// (no upstream could verify its signature); a tool loop whose assistant
+/// turn then lacks signed thinking (or never had it: an earlier turn served
+/// by another provider) gets thinking turned off for the request,
+/// Anthropic's documented fallback.
+pub fn mend_history(body: &Map<String, Value>) -> Option<Map<String, Value>> {
+    let messages = body.get("messages")?.as_array()?;
+    let marked = messages.iter().any(|m| {
+        m.get("content")
+            .and_then(Value::as_array)
+            .is_some_and(|c| c.iter().any(translated_thinking))
+    });
+    let thinking = body
+        .get("thinking")
+        .and_then(|t| t.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "disabled");
+    let broken_loop = thinking && unsigned_tool_loop(messages);
+    if !marked && !broken_loop {
+        return None;
+    }
+    let mut body = body.clone();
+    if let Some(Value::Array(messages)) = body.get_mut("messages") {
+        for m in messages.iter_mut() {
+            if let Some(Value::Array(content)) = m.get_mut("content") {
+                content.retain(|b| !translated_thinking(b));
+                // Anthropic refuses a turn left empty.
+                if content.is_empty() {
+                    content.push(json!({"type": "text", "text": "(thinking)"}));
+                }
+            }
+        }
+        if unsigned_tool_loop(messages) {
+            body.remove("thinking");
+        }
+    }
+    Some(body)
+}
+
+/// Whether the conversation continues a tool loop whose assistant turn does
+/// not open with signed thinking.
+fn unsigned_tool_loop(messages: &[Value]) -> bool {
+    let [.., assistant, last] = messages else {
+        return false;
+    };
+    let kinds = |m: &Value| -> Vec<String> {
+        m.get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|b| text_of(b, "type"))
+            .collect()
+    };
+    let is_result = kinds(last).iter().any(|k| k == "tool_result");
+    let opens_with_thinking = kinds(assistant)
+        .first()
+        .is_some_and(|k| k == "thinking" || k == "redacted_thinking");
+    let calls = kinds(assistant).iter().any(|k| k == "tool_use");
+    is_result && calls && !opens_with_thinking
 }

@@ -24,7 +24,7 @@ pub fn estimate(req: &Request) -> u64 {
     }
     fn part(p: &Part, chars: &mut usize, images: &mut u64) {
         match p {
-            Part::Text(t) => *chars += t.len(),
+            Part::Text(t) | Part::Thinking(t) => *chars += t.len(),
             Part::Image(_) => *images += 1,
             Part::ToolCall {
                 name, arguments, ..
@@ -54,10 +54,7 @@ mod tests {
     fn about_four_characters_a_token() {
         let req = Request {
             system: vec!["x".repeat(40)],
-            messages: vec![Message {
-                role: Role::User,
-                parts: vec![Part::Text("y".repeat(400))],
-            }],
+            messages: vec![Message::new(Role::User, vec![Part::Text("y".repeat(400))])],
             ..Request::default()
         };
         assert_eq!(estimate(&req), 110 + 8);

@@ -3,29 +3,13 @@
 use serde_json::{Map, Value, json};
 
 use super::ir::{
-    Delta, Image, Message, Part, Request, Response, Role, StopReason, Tool, ToolChoice,
-    Untranslatable, Usage, media_type_of, new_id, stream_json, text_of, untranslatable,
+    Delta, GEMINI_PLACEHOLDER_SIGNATURE, Image, Message, Output, Part, Reasoning, Request,
+    Response, Role, StopReason, TRANSLATED_THINKING, Tool, ToolChoice, Untranslatable, Usage,
+    media_type_of, new_id, stream_json, text_of, untranslatable,
 };
+use super::policy;
 use crate::sse::Event;
-
-/// Fields other providers may go without.
-const DROPPABLE: &[&str] = &[
-    "safetySettings",
-    "safety_settings",
-    "cachedContent",
-    "labels",
-];
-const KNOWN: &[&str] = &[
-    "model",
-    "contents",
-    "systemInstruction",
-    "system_instruction",
-    "tools",
-    "toolConfig",
-    "tool_config",
-    "generationConfig",
-    "generation_config",
-];
+use crate::wire::Format;
 
 fn get<'a>(v: &'a Map<String, Value>, camel: &str, snake: &str) -> Option<&'a Value> {
     v.get(camel).or_else(|| v.get(snake))
@@ -33,7 +17,7 @@ fn get<'a>(v: &'a Map<String, Value>, camel: &str, snake: &str) -> Option<&'a Va
 
 pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatable> {
     for key in body.keys() {
-        if !KNOWN.contains(&key.as_str()) && !DROPPABLE.contains(&key.as_str()) {
+        if policy::left_out_everywhere(Format::Gemini, &camel(key)) {
             return untranslatable(format!(
                 "`{key}` cannot be carried to this model's provider"
             ));
@@ -54,38 +38,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         }
     }
     if let Some(Value::Object(cfg)) = get(body, "generationConfig", "generation_config") {
-        for (k, v) in cfg {
-            match k.as_str() {
-                "maxOutputTokens" | "max_output_tokens" => req.max_tokens = v.as_u64(),
-                "temperature" => req.temperature = v.as_f64(),
-                "topP" | "top_p" => req.top_p = v.as_f64(),
-                "topK" | "top_k" => req.top_k = v.as_u64(),
-                "stopSequences" | "stop_sequences" => {
-                    req.stop = v
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .map(String::from)
-                        .collect();
-                }
-                "candidateCount" | "candidate_count" if v.as_u64() == Some(1) => {}
-                "responseMimeType" | "response_mime_type" => match v.as_str() {
-                    Some("application/json") => req.json_output = true,
-                    Some("text/plain") => {}
-                    _ => {
-                        return untranslatable(
-                            "this responseMimeType cannot be carried to this model's provider",
-                        );
-                    }
-                },
-                other => {
-                    return untranslatable(format!(
-                        "generationConfig.{other} cannot be carried to this model's provider"
-                    ));
-                }
-            }
-        }
+        generation_config(cfg, &mut req)?;
     }
     for t in get(body, "tools", "tools")
         .and_then(Value::as_array)
@@ -99,17 +52,23 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
             match k.as_str() {
                 "functionDeclarations" | "function_declarations" => {
                     for f in v.as_array().into_iter().flatten() {
+                        let parameters = match f
+                            .get("parametersJsonSchema")
+                            .or_else(|| f.get("parameters_json_schema"))
+                        {
+                            Some(schema) => schema.clone(),
+                            None => f.get("parameters").map_or_else(
+                                || json!({"type": "object", "properties": {}}),
+                                json_schema_of,
+                            ),
+                        };
                         req.tools.push(Tool {
                             name: text_of(f, "name"),
                             description: f
                                 .get("description")
                                 .and_then(Value::as_str)
                                 .map(String::from),
-                            parameters: f
-                                .get("parameters")
-                                .or_else(|| f.get("parametersJsonSchema"))
-                                .cloned()
-                                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                            parameters,
                         });
                     }
                 }
@@ -155,10 +114,11 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
             .into_iter()
             .flatten()
         {
-            if let Some(t) = p.get("text").and_then(Value::as_str) {
-                if p.get("thought").and_then(Value::as_bool) != Some(true) {
-                    parts.push(Part::Text(t.to_string()));
-                }
+            if p.get("thought").and_then(Value::as_bool) == Some(true) {
+                // The model's own reasoning from earlier turns: other
+                // providers neither accept nor need it.
+            } else if let Some(t) = p.get("text").and_then(Value::as_str) {
+                parts.push(Part::Text(t.to_string()));
             } else if let Some(d) = p.get("inlineData").or_else(|| p.get("inline_data")) {
                 parts.push(Part::Image(Image::Base64 {
                     media_type: d
@@ -230,20 +190,189 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                 );
             }
         }
-        req.messages.push(Message { role, parts });
+        req.messages.push(Message::new(role, parts));
     }
     Ok(req)
 }
 
+/// A field name in Gemini's camelCase (its APIs accept snake_case too).
+fn camel(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `generationConfig`, field by field (see the policy table).
+fn generation_config(cfg: &Map<String, Value>, req: &mut Request) -> Result<(), Untranslatable> {
+    let mut json = false;
+    let mut schema = None;
+    for (k, v) in cfg {
+        match camel(k).as_str() {
+            "maxOutputTokens" => req.max_tokens = v.as_u64(),
+            "temperature" => req.temperature = v.as_f64(),
+            "topP" => req.top_p = v.as_f64(),
+            "topK" => req.top_k = v.as_u64(),
+            "presencePenalty" => req.presence_penalty = v.as_f64(),
+            "frequencyPenalty" => req.frequency_penalty = v.as_f64(),
+            "seed" => req.seed = v.as_i64(),
+            "stopSequences" => {
+                req.stop = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect();
+            }
+            "candidateCount" if v.as_u64().is_none_or(|n| n == 1) => {}
+            "candidateCount" => {
+                return untranslatable(
+                    "candidateCount above 1 cannot be carried to this model's provider",
+                );
+            }
+            "responseMimeType" => match v.as_str() {
+                Some("application/json") => json = true,
+                Some("text/plain") | None => {}
+                Some(other) => {
+                    return untranslatable(format!(
+                        "responseMimeType `{other}` cannot be carried to this model's provider"
+                    ));
+                }
+            },
+            "responseJsonSchema" => schema = Some(v.clone()),
+            "responseSchema" => schema = Some(json_schema_of(v)),
+            "thinkingConfig" => req.reasoning = Some(thinking_config(v)),
+            "speechConfig" => {
+                return untranslatable("speech output cannot be carried to this model's provider");
+            }
+            // Response modalities, media resolution, logprobs...: settings
+            // without a counterpart elsewhere.
+            _ => {}
+        }
+    }
+    req.output = match schema {
+        Some(schema) => Some(Output::Schema {
+            name: "answer".into(),
+            schema,
+            strict: None,
+        }),
+        None if json => Some(Output::Json),
+        None => None,
+    };
+    Ok(())
+}
+
+fn thinking_config(v: &Value) -> Reasoning {
+    let mut r = Reasoning {
+        show: v
+            .get("includeThoughts")
+            .or_else(|| v.get("include_thoughts"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        ..Reasoning::default()
+    };
+    match v
+        .get("thinkingBudget")
+        .or_else(|| v.get("thinking_budget"))
+        .and_then(Value::as_i64)
+    {
+        Some(0) => r.off = true,
+        Some(n) if n < 0 => r.dynamic = true,
+        Some(n) => r.budget = u64::try_from(n).ok(),
+        None => {}
+    }
+    if let Some(level) = v
+        .get("thinkingLevel")
+        .or_else(|| v.get("thinking_level"))
+        .and_then(Value::as_str)
+    {
+        r.effort = super::anthropic::effort_from(&level.to_ascii_lowercase());
+    }
+    r
+}
+
+/// Gemini's largest thinking budget (2.5 Flash; Pro takes more).
+const MAX_THINKING_BUDGET: u64 = 24_576;
+
+fn thinking_config_to(r: &Reasoning) -> Option<Value> {
+    if r.off {
+        return None;
+    }
+    let mut cfg = Map::new();
+    if r.dynamic && r.budget.is_none() && r.effort.is_none() {
+        cfg.insert("thinkingBudget".into(), json!(-1));
+    } else if let Some(b) = r.budget_tokens() {
+        cfg.insert("thinkingBudget".into(), json!(b.min(MAX_THINKING_BUDGET)));
+    }
+    if r.show {
+        cfg.insert("includeThoughts".into(), json!(true));
+    }
+    (!cfg.is_empty()).then_some(Value::Object(cfg))
+}
+
+/// JSON Schema from Gemini's OpenAPI-style schema (upper-case type names,
+/// `nullable`), for providers that take JSON Schema.
+pub fn json_schema_of(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => {
+            let mut out = Map::new();
+            let nullable = o.get("nullable").and_then(Value::as_bool) == Some(true);
+            for (k, v) in o {
+                match k.as_str() {
+                    "type" => {
+                        let t = v
+                            .as_str()
+                            .map_or_else(|| v.clone(), |t| json!(t.to_ascii_lowercase()));
+                        out.insert(k.clone(), if nullable { json!([t, "null"]) } else { t });
+                    }
+                    "nullable" | "propertyOrdering" => {}
+                    "properties" => {
+                        let props = v
+                            .as_object()
+                            .into_iter()
+                            .flatten()
+                            .map(|(name, s)| (name.clone(), json_schema_of(s)))
+                            .collect();
+                        out.insert(k.clone(), Value::Object(props));
+                    }
+                    "items" | "anyOf" | "oneOf" | "allOf" => {
+                        out.insert(k.clone(), json_schema_of(v));
+                    }
+                    _ => {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(json_schema_of).collect()),
+        other => other.clone(),
+    }
+}
+
 /// The body to send Gemini (the model goes in the URL).
 pub fn build_request(req: &Request) -> Result<Value, Untranslatable> {
+    let mut system = req.system.clone();
     let mut contents = Vec::new();
-    for m in super::ir::merge_turns(req.messages.clone()) {
+    for m in super::ir::merge_turns(&mut system, req.messages.clone()) {
         let role = match m.role {
-            Role::User => "user",
+            Role::User | Role::System => "user",
             Role::Assistant => "model",
         };
         let mut parts = Vec::new();
+        // Gemini wants a signature on a turn's first function call; calls
+        // another provider made have none: the documented placeholder.
+        let mut signed = false;
         for p in &m.parts {
             parts.push(match p {
                 Part::Text(t) => json!({"text": t}),
@@ -262,7 +391,19 @@ pub fn build_request(req: &Request) -> Result<Value, Untranslatable> {
                     id,
                     name,
                     arguments,
-                } => json!({"functionCall": {"id": id, "name": name, "args": arguments}}),
+                } => {
+                    let mut call =
+                        json!({"functionCall": {"id": id, "name": name, "args": arguments}});
+                    if !std::mem::replace(&mut signed, true) {
+                        call["thoughtSignature"] = json!(GEMINI_PLACEHOLDER_SIGNATURE);
+                    }
+                    call
+                }
+                Part::Thinking(_) => {
+                    return untranslatable(
+                        "thinking is not carried into a request of another format",
+                    );
+                }
                 Part::ToolResult {
                     call_id,
                     name,
@@ -290,8 +431,8 @@ pub fn build_request(req: &Request) -> Result<Value, Untranslatable> {
         contents.push(json!({"role": role, "parts": parts}));
     }
     let mut body = json!({"contents": contents});
-    if !req.system.is_empty() {
-        body["systemInstruction"] = json!({"parts": [{"text": req.system.join("\n\n")}]});
+    if !system.is_empty() {
+        body["systemInstruction"] = json!({"parts": [{"text": system.join("\n\n")}]});
     }
     let mut cfg = Map::new();
     if let Some(n) = req.max_tokens {
@@ -309,8 +450,27 @@ pub fn build_request(req: &Request) -> Result<Value, Untranslatable> {
     if !req.stop.is_empty() {
         cfg.insert("stopSequences".into(), json!(req.stop));
     }
-    if req.json_output {
-        cfg.insert("responseMimeType".into(), json!("application/json"));
+    if let Some(p) = req.presence_penalty {
+        cfg.insert("presencePenalty".into(), json!(p));
+    }
+    if let Some(p) = req.frequency_penalty {
+        cfg.insert("frequencyPenalty".into(), json!(p));
+    }
+    if let Some(s) = req.seed {
+        cfg.insert("seed".into(), json!(s));
+    }
+    match &req.output {
+        Some(Output::Json) => {
+            cfg.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some(Output::Schema { schema, .. }) => {
+            cfg.insert("responseMimeType".into(), json!("application/json"));
+            cfg.insert("responseJsonSchema".into(), schema.clone());
+        }
+        None => {}
+    }
+    if let Some(thinking) = req.reasoning.as_ref().and_then(thinking_config_to) {
+        cfg.insert("thinkingConfig".into(), thinking);
     }
     if !cfg.is_empty() {
         body["generationConfig"] = Value::Object(cfg);
@@ -320,7 +480,9 @@ pub fn build_request(req: &Request) -> Result<Value, Untranslatable> {
             .tools
             .iter()
             .map(|t| {
-                let mut f = json!({"name": t.name, "parameters": t.parameters});
+                // JSON Schema as the other formats have it: Gemini's own
+                // `parameters` takes only an OpenAPI subset.
+                let mut f = json!({"name": t.name, "parametersJsonSchema": t.parameters});
                 if let Some(d) = &t.description {
                     f["description"] = json!(d);
                 }
@@ -386,9 +548,10 @@ fn candidate_parts(v: &Value, calls: &mut usize) -> Vec<Part> {
         .flatten()
     {
         if p.get("thought").and_then(Value::as_bool) == Some(true) {
-            continue;
-        }
-        if let Some(t) = p.get("text").and_then(Value::as_str) {
+            if let Some(t) = p.get("text").and_then(Value::as_str) {
+                parts.push(Part::Thinking(t.to_string()));
+            }
+        } else if let Some(t) = p.get("text").and_then(Value::as_str) {
             parts.push(Part::Text(t.to_string()));
         } else if let Some(f) = p.get("functionCall") {
             let name = text_of(f, "name");
@@ -408,22 +571,20 @@ fn candidate_parts(v: &Value, calls: &mut usize) -> Vec<Part> {
 }
 
 pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
-    if v.get("candidates")
+    let no_candidates = v
+        .get("candidates")
         .and_then(Value::as_array)
-        .is_none_or(Vec::is_empty)
-    {
-        let why = v
-            .pointer("/promptFeedback/blockReason")
-            .and_then(Value::as_str)
-            .unwrap_or("no candidates");
-        return untranslatable(format!("Gemini returned no answer ({why})"));
+        .is_none_or(Vec::is_empty);
+    if no_candidates && v.pointer("/promptFeedback/blockReason").is_none() {
+        return untranslatable("Gemini returned no candidates");
     }
     let mut calls = 0;
     let parts = candidate_parts(v, &mut calls);
+    // A prompt Gemini blocked is an answer with nothing in it.
     let reason = v
         .pointer("/candidates/0/finishReason")
         .and_then(Value::as_str)
-        .unwrap_or("STOP");
+        .unwrap_or(if no_candidates { "SAFETY" } else { "STOP" });
     Ok(Response {
         id: v
             .get("responseId")
@@ -436,17 +597,29 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
     })
 }
 
+/// A thought part of another provider's reasoning, marked as translated.
+fn thought_part(text: &str) -> Value {
+    json!({"text": text, "thought": true, "thoughtSignature": TRANSLATED_THINKING})
+}
+
+/// A function call of another provider's answer, marked as translated so
+/// that a Gemini upstream later gets the placeholder signature instead.
+fn call_part(id: &str, name: &str, args: Value) -> Value {
+    json!({"functionCall": {"id": id, "name": name, "args": args}, "thoughtSignature": TRANSLATED_THINKING})
+}
+
 pub fn build_response(r: &Response, model: &str) -> Value {
     let parts: Vec<Value> = r
         .parts
         .iter()
         .filter_map(|p| match p {
             Part::Text(t) => Some(json!({"text": t})),
+            Part::Thinking(t) => Some(thought_part(t)),
             Part::ToolCall {
                 id,
                 name,
                 arguments,
-            } => Some(json!({"functionCall": {"id": id, "name": name, "args": arguments}})),
+            } => Some(call_part(id, name, arguments.clone())),
             _ => None,
         })
         .collect();
@@ -486,6 +659,7 @@ impl Decoder {
         for p in candidate_parts(&v, &mut self.calls) {
             match p {
                 Part::Text(t) if !t.is_empty() => out.push(Delta::Text(t)),
+                Part::Thinking(t) if !t.is_empty() => out.push(Delta::Thinking(t)),
                 Part::ToolCall {
                     id,
                     name,
@@ -524,15 +698,18 @@ impl Decoder {
     }
 }
 
-/// Deltas -> Gemini stream chunks. Function calls go out whole, once their
-/// arguments are complete.
+/// Deltas -> Gemini stream chunks. Gemini sends each function call whole,
+/// so calls go out once their arguments are complete: when text or
+/// thinking follows them, or the answer stops.
 #[derive(Debug)]
 pub struct Encoder {
     model: String,
     id: String,
-    /// The stream's calls by index (id, name, JSON text of the arguments),
-    /// sent whole with the last chunk.
+    /// The calls being assembled, by index (id, name, JSON text of the
+    /// arguments).
     pending: Vec<(String, String, String)>,
+    /// Calls already sent: `pending[0]` is call number `sent`.
+    sent: usize,
     stop: Option<StopReason>,
     usage: Usage,
 }
@@ -543,6 +720,7 @@ impl Encoder {
             model: model.to_string(),
             id: new_id(""),
             pending: Vec::new(),
+            sent: 0,
             stop: None,
             usage: Usage::default(),
         }
@@ -565,25 +743,43 @@ impl Encoder {
         Event::data(v.to_string())
     }
 
-    fn calls(&mut self) -> Vec<Value> {
+    /// The calls assembled so far, as parts.
+    fn take_calls(&mut self) -> Vec<Value> {
+        self.sent += self.pending.len();
         self.pending
             .drain(..)
             .map(|(id, name, args)| {
                 let args: Value = serde_json::from_str(&args).unwrap_or_else(|_| json!({}));
-                json!({"functionCall": {"id": id, "name": name, "args": args}})
+                call_part(&id, &name, args)
             })
             .collect()
+    }
+
+    /// Sends the calls being assembled, if any, in one chunk.
+    fn flush(&mut self, out: &mut Vec<Event>) {
+        if !self.pending.is_empty() {
+            let parts = self.take_calls();
+            out.push(self.chunk(parts, None));
+        }
     }
 
     pub fn encode(&mut self, delta: &Delta, out: &mut Vec<Event>) {
         match delta {
             Delta::Start { .. } => {}
-            Delta::Text(t) => out.push(self.chunk(vec![json!({"text": t})], None)),
+            Delta::Text(t) => {
+                self.flush(out);
+                out.push(self.chunk(vec![json!({"text": t})], None));
+            }
+            Delta::Thinking(t) => {
+                self.flush(out);
+                out.push(self.chunk(vec![thought_part(t)], None));
+            }
             Delta::ToolStart { id, name, .. } => {
-                self.pending.push((id.clone(), name.clone(), String::new()))
+                self.pending.push((id.clone(), name.clone(), String::new()));
             }
             Delta::ToolArgs { index, json } => {
-                if let Some(call) = self.pending.get_mut(*index) {
+                let pending = index.checked_sub(self.sent);
+                if let Some(call) = pending.and_then(|i| self.pending.get_mut(i)) {
                     call.2.push_str(json);
                 }
             }
@@ -592,9 +788,40 @@ impl Encoder {
         }
     }
 
+    /// The last chunk: the calls still held, the finish reason and usage.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
-        let parts = self.calls();
+        let parts = self.take_calls();
         let reason = stop_to(self.stop.unwrap_or(StopReason::EndTurn));
         out.push(self.chunk(parts, Some(reason)));
     }
+}
+
+/// For a Gemini upstream of a Gemini client: the client's body with the
+/// parts this gateway translated from another provider mended, or `None`
+/// when it has none. Translated thoughts are taken out; translated function
+/// calls get Gemini's documented placeholder signature instead of ours.
+pub fn mend_history(body: &Map<String, Value>) -> Option<Map<String, Value>> {
+    let contents = body.get("contents")?.as_array()?;
+    let marked =
+        |p: &Value| p.get("thoughtSignature").and_then(Value::as_str) == Some(TRANSLATED_THINKING);
+    let any = contents.iter().any(|c| {
+        c.get("parts")
+            .and_then(Value::as_array)
+            .is_some_and(|ps| ps.iter().any(marked))
+    });
+    if !any {
+        return None;
+    }
+    let mut body = body.clone();
+    if let Some(Value::Array(contents)) = body.get_mut("contents") {
+        for c in contents.iter_mut() {
+            if let Some(Value::Array(parts)) = c.get_mut("parts") {
+                parts.retain(|p| !(marked(p) && p.get("thought").is_some()));
+                for p in parts.iter_mut().filter(|p| marked(p)) {
+                    p["thoughtSignature"] = json!(GEMINI_PLACEHOLDER_SIGNATURE);
+                }
+            }
+        }
+    }
+    Some(body)
 }

@@ -5,7 +5,10 @@ use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Request {
+    /// System text that opens the conversation.
     pub system: Vec<String>,
+    /// The conversation; system messages later in it keep their place
+    /// (`Role::System`) for formats that can say so.
     pub messages: Vec<Message>,
     pub tools: Vec<Tool>,
     pub tool_choice: Option<ToolChoice>,
@@ -15,12 +18,94 @@ pub struct Request {
     pub top_k: Option<u64>,
     pub stop: Vec<String>,
     pub stream: bool,
-    /// The client asked for a JSON object as the answer.
-    pub json_output: bool,
+    /// The client asked for JSON as the answer.
+    pub output: Option<Output>,
+    /// How much the model should think before it answers.
+    pub reasoning: Option<Reasoning>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub seed: Option<i64>,
+}
+
+/// Structured output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Some JSON object, no schema.
+    Json,
+    /// JSON that follows `schema` (JSON Schema).
+    Schema {
+        name: String,
+        schema: Value,
+        strict: Option<bool>,
+    },
+}
+
+/// Reasoning effort, from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Effort {
+    Minimal,
+    Low,
+    Medium,
+    High,
+    Max,
+}
+
+impl Effort {
+    /// A thinking budget in tokens for this effort (for formats that take
+    /// a budget).
+    pub fn budget(self) -> u64 {
+        match self {
+            Effort::Minimal => 1_024,
+            Effort::Low => 2_048,
+            Effort::Medium => 8_192,
+            Effort::High => 16_384,
+            Effort::Max => 32_768,
+        }
+    }
+
+    /// The effort nearest to a thinking budget.
+    pub fn of_budget(tokens: u64) -> Self {
+        match tokens {
+            0..=1_024 => Effort::Minimal,
+            1_025..=4_096 => Effort::Low,
+            4_097..=12_288 => Effort::Medium,
+            12_289..=24_576 => Effort::High,
+            _ => Effort::Max,
+        }
+    }
+}
+
+/// Thinking settings, as the client gave them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reasoning {
+    /// Thinking explicitly turned off.
+    pub off: bool,
+    /// A budget in tokens.
+    pub budget: Option<u64>,
+    pub effort: Option<Effort>,
+    /// The model decides how much to think (Anthropic adaptive, Gemini -1).
+    pub dynamic: bool,
+    /// The client wants to see the thinking (Anthropic thinking blocks,
+    /// Gemini `includeThoughts`).
+    pub show: bool,
+}
+
+impl Reasoning {
+    /// The budget to ask for: the client's own, or its effort's.
+    pub fn budget_tokens(&self) -> Option<u64> {
+        self.budget.or_else(|| self.effort.map(Effort::budget))
+    }
+
+    /// The effort to ask for: the client's own, or its budget's.
+    pub fn effort_level(&self) -> Option<Effort> {
+        self.effort.or_else(|| self.budget.map(Effort::of_budget))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// A system message in the middle of the conversation.
+    System,
     User,
     Assistant,
 }
@@ -29,6 +114,18 @@ pub enum Role {
 pub struct Message {
     pub role: Role,
     pub parts: Vec<Part>,
+    /// Prompt-cache markers (Anthropic `cache_control`) by part index.
+    pub cache: Vec<(usize, Value)>,
+}
+
+impl Message {
+    pub fn new(role: Role, parts: Vec<Part>) -> Self {
+        Self {
+            role,
+            parts,
+            cache: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +144,9 @@ pub enum Part {
         name: String,
         arguments: Value,
     },
+    /// The model's reasoning, in answers only: it is never carried into a
+    /// request of another format.
+    Thinking(String),
     /// The result of a call, sent back by the user side.
     ToolResult {
         call_id: String,
@@ -107,6 +207,8 @@ pub enum Delta {
         model: String,
     },
     Text(String),
+    /// A piece of the model's reasoning.
+    Thinking(String),
     /// A tool call begins; `index` counts the stream's tool calls from 0.
     ToolStart {
         index: usize,
@@ -144,13 +246,38 @@ impl Request {
     }
 }
 
+/// The signature the gateway puts on thinking it translated from another
+/// provider's answer. A request that brings such thinking back has it
+/// stripped: no provider could verify it.
+/// Base64 (of "switchyard-translated-thinking"), because Gemini's SDKs
+/// decode `thoughtSignature` as bytes.
+pub const TRANSLATED_THINKING: &str = "c3dpdGNoeWFyZC10cmFuc2xhdGVkLXRoaW5raW5n";
+
+/// The signature Gemini documents for function calls whose history has no
+/// signature of its own (calls another provider made).
+pub const GEMINI_PLACEHOLDER_SIGNATURE: &str = "skip_thought_signature_validator";
+
 /// Merges consecutive messages of the same role (formats that need strict
-/// alternation get it; nothing is lost).
-pub fn merge_turns(messages: Vec<Message>) -> Vec<Message> {
+/// alternation get it; nothing is lost). System messages inside the
+/// conversation are moved to the opening system text, in order, for
+/// formats that have no other place for them.
+pub fn merge_turns(system: &mut Vec<String>, messages: Vec<Message>) -> Vec<Message> {
     let mut out: Vec<Message> = Vec::with_capacity(messages.len());
     for m in messages {
+        if m.role == Role::System {
+            system.extend(m.parts.into_iter().filter_map(|p| match p {
+                Part::Text(t) => Some(t),
+                _ => None,
+            }));
+            continue;
+        }
         match out.last_mut() {
-            Some(last) if last.role == m.role => last.parts.extend(m.parts),
+            Some(last) if last.role == m.role => {
+                let offset = last.parts.len();
+                last.cache
+                    .extend(m.cache.into_iter().map(|(i, c)| (i + offset, c)));
+                last.parts.extend(m.parts);
+            }
             _ => out.push(m),
         }
     }

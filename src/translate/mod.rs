@@ -8,6 +8,7 @@ pub mod count;
 pub mod gemini;
 pub mod ir;
 pub mod openai;
+pub mod policy;
 pub mod stream;
 
 use serde_json::{Map, Value};
@@ -64,5 +65,15 @@ pub fn build_response(format: Format, r: &ir::Response, model: &str) -> Value {
         Format::OpenAi => openai::build_response(r, model),
         Format::Anthropic => anthropic::build_response(r, model),
         Format::Gemini => gemini::build_response(r, model),
+    }
+}
+
+/// The client's body mended for an upstream of its own format, when its
+/// history carries what only this gateway could have put there.
+pub fn mend_history(format: Format, body: &Map<String, Value>) -> Option<Map<String, Value>> {
+    match format {
+        Format::OpenAi => None,
+        Format::Anthropic => anthropic::mend_history(body),
+        Format::Gemini => gemini::mend_history(body),
     }
 }

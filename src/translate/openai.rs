@@ -3,42 +3,17 @@
 use serde_json::{Map, Value, json};
 
 use super::ir::{
-    Delta, Image, Message, Part, Request, Response, Role, StopReason, Tool, ToolChoice,
-    Untranslatable, Usage, arguments_from_text, f64_field, image_from_url, new_id, result_text,
-    stream_json, text_of, u64_field, untranslatable,
+    Delta, Effort, Image, Message, Output, Part, Reasoning, Request, Response, Role, StopReason,
+    Tool, ToolChoice, Untranslatable, Usage, arguments_from_text, f64_field, image_from_url,
+    new_id, result_text, stream_json, text_of, u64_field, untranslatable,
 };
+use super::policy;
 use crate::sse::Event;
-
-/// Request fields that are hints another provider may go without.
-const DROPPABLE: &[&str] = &[
-    "user",
-    "metadata",
-    "store",
-    "service_tier",
-    "parallel_tool_calls",
-    "seed",
-    "stream_options",
-    "prompt_cache_key",
-    "safety_identifier",
-];
-const KNOWN: &[&str] = &[
-    "model",
-    "messages",
-    "stream",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "tools",
-    "tool_choice",
-    "n",
-    "response_format",
-];
+use crate::wire::Format;
 
 pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatable> {
     for key in body.keys() {
-        if !KNOWN.contains(&key.as_str()) && !DROPPABLE.contains(&key.as_str()) {
+        if policy::left_out_everywhere(Format::OpenAi, key) {
             return untranslatable(format!(
                 "`{key}` cannot be carried to this model's provider"
             ));
@@ -54,6 +29,9 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         },
         temperature: f64_field(body, "temperature")?,
         top_p: f64_field(body, "top_p")?,
+        presence_penalty: f64_field(body, "presence_penalty")?,
+        frequency_penalty: f64_field(body, "frequency_penalty")?,
+        seed: body.get("seed").and_then(Value::as_i64),
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
         ..Request::default()
     };
@@ -70,19 +48,18 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         }
         Some(_) => return untranslatable("`stop` must be a string or an array"),
     }
-    match body
-        .get("response_format")
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-    {
-        None | Some("text") => {}
-        Some("json_object") => req.json_output = true,
-        Some(other) => {
-            return untranslatable(format!(
-                "response_format `{other}` cannot be carried to this model's provider"
-            ));
-        }
-    }
+    req.reasoning = match body.get("reasoning_effort").and_then(Value::as_str) {
+        None => None,
+        Some("none") => Some(Reasoning {
+            off: true,
+            ..Reasoning::default()
+        }),
+        Some(e) => super::anthropic::effort_from(e).map(|effort| Reasoning {
+            effort: Some(effort),
+            ..Reasoning::default()
+        }),
+    };
+    req.output = response_format(body.get("response_format"))?;
     if let Some(tools) = body.get("tools").and_then(Value::as_array) {
         for t in tools {
             if t.get("type").and_then(Value::as_str) != Some("function") {
@@ -129,42 +106,75 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
     Ok(req)
 }
 
+/// `response_format`: text, a JSON object, or JSON following a schema.
+pub fn response_format(format: Option<&Value>) -> Result<Option<Output>, Untranslatable> {
+    let Some(f) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    match f.get("type").and_then(Value::as_str) {
+        None | Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Output::Json)),
+        Some("json_schema") => {
+            // Chat completions nest the schema; the Responses API does not.
+            let spec = f.get("json_schema").unwrap_or(f);
+            Ok(Some(Output::Schema {
+                name: spec
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("answer")
+                    .to_string(),
+                schema: spec.get("schema").cloned().unwrap_or_else(|| json!({})),
+                strict: spec.get("strict").and_then(Value::as_bool),
+            }))
+        }
+        Some(other) => untranslatable(format!(
+            "response_format `{other}` cannot be carried to this model's provider"
+        )),
+    }
+}
+
 fn parse_message(m: &Value, req: &mut Request) -> Result<(), Untranslatable> {
     let role = m.get("role").and_then(Value::as_str).unwrap_or("");
     match role {
-        "system" | "developer" => {
+        // System messages before the conversation open it; later ones keep
+        // their place.
+        "system" | "developer" if req.messages.is_empty() => {
             req.system.push(content_text(&m["content"])?);
         }
+        "system" | "developer" => {
+            let text = content_text(&m["content"])?;
+            req.messages
+                .push(Message::new(Role::System, vec![Part::Text(text)]));
+        }
         "user" => {
-            let parts = content_parts(&m["content"])?;
-            req.messages.push(Message {
-                role: Role::User,
-                parts,
-            });
+            let mut message = Message::new(Role::User, content_parts(&m["content"])?);
+            message.cache = cache_markers(&m["content"]);
+            req.messages.push(message);
         }
         "assistant" => {
-            let mut parts = match m.get("content") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(c) => content_parts(c)?,
+            let content = m.get("content").unwrap_or(&Value::Null);
+            let mut parts = match content {
+                Value::Null => Vec::new(),
+                c => content_parts(c)?,
             };
+            let cache = cache_markers(content);
             parts.extend(tool_calls(m)?);
-            req.messages.push(Message {
-                role: Role::Assistant,
-                parts,
-            });
+            let mut message = Message::new(Role::Assistant, parts);
+            message.cache = cache;
+            req.messages.push(message);
         }
         "tool" => {
             let call_id = text_of(m, "tool_call_id");
             let content = vec![Part::Text(content_text(&m["content"])?)];
-            req.messages.push(Message {
-                role: Role::User,
-                parts: vec![Part::ToolResult {
+            req.messages.push(Message::new(
+                Role::User,
+                vec![Part::ToolResult {
                     call_id,
                     name: None,
                     content,
                     is_error: false,
                 }],
-            });
+            ));
         }
         other => {
             return untranslatable(format!(
@@ -193,6 +203,18 @@ fn tool_calls(message: &Value) -> Result<Vec<Part>, Untranslatable> {
                 arguments: arguments_from_text(arguments.unwrap_or(""))?,
             })
         })
+        .collect()
+}
+
+/// `cache_control` markers of content parts (as OpenAI-compatible
+/// gateways in front of Anthropic accept them), by part index.
+fn cache_markers(content: &Value) -> Vec<(usize, Value)> {
+    content
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, p)| p.get("cache_control").map(|c| (i, c.clone())))
         .collect()
 }
 
@@ -242,6 +264,10 @@ pub fn build_request(req: &Request, model: &str) -> Result<Value, Untranslatable
     }
     for m in &req.messages {
         match m.role {
+            Role::System => {
+                let text = result_text(&m.parts, "system messages")?;
+                messages.push(json!({"role": "system", "content": text}));
+            }
             Role::User => {
                 let mut rest = Vec::new();
                 for p in &m.parts {
@@ -297,8 +323,9 @@ pub fn build_request(req: &Request, model: &str) -> Result<Value, Untranslatable
         }
     }
     let mut body = json!({"model": model, "messages": messages});
+    // `max_tokens` is deprecated, and refused by reasoning models.
     if let Some(n) = req.max_tokens {
-        body["max_tokens"] = json!(n);
+        body["max_completion_tokens"] = json!(n);
     }
     if let Some(t) = req.temperature {
         body["temperature"] = json!(t);
@@ -306,14 +333,28 @@ pub fn build_request(req: &Request, model: &str) -> Result<Value, Untranslatable
     if let Some(p) = req.top_p {
         body["top_p"] = json!(p);
     }
-    if req.top_k.is_some() {
-        return untranslatable("`top_k` cannot be carried to an OpenAI-compatible provider");
+    if let Some(p) = req.presence_penalty {
+        body["presence_penalty"] = json!(p);
+    }
+    if let Some(p) = req.frequency_penalty {
+        body["frequency_penalty"] = json!(p);
+    }
+    if let Some(s) = req.seed {
+        body["seed"] = json!(s);
     }
     if !req.stop.is_empty() {
         body["stop"] = json!(req.stop);
     }
-    if req.json_output {
-        body["response_format"] = json!({"type": "json_object"});
+    if let Some(effort) = req
+        .reasoning
+        .as_ref()
+        .filter(|r| !r.off)
+        .and_then(|r| r.effort_level())
+    {
+        body["reasoning_effort"] = json!(effort_to(effort));
+    }
+    if let Some(format) = &req.output {
+        body["response_format"] = response_format_to(format);
     }
     if !req.tools.is_empty() {
         body["tools"] = Value::Array(
@@ -342,6 +383,33 @@ pub fn build_request(req: &Request, model: &str) -> Result<Value, Untranslatable
         body["stream_options"] = json!({"include_usage": true});
     }
     Ok(body)
+}
+
+/// OpenAI's `reasoning_effort` nearest to an effort: the values every
+/// reasoning model takes.
+pub fn effort_to(effort: Effort) -> &'static str {
+    match effort {
+        Effort::Minimal | Effort::Low => "low",
+        Effort::Medium => "medium",
+        Effort::High | Effort::Max => "high",
+    }
+}
+
+pub fn response_format_to(format: &Output) -> Value {
+    match format {
+        Output::Json => json!({"type": "json_object"}),
+        Output::Schema {
+            name,
+            schema,
+            strict,
+        } => {
+            let mut spec = json!({"name": name, "schema": schema});
+            if let Some(strict) = strict {
+                spec["strict"] = json!(strict);
+            }
+            json!({"type": "json_schema", "json_schema": spec})
+        }
+    }
 }
 
 fn user_part(p: &Part) -> Result<Value, Untranslatable> {
@@ -379,6 +447,9 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
         .ok_or_else(|| Untranslatable("no choices in the response".into()))?;
     let msg = &choice["message"];
     let mut parts = Vec::new();
+    if let Some(t) = reasoning_text(msg) {
+        parts.push(Part::Thinking(t.to_string()));
+    }
     if let Some(t) = msg.get("content").and_then(Value::as_str) {
         if !t.is_empty() {
             parts.push(Part::Text(t.to_string()));
@@ -411,7 +482,24 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
     })
 }
 
+/// The reasoning OpenAI-compatible servers return beside the content
+/// (`reasoning_content`; some name it `reasoning`).
+fn reasoning_text(v: &Value) -> Option<&str> {
+    v.get("reasoning_content")
+        .or_else(|| v.get("reasoning"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+}
+
 pub fn build_response(r: &Response, model: &str) -> Value {
+    let reasoning: String = r
+        .parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Thinking(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
     let text: String = r
         .parts
         .iter()
@@ -429,6 +517,9 @@ pub fn build_response(r: &Response, model: &str) -> Value {
     let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) }});
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
+    }
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = json!(reasoning);
     }
     json!({
         "id": if r.id.starts_with("chatcmpl-") { r.id.clone() } else { new_id("chatcmpl-") },
@@ -469,6 +560,9 @@ impl Decoder {
         }
         if let Some(choice) = v.pointer("/choices/0") {
             let d = &choice["delta"];
+            if let Some(t) = reasoning_text(d) {
+                out.push(Delta::Thinking(t.to_string()));
+            }
             if let Some(t) = d.get("content").and_then(Value::as_str) {
                 if !t.is_empty() {
                     out.push(Delta::Text(t.to_string()));
@@ -559,6 +653,7 @@ impl Encoder {
         match delta {
             Delta::Start { .. } => out.push(self.chunk(json!({"role": "assistant", "content": ""}), None)),
             Delta::Text(t) => out.push(self.chunk(json!({"content": t}), None)),
+            Delta::Thinking(t) => out.push(self.chunk(json!({"reasoning_content": t}), None)),
             Delta::ToolStart { index, id, name } => out.push(self.chunk(
                 json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
                 None,

@@ -1,6 +1,8 @@
 //! Relaying one upstream stream to one client: passed through when both
 //! speak the same format, translated event by event when they do not.
 
+use serde_json::Value;
+
 use super::ir::{Delta, Untranslatable};
 use super::{anthropic, gemini, openai};
 use crate::catalog::Provider;
@@ -34,25 +36,84 @@ pub struct StreamTranslator {
     complete: bool,
     /// The closing events have been produced.
     closed: bool,
+    /// The upstream has sent content (text, thinking, a tool call): the
+    /// point after which the stream is the client's.
+    content: bool,
+    /// In passthrough, the name the client asked for: events that name
+    /// another model are given it.
+    rename: Rename,
+}
+
+/// Gives passthrough answers the model name the client asked for, touching
+/// only those that name another (upstreams answer "gpt-4o" with a dated name).
+#[derive(Debug, Clone)]
+pub struct Rename {
+    model: String,
+    /// `"model":"<name>"` as serialisers write it, with and without a space.
+    needles: [String; 2],
+}
+
+impl Rename {
+    pub fn new(model: &str, key: &str) -> Self {
+        let quoted = Value::String(model.to_string()).to_string();
+        Self {
+            model: model.to_string(),
+            needles: [
+                format!("\"{key}\":{quoted}"),
+                format!("\"{key}\": {quoted}"),
+            ],
+        }
+    }
+
+    /// Whether `text` may name another model.
+    pub fn needed(&self, text: &[u8]) -> bool {
+        !self
+            .needles
+            .iter()
+            .any(|n| memchr_contains(text, n.as_bytes()))
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+fn memchr_contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// What a stream is relayed for.
+pub struct StreamSpec<'a> {
+    pub provider: Provider,
+    pub client: Format,
+    /// The name the client asked for.
+    pub model: &'a str,
+    /// Whether an OpenAI client asked for a usage chunk.
+    pub include_usage: bool,
+    /// The local estimate of the prompt's tokens.
+    pub input_estimate: u64,
 }
 
 impl StreamTranslator {
-    /// `model` is the name the client asked for; `include_usage` whether an
-    /// OpenAI client asked for a usage chunk.
-    pub fn new(provider: Provider, client: Format, model: &str, include_usage: bool) -> Self {
-        let upstream = super::format_of(provider);
-        let mode = if upstream == client {
-            Mode::Same(client)
+    pub fn new(spec: &StreamSpec<'_>) -> Self {
+        let upstream = super::format_of(spec.provider);
+        let model = spec.model;
+        let mode = if upstream == spec.client {
+            Mode::Same(spec.client)
         } else {
             Mode::Translate {
-                decoder: match provider {
+                decoder: match spec.provider {
                     Provider::Openai => Decoder::OpenAi(openai::Decoder::default()),
                     Provider::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
                     Provider::Gemini => Decoder::Gemini(gemini::Decoder::default()),
                 },
-                encoder: match client {
-                    Format::OpenAi => Encoder::OpenAi(openai::Encoder::new(model, include_usage)),
-                    Format::Anthropic => Encoder::Anthropic(anthropic::Encoder::new(model)),
+                encoder: match spec.client {
+                    Format::OpenAi => {
+                        Encoder::OpenAi(openai::Encoder::new(model, spec.include_usage))
+                    }
+                    Format::Anthropic => {
+                        Encoder::Anthropic(anthropic::Encoder::new(model, spec.input_estimate))
+                    }
                     Format::Gemini => Encoder::Gemini(gemini::Encoder::new(model)),
                 },
             }
@@ -61,6 +122,15 @@ impl StreamTranslator {
             mode,
             complete: false,
             closed: false,
+            content: false,
+            rename: Rename::new(
+                spec.model,
+                if spec.client == Format::Gemini {
+                    "modelVersion"
+                } else {
+                    "model"
+                },
+            ),
         }
     }
 
@@ -69,14 +139,18 @@ impl StreamTranslator {
         self.complete
     }
 
+    /// Whether the upstream has sent content yet.
+    pub fn has_content(&self) -> bool {
+        self.content
+    }
+
     /// One upstream event in, the client's events out. An error means the
     /// upstream reported a failure inside the stream or sent something broken.
     pub fn feed(&mut self, event: &Event) -> Result<Vec<Event>, Untranslatable> {
         match &mut self.mode {
             Mode::Same(format) => {
                 let format = *format;
-                self.check_same(format, event)?;
-                Ok(vec![event.clone()])
+                Ok(vec![self.pass(format, event)?])
             }
             Mode::Translate { decoder, encoder } => {
                 let deltas = match decoder {
@@ -88,8 +162,12 @@ impl StreamTranslator {
                 match deltas {
                     Some(deltas) => {
                         for d in &deltas {
-                            if matches!(d, Delta::Stop(_)) {
-                                self.complete = true;
+                            match d {
+                                Delta::Stop(_) => self.complete = true,
+                                Delta::Text(_) | Delta::Thinking(_) | Delta::ToolStart { .. } => {
+                                    self.content = true;
+                                }
+                                _ => {}
                             }
                             encode(encoder, d, &mut out);
                         }
@@ -123,48 +201,99 @@ impl StreamTranslator {
         Ok(out)
     }
 
-    fn check_same(&mut self, format: Format, event: &Event) -> Result<(), Untranslatable> {
+    /// An event of the client's own format: checked for errors, content and
+    /// the end, and given the client's model name.
+    fn pass(&mut self, format: Format, event: &Event) -> Result<Event, Untranslatable> {
         let data = event.data.trim();
-        match format {
-            Format::OpenAi => {
-                if data == "[DONE]" {
-                    self.complete = true;
-                    return Ok(());
-                }
-                let v: serde_json::Value = serde_json::from_str(data)
-                    .map_err(|_| Untranslatable("a stream chunk is not JSON".into()))?;
-                if v.get("error").is_some() {
-                    return Err(Untranslatable(crate::pipeline::error_text(data.as_bytes())));
-                }
-                if openai_finished(&v) {
-                    self.complete = true;
-                }
-            }
-            Format::Anthropic => match event.event.as_deref() {
+        if format == Format::OpenAi && data == "[DONE]" {
+            self.complete = true;
+            return Ok(event.clone());
+        }
+        if format == Format::Anthropic {
+            match event.event.as_deref() {
                 Some("message_stop") => self.complete = true,
                 Some("error") => {
                     return Err(Untranslatable(crate::pipeline::error_text(data.as_bytes())));
                 }
+                Some("content_block_start" | "content_block_delta") => self.content = true,
                 _ => {}
-            },
-            Format::Gemini => {
-                let v: serde_json::Value = serde_json::from_str(data)
-                    .map_err(|_| Untranslatable("a stream chunk is not JSON".into()))?;
-                if v.get("error").is_some() {
-                    return Err(Untranslatable(crate::pipeline::error_text(data.as_bytes())));
+            }
+            // Only message_start names the model.
+            if event.event.as_deref() != Some("message_start")
+                || !self.rename.needed(data.as_bytes())
+            {
+                return Ok(event.clone());
+            }
+        }
+        let mut v: Value = serde_json::from_str(data)
+            .map_err(|_| Untranslatable("a stream chunk is not JSON".into()))?;
+        if v.get("error").is_some() {
+            return Err(Untranslatable(crate::pipeline::error_text(data.as_bytes())));
+        }
+        match format {
+            Format::OpenAi => {
+                if openai_finished(&v) {
+                    self.complete = true;
                 }
+                if openai_content(&v) {
+                    self.content = true;
+                }
+            }
+            Format::Gemini => {
                 if v.pointer("/candidates/0/finishReason").is_some() {
                     self.complete = true;
                 }
+                if v.pointer("/candidates/0/content/parts")
+                    .and_then(Value::as_array)
+                    .is_some_and(|p| !p.is_empty())
+                {
+                    self.content = true;
+                }
             }
+            Format::Anthropic => {}
         }
-        Ok(())
+        if !self.rename.needed(data.as_bytes()) {
+            return Ok(event.clone());
+        }
+        let name = self.rename.model();
+        let slot = match format {
+            Format::OpenAi => v.get_mut("model"),
+            Format::Anthropic => v.pointer_mut("/message/model"),
+            Format::Gemini => v.get_mut("modelVersion"),
+        };
+        match slot {
+            Some(slot) => *slot = Value::String(name.to_string()),
+            None => return Ok(event.clone()),
+        }
+        Ok(Event {
+            event: event.event.clone(),
+            data: v.to_string(),
+        })
     }
 }
 
-fn openai_finished(v: &serde_json::Value) -> bool {
+/// Whether an OpenAI chunk carries text, reasoning or a tool call.
+fn openai_content(v: &Value) -> bool {
     v.get("choices")
-        .and_then(serde_json::Value::as_array)
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                let d = &c["delta"];
+                ["content", "reasoning_content", "reasoning"]
+                    .iter()
+                    .any(|k| {
+                        d.get(*k)
+                            .and_then(Value::as_str)
+                            .is_some_and(|t| !t.is_empty())
+                    })
+                    || d.get("tool_calls").is_some_and(|t| !t.is_null())
+            })
+        })
+}
+
+fn openai_finished(v: &Value) -> bool {
+    v.get("choices")
+        .and_then(Value::as_array)
         .is_some_and(|cs| {
             cs.iter()
                 .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))

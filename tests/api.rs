@@ -247,6 +247,18 @@ async fn health_readiness_and_unknown_routes() {
 }
 
 #[tokio::test]
+async fn the_root_answers_get_and_head_without_a_key() {
+    let gw = gateway(&[Cred::new("only", 0, M)], &[]).await;
+    let url = format!("{}/", gw.url);
+    assert_eq!(gw.client.get(&url).send().await.unwrap().status(), 200);
+    let head = gw.client.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.text().await.unwrap().is_empty());
+    assert!(gw.mock.hits().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_broken_edit_keeps_the_last_good_snapshot() {
     let gw = gateway(&[Cred::new("only", 0, M)], &[]).await;
     std::fs::write(

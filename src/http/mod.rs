@@ -49,6 +49,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1beta/models", get(gemini::list))
         .route("/v1beta/models/{*rest}", post(gemini::model_action))
+        // `get` answers HEAD too: clients (Claude Code) probe `HEAD /`.
+        .route("/", get(ops::root))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics));
@@ -98,6 +100,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
         "/v1beta/models" => "/v1beta/models",
         p if p.starts_with("/v1beta/models/") => gemini_route(p),
+        "/" => "/",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",

@@ -671,6 +671,8 @@ pub(crate) mod tests {
         );
         assert_eq!(pool("claude-haiku"), vec![pair("a", &["claude-any"])]);
         assert_eq!(pool("gpt-4o"), vec![pair("a", &["fallback"])]);
+        assert!(cat.route("claude-*").is_none(), "a pattern is no name");
+        assert!(cat.route("*").is_none());
     }
 
     #[test]

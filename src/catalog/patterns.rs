@@ -111,7 +111,8 @@ impl Patterns {
     /// The route of a name no exact row serves: from the cache, or built
     /// from the matching patterns (and cached within the bounds).
     pub fn route(&self, name: &str, build: impl FnOnce(Vec<Share>) -> Route) -> Option<Arc<Route>> {
-        if self.is_empty() {
+        // A requested `*` is no name: it would reach a block or an upstream as `*`.
+        if self.is_empty() || name.contains('*') {
             return None;
         }
         if let Some(route) = self.lock().get(name) {

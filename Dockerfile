@@ -2,6 +2,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# Cargo reads every target the manifest declares before it builds one, so the bench's
+# source must be present even though only the binary is built.
+COPY benches benches
 COPY src src
 COPY migrations migrations
 RUN cargo build --release --locked --bin switchyard

@@ -5,6 +5,14 @@
 //! mode) produce [`OperatorData`]; [`Catalog::build`] validates it and indexes it
 //! for the request path. A new catalog replaces the old one as a whole, so a
 //! request always sees one consistent snapshot.
+//!
+//! A `model` ending in `*` is a pattern ([`patterns`]). Per credential an exact
+//! row wins over patterns, and the longest pattern over shorter ones; every
+//! credential with a matching row is a candidate. Routes of exact names are
+//! built here, with the matching patterns of other credentials folded in;
+//! names only patterns serve are routed on first request.
+
+mod patterns;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -64,7 +72,8 @@ pub struct Credential {
     pub headers: BTreeMap<String, String>,
 }
 
-/// One row of `credential_models`.
+/// One row of `credential_models`. `model` may be a pattern (`claude-*`), and
+/// `upstream_model` may be `*`: the requested name is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialModel {
     pub credential_id: String,
@@ -108,6 +117,15 @@ pub enum CatalogError {
     },
     #[error("credential model of {credential_id:?}: model and upstream_model must not be empty")]
     EmptyModel { credential_id: String },
+    #[error(
+        "credential model {model:?} of {credential_id:?}: `*` may only end a model (a pattern) \
+         or be the whole upstream_model (the requested name), not {upstream_model:?}"
+    )]
+    BadPattern {
+        credential_id: String,
+        model: String,
+        upstream_model: String,
+    },
     #[error("api key {name:?}: key_hash must be 64 lower-case hex characters (SHA-256)")]
     BadKeyHash { name: String },
     #[error("api key name {0:?} is defined twice")]
@@ -125,6 +143,10 @@ pub fn valid_credential_id(id: &str) -> bool {
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
+
+/// A credential and its pool of upstream models for one requested name: what
+/// a route is built from.
+type Share = (Arc<Credential>, Vec<String>);
 
 /// One credential's share of a route: its weight and the pool of upstream
 /// models it rotates over for the requested model.
@@ -186,9 +208,13 @@ impl Tier {
 /// The routing snapshot: what the request path reads.
 pub struct Catalog {
     pub credentials: BTreeMap<String, Arc<Credential>>,
+    /// Routes of the names some enabled credential has an exact row for.
     routes: HashMap<String, Arc<Route>>,
+    /// Pattern rows, and the routes of names only they serve.
+    patterns: patterns::Patterns,
     keys: HashMap<String, ApiKey>,
-    /// Model names some enabled credential serves, sorted.
+    /// Model names some enabled credential has an exact row for, sorted:
+    /// what the model lists show (patterns are not names).
     pub models: Vec<String>,
     /// Each credential's models, for the admin view.
     pub credential_models: Vec<CredentialModel>,
@@ -218,6 +244,7 @@ impl Catalog {
         Self {
             credentials: BTreeMap::new(),
             routes: HashMap::new(),
+            patterns: patterns::Patterns::default(),
             keys: HashMap::new(),
             models: Vec::new(),
             credential_models: Vec::new(),
@@ -234,7 +261,7 @@ impl Catalog {
             credentials.insert(c.id.clone(), Arc::new(c));
         }
 
-        // model -> credential id -> pool of upstream models
+        // model (or pattern) -> credential id -> pool of upstream models
         let mut by_model: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
         for m in &data.models {
             if !credentials.contains_key(&m.credential_id) {
@@ -243,11 +270,7 @@ impl Catalog {
                     model: m.model.clone(),
                 });
             }
-            if m.model.is_empty() || m.upstream_model.is_empty() {
-                return Err(CatalogError::EmptyModel {
-                    credential_id: m.credential_id.clone(),
-                });
-            }
+            validate_model(m)?;
             by_model
                 .entry(m.model.clone())
                 .or_default()
@@ -256,18 +279,41 @@ impl Catalog {
                 .insert(m.upstream_model.clone());
         }
 
-        let mut routes = HashMap::new();
+        // Only enabled credentials serve; pattern rows and exact rows apart.
+        let mut exact: Vec<(String, Vec<Share>)> = Vec::new();
+        let mut pattern_rows = Vec::new();
         for (model, creds) in by_model {
-            let enabled: Vec<(Arc<Credential>, Vec<String>)> = creds
+            let enabled: Vec<(Arc<Credential>, BTreeSet<String>)> = creds
                 .into_iter()
                 .filter_map(|(id, pool)| {
                     let c = credentials.get(&id)?;
-                    c.enabled.then(|| (c.clone(), pool.into_iter().collect()))
+                    c.enabled.then(|| (c.clone(), pool))
                 })
                 .collect();
-            if !enabled.is_empty() {
-                routes.insert(model.clone(), Arc::new(build_route(model, enabled)));
+            match patterns::prefix_of(&model) {
+                Some(prefix) => pattern_rows.extend(
+                    enabled
+                        .into_iter()
+                        .map(|(c, pool)| (prefix.to_string(), c, pool.into_iter().collect())),
+                ),
+                None if !enabled.is_empty() => {
+                    let members = enabled
+                        .into_iter()
+                        .map(|(c, pool)| (c, patterns::resolve_pool(&pool, &model)))
+                        .collect();
+                    exact.push((model, members));
+                }
+                None => {}
             }
+        }
+        let patterns = patterns::Patterns::new(pattern_rows);
+
+        let mut routes = HashMap::new();
+        for (model, mut members) in exact {
+            let has_exact = |id: &str| members.iter().any(|(c, _)| c.id == id);
+            let matched = patterns.matching(&model, has_exact);
+            members.extend(matched);
+            routes.insert(model.clone(), Arc::new(build_route(model, members)));
         }
         let mut models: Vec<String> = routes.keys().cloned().collect();
         models.sort();
@@ -287,6 +333,7 @@ impl Catalog {
         Ok(Self {
             credentials,
             routes,
+            patterns,
             keys,
             models,
             credential_models: data.models,
@@ -311,9 +358,7 @@ impl Catalog {
             Ok(()) => true,
         });
         data.models.retain(|m| {
-            let ok = seen.contains(&m.credential_id)
-                && !m.model.is_empty()
-                && !m.upstream_model.is_empty();
+            let ok = seen.contains(&m.credential_id) && validate_model(m).is_ok();
             if !ok {
                 problems.push(format!(
                     "credential model {:?} of {:?} is not usable",
@@ -344,8 +389,14 @@ impl Catalog {
         }
     }
 
-    pub fn route(&self, model: &str) -> Option<&Arc<Route>> {
-        self.routes.get(model)
+    /// The route of a requested name: a hash lookup for names with an exact
+    /// row; names only patterns serve are resolved once and then cached.
+    pub fn route(&self, model: &str) -> Option<Arc<Route>> {
+        if let Some(route) = self.routes.get(model) {
+            return Some(route.clone());
+        }
+        self.patterns
+            .route(model, |members| build_route(model.to_string(), members))
     }
 
     /// Checks a client key against `api_keys`; only its hash is compared.
@@ -374,6 +425,22 @@ fn valid_key_hash(hash: &str) -> bool {
         && hash
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn validate_model(m: &CredentialModel) -> Result<(), CatalogError> {
+    if m.model.is_empty() || m.upstream_model.is_empty() {
+        return Err(CatalogError::EmptyModel {
+            credential_id: m.credential_id.clone(),
+        });
+    }
+    if !patterns::valid_model(&m.model) || !patterns::valid_upstream(&m.upstream_model) {
+        return Err(CatalogError::BadPattern {
+            credential_id: m.credential_id.clone(),
+            model: m.model.clone(),
+            upstream_model: m.upstream_model.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn validate_credential(c: &Credential) -> Result<(), CatalogError> {
@@ -411,7 +478,10 @@ fn http_header_ok(name: &str, value: &str) -> bool {
             .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
-fn build_route(model: String, members: Vec<(Arc<Credential>, Vec<String>)>) -> Route {
+/// `members`: each credential with its pool, resolved for `model`.
+fn build_route(model: String, mut members: Vec<Share>) -> Route {
+    // Fill-first takes the first usable member: the same order on every replica.
+    members.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     let mut scopes = Vec::new();
     let mut by_priority: BTreeMap<i32, Vec<Member>> = BTreeMap::new();
     for (credential, pool) in members {
@@ -552,6 +622,138 @@ pub(crate) mod tests {
         assert_eq!(route.tiers[0].priority, 5);
         assert_eq!(route.tiers[1].members[0].pool, vec!["gpt-x", "gpt-y"]);
         assert!(cat.route("only-off").is_none());
+    }
+
+    fn pattern_catalog(models: Vec<CredentialModel>) -> Catalog {
+        Catalog::build(OperatorData {
+            credentials: vec![cred("a", 0, 1), cred("b", 0, 1)],
+            models,
+            api_keys: vec![],
+        })
+        .expect("valid")
+    }
+
+    /// Each member's credential and pool, in route order.
+    fn members(route: &Route) -> Vec<(String, Vec<String>)> {
+        route
+            .members()
+            .map(|m| (m.credential.id.clone(), m.pool.clone()))
+            .collect()
+    }
+
+    fn pair(id: &str, pool: &[&str]) -> (String, Vec<String>) {
+        (id.into(), pool.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn an_exact_row_beats_a_pattern_of_the_same_credential() {
+        let cat = pattern_catalog(vec![
+            cm("a", "claude-*", "*"),
+            cm("a", "claude-opus-4-8", "opus-pinned"),
+        ]);
+        let route = cat.route("claude-opus-4-8").expect("route");
+        assert_eq!(members(&route), vec![pair("a", &["opus-pinned"])]);
+        let other = cat.route("claude-haiku-4").expect("route");
+        assert_eq!(members(&other), vec![pair("a", &["claude-haiku-4"])]);
+    }
+
+    #[test]
+    fn the_longest_pattern_of_a_credential_wins() {
+        let cat = pattern_catalog(vec![
+            cm("a", "*", "fallback"),
+            cm("a", "claude-*", "claude-any"),
+            cm("a", "claude-opus-*", "*"),
+        ]);
+        let pool = |name: &str| members(&cat.route(name).expect("route"));
+        assert_eq!(
+            pool("claude-opus-4-8"),
+            vec![pair("a", &["claude-opus-4-8"])]
+        );
+        assert_eq!(pool("claude-haiku"), vec![pair("a", &["claude-any"])]);
+        assert_eq!(pool("gpt-4o"), vec![pair("a", &["fallback"])]);
+        assert!(cat.route("claude-*").is_none(), "a pattern is no name");
+        assert!(cat.route("*").is_none());
+    }
+
+    #[test]
+    fn an_exact_row_and_another_credentials_pattern_are_both_candidates() {
+        let cat = pattern_catalog(vec![
+            cm("b", "claude-*", "*"),
+            cm("b", "claude-*", "claude-spare"),
+            cm("a", "claude-opus-4-8", "opus"),
+        ]);
+        let route = cat.route("claude-opus-4-8").expect("route");
+        assert_eq!(
+            members(&route),
+            vec![
+                pair("a", &["opus"]),
+                pair("b", &["claude-opus-4-8", "claude-spare"])
+            ]
+        );
+        assert!(route.scopes.contains(&Scope::pair("b", "claude-opus-4-8")));
+        assert!(!route.scopes.iter().any(|s| s.to_string().contains('*')));
+        // Lists name exact rows only.
+        assert_eq!(cat.models, vec!["claude-opus-4-8".to_string()]);
+        assert!(cat.route("gpt-4o").is_none());
+    }
+
+    #[test]
+    fn star_upstream_sends_the_requested_name_for_exact_rows_too() {
+        let cat = pattern_catalog(vec![cm("a", "gpt-4o", "*")]);
+        let route = cat.route("gpt-4o").expect("route");
+        assert_eq!(members(&route), vec![pair("a", &["gpt-4o"])]);
+    }
+
+    #[test]
+    fn pattern_routes_are_cached_within_bounds() {
+        let cat = pattern_catalog(vec![cm("a", "*", "*")]);
+        let first = cat.route("some-model").expect("route");
+        let again = cat.route("some-model").expect("route");
+        assert!(Arc::ptr_eq(&first, &again), "rotation state carries over");
+        for i in 0..20_000 {
+            assert!(cat.route(&format!("name-{i}")).is_some());
+        }
+        assert!(
+            cat.patterns.cached() <= 2 * 2048,
+            "{}",
+            cat.patterns.cached()
+        );
+        // A name in use survives the churn: it moves back to the young generation.
+        let hot = cat.route("hot").expect("route");
+        for i in 0..5_000 {
+            cat.route(&format!("churn-{i}"));
+            assert!(Arc::ptr_eq(&hot, &cat.route("hot").expect("route")));
+        }
+        // Very long names are served but not kept.
+        let long = "x".repeat(10_000);
+        let before = cat.patterns.cached();
+        assert!(cat.route(&long).is_some());
+        assert!(cat.patterns.cached() <= before);
+    }
+
+    #[test]
+    fn misplaced_stars_are_rejected_and_left_out_leniently() {
+        for row in [
+            cm("a", "claude-*-opus", "*"),
+            cm("a", "**", "*"),
+            cm("a", "m", "up-*"),
+        ] {
+            let data = OperatorData {
+                credentials: vec![cred("a", 0, 1)],
+                models: vec![row.clone(), cm("a", "ok-*", "*")],
+                api_keys: vec![],
+            };
+            assert!(
+                matches!(
+                    Catalog::build(data.clone()),
+                    Err(CatalogError::BadPattern { .. })
+                ),
+                "{row:?}"
+            );
+            let (cat, problems) = Catalog::build_lenient(data);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(cat.route("ok-1").is_some());
+        }
     }
 
     #[test]

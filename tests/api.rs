@@ -6,8 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{CLIENT_KEY, Cred, Gateway, gateway, key_of};
+use common::{CLIENT_KEY, Cred, Gateway, Reply, gateway, key_of};
 use serde_json::{Value, json};
+use switchyard::state::Scope;
 
 const M: &[(&str, &str)] = &[("m", "up-m")];
 
@@ -243,6 +244,129 @@ async fn health_readiness_and_unknown_routes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn one_pattern_row_serves_new_names_and_sends_each_upstream() {
+    let gw = gateway(
+        &[Cred::new("a", 0, &[("claude-*", "*"), ("m", "up-m")])],
+        &[],
+    )
+    .await;
+    let names = ["claude-opus-4-8", "claude-sonnet-5", "claude-haiku-9"];
+    for name in names {
+        let (status, body) = status_and_json(gw.chat(name).await).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model"], name, "the answer names the requested model");
+    }
+    let sent: Vec<String> = gw.mock.hits().into_iter().map(|h| h.model).collect();
+    assert_eq!(sent, names);
+    // A name the pattern does not match is still unknown.
+    assert_eq!(gw.chat("gpt-4o").await.status(), 404);
+    // Lists name exact rows only.
+    let r = gw
+        .client
+        .get(format!("{}/v1/models", gw.url))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    let (_, list) = status_and_json(r).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["data"][0]["id"], "m");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_exact_row_wins_on_its_credential_and_other_patterns_still_serve() {
+    let gw = gateway(
+        &[
+            Cred::new(
+                "a",
+                0,
+                &[("claude-*", "*"), ("claude-opus-4-8", "opus-pinned")],
+            ),
+            Cred::new("b", 0, &[("claude-opus-*", "*"), ("claude-*", "never")]),
+        ],
+        &[],
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(gw.chat("claude-opus-4-8").await.status(), 200);
+    }
+    let mut sent: Vec<(String, String)> = gw
+        .mock
+        .hits()
+        .into_iter()
+        .map(|h| (h.key, h.model))
+        .collect();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(
+        sent,
+        [
+            (key_of("a"), "opus-pinned".to_string()),
+            (key_of("b"), "claude-opus-4-8".to_string())
+        ]
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_block_learned_through_a_pattern_names_the_upstream_model_sent() {
+    let admin = "admin-secret-for-tests";
+    let gw = gateway(
+        &[Cred::new("a", 0, &[("claude-*", "*")])],
+        &[
+            ("SWITCHYARD_ADMIN_KEY", admin),
+            ("SWITCHYARD_MAX_RETRY_WAIT_MS", "0"),
+        ],
+    )
+    .await;
+    gw.mock.script(
+        &key_of("a"),
+        [Reply::status(500, json!({"error": {"message": "boom"}}))],
+    );
+    assert_eq!(gw.chat("claude-opus-4-8").await.status(), 503);
+    assert!(
+        gw.block_of(&Scope::pair("a", "claude-opus-4-8"))
+            .await
+            .is_some()
+    );
+    let get = |path: &str| {
+        gw.client
+            .get(format!("{}{path}", gw.url))
+            .bearer_auth(admin)
+            .send()
+    };
+    let (_, blocks) = status_and_json(get("/admin/blocks").await.unwrap()).await;
+    let list = blocks["blocks"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{blocks}");
+    assert_eq!(list[0]["upstream_model"], "claude-opus-4-8");
+    assert_eq!(list[0]["reason"], "upstream_error");
+    // Another name of the same pattern is a pair of its own, not blocked.
+    assert_eq!(gw.chat("claude-sonnet-5").await.status(), 200);
+    // The admin view shows the row as the operator wrote it, with the block.
+    let (_, creds) = status_and_json(get("/admin/credentials").await.unwrap()).await;
+    let a = &creds["credentials"][0];
+    assert_eq!(
+        a["models"],
+        json!([{"model": "claude-*", "upstream_model": "*"}])
+    );
+    assert_eq!(a["blocks"][0]["upstream_model"], "claude-opus-4-8");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_root_answers_get_and_head_without_a_key() {
+    let gw = gateway(&[Cred::new("only", 0, M)], &[]).await;
+    let url = format!("{}/", gw.url);
+    assert_eq!(gw.client.get(&url).send().await.unwrap().status(), 200);
+    let head = gw.client.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.text().await.unwrap().is_empty());
+    assert!(gw.mock.hits().is_empty());
     gw.stop().await;
 }
 

@@ -358,6 +358,38 @@ async fn the_admin_api_lists_and_removes_blocks_and_masks_secrets() {
     assert!(metrics.contains("switchyard_redis_up 1"), "{metrics}");
     assert!(metrics.contains("switchyard_postgres_up 1"));
     assert!(metrics.contains("switchyard_block_propagation_seconds_count"));
+
+    // A pattern row inserted with SQL serves new names on every replica, and a
+    // block learned through it names the upstream model sent, in Redis too.
+    c.sql("insert into credential_models values ('backup', 'claude-*', '*')")
+        .await;
+    for replica in &c.replicas {
+        common::eventually("the pattern reaches every replica", SECOND, async || {
+            c.chat(&replica.url, "claude-probe").await.status() == 200
+        })
+        .await;
+    }
+    assert_eq!(c.mock.hits().last().unwrap().model, "claude-probe");
+    c.mock.script(
+        &key_of("backup"),
+        [Reply::status(500, json!({"error": {"message": "boom"}}))],
+    );
+    assert_eq!(c.chat(&base, "claude-opus-4-8").await.status(), 503);
+    let blocks: Value = admin("/admin/blocks").await.unwrap().json().await.unwrap();
+    let pair = blocks["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["credential_id"] == "backup")
+        .unwrap();
+    assert_eq!(pair["upstream_model"], "claude-opus-4-8", "{blocks}");
+    assert_eq!(
+        c.redis
+            .cli(&["EXISTS", "switchyard:block:model:backup:claude-opus-4-8"]),
+        "1"
+    );
+    // The models list names exact rows only.
+    assert_eq!(c.models(&base).await, ["m"]);
 }
 
 #[tokio::test]

@@ -697,6 +697,112 @@ async fn model_lists_in_every_format() {
 }
 
 #[tokio::test]
+async fn gemini_routes_are_served_under_v1_too() {
+    let gw = only("gemini").await;
+    let gemini_post = |path: &str, body: Value| {
+        gw.client
+            .post(format!("{}{path}", gw.url))
+            .header("x-goog-api-key", CLIENT_KEY)
+            .json(&body)
+            .send()
+    };
+    let contents = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+    let r = gemini_post("/v1/models/m:generateContent", contents.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["candidates"][0]["content"]["parts"][0]["text"],
+        hello("gemini")
+    );
+    let r = gemini_post(
+        "/v1/models/m:streamGenerateContent?alt=sse",
+        contents.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let chunks = sse_data(r).await;
+    let last: Value = serde_json::from_str(chunks.last().unwrap()).unwrap();
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+    let r = gemini_post("/v1/models/m:countTokens", contents)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["totalTokens"], 42);
+    assert_eq!(gw.mock.hits().len(), 3);
+    assert!(gw.mock.hits().iter().all(|h| h.model == "up-m"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn v1_models_answers_gemini_clients_in_gemini_format() {
+    let gw = only("openai").await;
+    let list = |req: reqwest::RequestBuilder| async move {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let url = format!("{}/v1/models", gw.url);
+    let v = list(gw.client.get(&url).header("x-goog-api-key", CLIENT_KEY)).await;
+    assert_eq!(v["models"][0]["name"], "models/m", "{v}");
+    let v = list(gw.client.get(format!("{url}?key={CLIENT_KEY}"))).await;
+    assert_eq!(v["models"][0]["name"], "models/m", "{v}");
+    // Other clients keep OpenAI's list.
+    let v = list(gw.client.get(&url).bearer_auth(CLIENT_KEY)).await;
+    assert_eq!(
+        (&v["object"], &v["data"][0]["id"]),
+        (&json!("list"), &json!("m"))
+    );
+    // A Gemini client with a wrong key gets Gemini's error.
+    let r = gw
+        .client
+        .get(&url)
+        .header("x-goog-api-key", "sk-wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["status"],
+        "UNAUTHENTICATED"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn gemini_model_get_names_a_served_model_or_404s() {
+    let gw = only("gemini").await;
+    for version in ["v1beta", "v1"] {
+        let get = |model: &str| {
+            gw.client
+                .get(format!("{}/{version}/models/{model}", gw.url))
+                .header("x-goog-api-key", CLIENT_KEY)
+                .send()
+        };
+        let r = get("m").await.unwrap();
+        assert_eq!(r.status(), 200, "{version}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["name"], "models/m");
+        assert!(
+            v["supportedGenerationMethods"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("generateContent"))
+        );
+        let r = get("nope").await.unwrap();
+        assert_eq!(r.status(), 404, "{version}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["status"],
+            "NOT_FOUND"
+        );
+    }
+    assert!(gw.mock.hits().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn upstream_connections_follow_the_proxy_variables() {
     let proxy = common::proxy::ConnectProxy::start().await;
     let proxy_url = proxy.url(Some("egress:hunter2"));

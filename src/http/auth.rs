@@ -8,8 +8,30 @@ use crate::catalog::{Catalog, KeyCheck};
 use crate::pipeline::GatewayError;
 use crate::wire::ErrorKind;
 
+/// Where a request carried its client key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPlace {
+    Bearer,
+    XApiKey,
+    XGoogApiKey,
+    Query,
+}
+
+impl KeyPlace {
+    /// The places only Gemini clients use: a list request that authenticates
+    /// this way wants Gemini's list format.
+    pub fn is_gemini(self) -> bool {
+        matches!(self, KeyPlace::XGoogApiKey | KeyPlace::Query)
+    }
+}
+
 /// The client key of a request, from the first place that has one.
 pub fn client_key(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    find_key(headers, uri).map(|(key, _)| key)
+}
+
+/// The client key and where it came from, checked in a fixed order.
+pub fn find_key(headers: &HeaderMap, uri: &Uri) -> Option<(String, KeyPlace)> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -20,16 +42,19 @@ pub fn client_key(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     if let Some(auth) = header("authorization") {
         let (scheme, rest) = auth.split_once(' ').unwrap_or((auth, ""));
         if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() {
-            return Some(rest.trim().to_string());
+            return Some((rest.trim().to_string(), KeyPlace::Bearer));
         }
     }
-    if let Some(key) = header("x-api-key").or_else(|| header("x-goog-api-key")) {
-        return Some(key.to_string());
+    if let Some(key) = header("x-api-key") {
+        return Some((key.to_string(), KeyPlace::XApiKey));
+    }
+    if let Some(key) = header("x-goog-api-key") {
+        return Some((key.to_string(), KeyPlace::XGoogApiKey));
     }
     uri.query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, v)| k == "key" && !v.is_empty())
-            .map(|(_, v)| v.into_owned())
+            .map(|(_, v)| (v.into_owned(), KeyPlace::Query))
     })
 }
 
@@ -91,6 +116,13 @@ mod tests {
         );
         let q: Uri = "/v1beta/models?alt=sse&key=sk-d%2B".parse().expect("uri");
         assert_eq!(client_key(&HeaderMap::new(), &q).as_deref(), Some("sk-d+"));
+        let place = |h: &HeaderMap, u: &Uri| find_key(h, u).map(|(_, p)| p.is_gemini());
+        assert_eq!(place(&HeaderMap::new(), &q), Some(true));
+        assert_eq!(
+            place(&headers(&[("x-goog-api-key", "k")]), &plain),
+            Some(true)
+        );
+        assert_eq!(place(&headers(&[("x-api-key", "k")]), &q), Some(false));
         assert_eq!(client_key(&HeaderMap::new(), &plain), None);
         assert_eq!(
             client_key(&headers(&[("authorization", "Basic abc")]), &plain),

@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::authenticate;
+use super::auth::{authenticate, find_key};
 use super::error::render;
+use super::gemini;
 use super::reply::{finish, json_object, model_of, read_body, require_array, stream_flag};
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::Format;
@@ -39,18 +40,25 @@ pub async fn completions(
     finish(format, reply, key_name, model, trace)
 }
 
-/// `GET /v1/models`: OpenAI's list, or Anthropic's when the request carries
-/// `anthropic-version`.
+/// `GET /v1/models`: OpenAI's list; Anthropic's when the request carries
+/// `anthropic-version`; Gemini's when it authenticates the Gemini way
+/// (`x-goog-api-key` or `?key=`), as the google-genai SDK's v1 does.
 pub async fn models(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
     let anthropic = headers.contains_key("anthropic-version");
+    let gemini = !anthropic && find_key(&headers, &uri).is_some_and(|(_, p)| p.is_gemini());
     let format = if anthropic {
         Format::Anthropic
+    } else if gemini {
+        Format::Gemini
     } else {
         Format::OpenAi
     };
     let catalog = state.gateway.catalog().load();
     if let Err(e) = authenticate(&catalog, &headers, &uri) {
         return render(format, &e);
+    }
+    if gemini {
+        return gemini::list_reply(&catalog);
     }
     if anthropic {
         let data: Vec<Value> = catalog

@@ -1,5 +1,7 @@
 //! The Gemini surface: `POST /v1beta/models/{model}:generateContent`,
-//! `:streamGenerateContent?alt=sse`, `:countTokens`, and `GET /v1beta/models`.
+//! `:streamGenerateContent?alt=sse`, `:countTokens`, `GET /v1beta/models` and
+//! `GET /v1beta/models/{model}`; the same under `/v1/models/` (the
+//! google-genai SDK's default API version is v1).
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -11,6 +13,7 @@ use super::AppState;
 use super::auth::authenticate;
 use super::error::render;
 use super::reply::{bad, finish, json_object, read_body, require_array};
+use crate::catalog::Catalog;
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
 
@@ -113,14 +116,48 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -
     if let Err(e) = authenticate(&catalog, &headers, &uri) {
         return render(Format::Gemini, &e);
     }
-    let models: Vec<Value> = catalog
-        .models
-        .iter()
-        .map(|m| json!({
-            "name": format!("models/{m}"),
-            "displayName": m,
-            "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
-        }))
-        .collect();
+    list_reply(&catalog)
+}
+
+/// Gemini's model list, for `GET /v1beta/models` and for a `GET /v1/models`
+/// that authenticates the Gemini way.
+pub fn list_reply(catalog: &Catalog) -> Response {
+    let models: Vec<Value> = catalog.models.iter().map(|m| model_json(m)).collect();
     axum::Json(json!({ "models": models })).into_response()
+}
+
+/// `GET /v1beta/models/{model}` (and under `/v1/`): one model, when some
+/// enabled credential serves it (a pattern row counts).
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let format = Format::Gemini;
+    let catalog = state.gateway.catalog().load();
+    if let Err(e) = authenticate(&catalog, &headers, &uri) {
+        return render(format, &e);
+    }
+    let model = rest.strip_prefix("models/").unwrap_or(&rest);
+    if model.is_empty() || model.contains(':') {
+        let e = GatewayError::new(ErrorKind::RouteNotFound, "expected models/{model}");
+        return render(format, &e);
+    }
+    if catalog.route(model).is_none() {
+        let e = GatewayError::new(
+            ErrorKind::ModelNotFound,
+            format!("models/{model} is not found: no enabled credential serves it"),
+        );
+        return render(format, &e);
+    }
+    axum::Json(model_json(model)).into_response()
+}
+
+fn model_json(model: &str) -> Value {
+    json!({
+        "name": format!("models/{model}"),
+        "displayName": model,
+        "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+    })
 }

@@ -47,8 +47,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(chat::models))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route(
+            "/v1/models/{*rest}",
+            post(gemini::model_action).get(gemini::get_model),
+        )
         .route("/v1beta/models", get(gemini::list))
-        .route("/v1beta/models/{*rest}", post(gemini::model_action))
+        .route(
+            "/v1beta/models/{*rest}",
+            post(gemini::model_action).get(gemini::get_model),
+        )
+        // `get` answers HEAD too: clients (Claude Code) probe `HEAD /`.
+        .route("/", get(ops::root))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics));
@@ -97,7 +106,9 @@ fn route_label(path: &str) -> &'static str {
         "/v1/messages" => "/v1/messages",
         "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
         "/v1beta/models" => "/v1beta/models",
-        p if p.starts_with("/v1beta/models/") => gemini_route(p),
+        p if p.starts_with("/v1beta/models/") => gemini_route(p, true),
+        p if p.starts_with("/v1/models/") => gemini_route(p, false),
+        "/" => "/",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
@@ -106,11 +117,20 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
-fn gemini_route(path: &str) -> &'static str {
-    match path.rsplit_once(':').map(|(_, a)| a) {
-        Some("generateContent") => "/v1beta/models/{model}:generateContent",
-        Some("streamGenerateContent") => "/v1beta/models/{model}:streamGenerateContent",
-        Some("countTokens") => "/v1beta/models/{model}:countTokens",
+fn gemini_route(path: &str, beta: bool) -> &'static str {
+    let action = match path.rsplit_once(':') {
+        None => "",
+        Some((_, a)) => a,
+    };
+    match (beta, action) {
+        (true, "generateContent") => "/v1beta/models/{model}:generateContent",
+        (true, "streamGenerateContent") => "/v1beta/models/{model}:streamGenerateContent",
+        (true, "countTokens") => "/v1beta/models/{model}:countTokens",
+        (true, "") => "/v1beta/models/{model}",
+        (false, "generateContent") => "/v1/models/{model}:generateContent",
+        (false, "streamGenerateContent") => "/v1/models/{model}:streamGenerateContent",
+        (false, "countTokens") => "/v1/models/{model}:countTokens",
+        (false, "") => "/v1/models/{model}",
         _ => "other",
     }
 }

@@ -1,10 +1,15 @@
-//! Liveness and readiness.
+//! The root probe, liveness, readiness and metrics.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
 use super::AppState;
+
+/// `GET /` and `HEAD /`: clients probe the root before they send a key.
+pub async fn root() -> impl IntoResponse {
+    (StatusCode::OK, "switchyard\n")
+}
 
 pub async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")

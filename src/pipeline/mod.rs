@@ -275,7 +275,6 @@ impl Gateway {
         let catalog = self.inner.catalog.load();
         let route = catalog
             .route(&request.model)
-            .cloned()
             .ok_or_else(|| model_not_found(&request.model))?;
         let prepared = Prepared::new(&route, request).map_err(Reply::Error)?;
         Ok((route, prepared))

@@ -186,7 +186,14 @@ pub fn parse(
         .credential_models
         .into_iter()
         .map(|m| CredentialModel {
-            upstream_model: m.upstream_model.unwrap_or_else(|| m.model.clone()),
+            // Unset, the requested name is sent: for a pattern row that is `*`.
+            upstream_model: m.upstream_model.unwrap_or_else(|| {
+                if m.model.ends_with('*') {
+                    "*".to_string()
+                } else {
+                    m.model.clone()
+                }
+            }),
             credential_id: m.credential_id,
             model: m.model,
         })
@@ -367,6 +374,28 @@ expires_at = 2030-01-01T00:00:00Z
             crate::catalog::hash_key("hello")
         );
         assert!(Catalog::build(c.data).is_ok());
+    }
+
+    #[test]
+    fn a_pattern_row_sends_the_requested_name_by_default() {
+        let text = "[[credentials]]\nid='a'\nprovider='anthropic'\nbase_url='http://x'\napi_key='k'\n\
+                    [[credential_models]]\ncredential_id='a'\nmodel='claude-*'\n";
+        let c = parse(Path::new("t.toml"), text, &|_| None).expect("valid");
+        assert_eq!(c.data.models[0].upstream_model, "*");
+        let cat = Catalog::build(c.data).expect("valid");
+        let route = cat.route("claude-opus-4-8").expect("the pattern serves it");
+        assert_eq!(route.tiers[0].members[0].pool, vec!["claude-opus-4-8"]);
+        assert!(cat.models.is_empty(), "patterns are not listed");
+        let bad = text.replace("claude-*", "claude-*-x");
+        let err = load_text(&bad).expect_err("a star inside a name is refused");
+        assert!(err.contains("claude-*-x"), "{err}");
+    }
+
+    fn load_text(text: &str) -> Result<(), String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, text).expect("write");
+        load(&path).map(|_| ()).map_err(|e| e.to_string())
     }
 
     #[test]

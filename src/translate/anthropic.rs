@@ -14,6 +14,9 @@ use crate::wire::Format;
 /// Anthropic requires `max_tokens`; requests from formats where it is
 /// optional get this (plus the thinking budget, when there is one).
 pub const DEFAULT_MAX_TOKENS: u64 = 8192;
+/// The largest `max_tokens` sent from another format (what every current
+/// Claude model takes).
+const MAX_OUTPUT_CARRIED: u64 = 32_000;
 /// Anthropic's smallest thinking budget.
 const MIN_THINKING_BUDGET: u64 = 1024;
 /// What a JSON answer without a schema becomes: Anthropic has no JSON mode.
@@ -251,8 +254,8 @@ pub fn build_request(req: &Request, model: &str) -> Result<Value, Untranslatable
     }
     let thinking = thinking_budget(req);
     let max_tokens = match (req.max_tokens, thinking) {
-        (Some(n), _) => n,
-        (None, Some(budget)) => budget + DEFAULT_MAX_TOKENS,
+        (Some(n), _) => n.min(MAX_OUTPUT_CARRIED),
+        (None, Some(budget)) => (budget + DEFAULT_MAX_TOKENS).min(MAX_OUTPUT_CARRIED),
         (None, None) => DEFAULT_MAX_TOKENS,
     };
     // The budget must stay below max_tokens; too small a room turns thinking off.

@@ -249,7 +249,8 @@ fn generation_config(cfg: &Map<String, Value>, req: &mut Request) -> Result<(), 
                     ));
                 }
             },
-            "responseJsonSchema" => schema = Some(v.clone()),
+            // Clients send Gemini's upper-case type names here too.
+            "responseJsonSchema" => schema = Some(json_schema_of(v)),
             "responseSchema" => schema = Some(json_schema_of(v)),
             "thinkingConfig" => req.reasoning = Some(thinking_config(v)),
             "speechConfig" => {
@@ -435,7 +436,10 @@ pub fn build_request(req: &Request) -> Result<Value, Untranslatable> {
         body["systemInstruction"] = json!({"parts": [{"text": system.join("\n\n")}]});
     }
     let mut cfg = Map::new();
-    if let Some(n) = req.max_tokens {
+    if let Some(n) = req
+        .max_tokens
+        .filter(|n| *n <= super::ir::MAX_OUTPUT_CARRIED)
+    {
         cfg.insert("maxOutputTokens".into(), json!(n));
     }
     if let Some(t) = req.temperature {

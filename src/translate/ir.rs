@@ -246,6 +246,12 @@ impl Request {
     }
 }
 
+/// The largest output limit carried to another provider. Clients set limits
+/// for their own provider's models (Claude Code asks for 128,000), which
+/// other providers' models refuse; above this the limit is dropped and the
+/// target model's own maximum applies.
+pub const MAX_OUTPUT_CARRIED: u64 = 32_768;
+
 /// The signature the gateway puts on thinking it translated from another
 /// provider's answer. A request that brings such thinking back has it
 /// stripped: no provider could verify it.

@@ -324,7 +324,10 @@ pub fn build_request(req: &Request, model: &str) -> Result<Value, Untranslatable
     }
     let mut body = json!({"model": model, "messages": messages});
     // `max_tokens` is deprecated, and refused by reasoning models.
-    if let Some(n) = req.max_tokens {
+    if let Some(n) = req
+        .max_tokens
+        .filter(|n| *n <= super::ir::MAX_OUTPUT_CARRIED)
+    {
         body["max_completion_tokens"] = json!(n);
     }
     if let Some(t) = req.temperature {

@@ -95,7 +95,7 @@ pub const RULES: &[Rule] = &[
     rule(A, "service_tier", "", r#"{"service_tier":"auto"}"#, [D, To("service_tier"), D]),
     rule(A, "container", "", r#"{"container":"c1"}"#, [D, To("container"), D]),
     rule(A, "mcp_servers", "", r#"{"mcp_servers":[{"type":"url","url":"https://mcp.example","name":"x"}]}"#, [L, To("mcp_servers"), L]),
-    rule(A, "cache_control", "on system, message and tool blocks", r#"{"system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral"}}]}"#, [D, To("system"), D]),
+    rule(A, "cache_control", "on system, message and tool blocks", r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}]}"#, [D, To("messages"), D]),
     // OpenAI chat completions.
     rule(O, "messages[].role", "system or developer, first", r#"{"messages":[{"role":"developer","content":"be brief"},{"role":"user","content":"a"}]}"#, [To("messages"), To("system"), To("systemInstruction")]),
     rule(O, "messages[].role", "system or developer, inside the conversation", r#"{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"system","content":"be brief"},{"role":"user","content":"c"}]}"#, [To("messages"), To("system"), To("systemInstruction")]),
@@ -121,7 +121,7 @@ pub const RULES: &[Rule] = &[
     rule(O, "metadata", "", r#"{"metadata":{"k":"v"}}"#, [To("metadata"), D, D]),
     rule(O, "store", "", r#"{"store":false}"#, [To("store"), D, D]),
     rule(O, "service_tier", "", r#"{"service_tier":"auto"}"#, [To("service_tier"), D, D]),
-    rule(O, "stream_options", "", r#"{"stream":true,"stream_options":{"include_usage":true}}"#, [To("stream_options"), D, D]),
+    rule(O, "stream_options", "", r#"{"stream_options":{"include_usage":true}}"#, [To("stream_options"), D, D]),
     rule(O, "prompt_cache_key", "", r#"{"prompt_cache_key":"k"}"#, [To("prompt_cache_key"), D, D]),
     rule(O, "safety_identifier", "", r#"{"safety_identifier":"u1"}"#, [To("safety_identifier"), D, D]),
     rule(O, "logit_bias", "", r#"{"logit_bias":{"50256":-100}}"#, [To("logit_bias"), D, D]),
@@ -129,7 +129,7 @@ pub const RULES: &[Rule] = &[
     rule(O, "verbosity", "", r#"{"verbosity":"low"}"#, [To("verbosity"), D, D]),
     rule(O, "prediction", "", r#"{"prediction":{"type":"content","content":"x"}}"#, [To("prediction"), D, D]),
     rule(O, "modalities", "text only", r#"{"modalities":["text"]}"#, [To("modalities"), D, D]),
-    rule(O, "cache_control", "on content parts", r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a","cache_control":{"type":"ephemeral"}}]}]}"#, [To("messages"), To("messages.0.content.0.cache_control"), D]),
+    rule(O, "cache_control", "on content parts", r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}]}"#, [To("messages"), To("messages.0.content.0.cache_control"), D]),
     // Gemini generateContent.
     rule(G, "systemInstruction", "", r#"{"systemInstruction":{"parts":[{"text":"be brief"}]}}"#, [To("messages[].content"), To("system"), To("systemInstruction")]),
     rule(G, "generationConfig.maxOutputTokens", "", r#"{"generationConfig":{"maxOutputTokens":77}}"#, [To("max_completion_tokens"), To("max_tokens"), To("generationConfig.maxOutputTokens")]),
@@ -157,8 +157,7 @@ pub const RULES: &[Rule] = &[
     rule(G, "cachedContent", "", r#"{"cachedContent":"cachedContents/abc"}"#, [L, L, To("cachedContent")]),
 ];
 
-/// The first rule about `field` of `format` whose case is "" or matches
-/// `case` (a substring of the row's case).
+/// The rules about `field` of `format`.
 pub fn find(format: Format, field: &str) -> impl Iterator<Item = &'static Rule> + '_ {
     RULES
         .iter()

@@ -245,7 +245,9 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
             headers,
             body: body.clone(),
         });
+        // What the real provider refuses comes first, whatever is scripted.
         let queued = s.script.get_mut(&key).and_then(VecDeque::pop_front);
+        let queued = super::provider_rules::refusal(kind_name(kind), &model, &body).or(queued);
         queued
             .or_else(|| s.always.get(&key).cloned())
             .unwrap_or(Reply::Ok)
@@ -262,6 +264,15 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
         },
     )
     .await
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::OpenAi => "openai",
+        Kind::Anthropic => "anthropic",
+        Kind::Gemini => "gemini",
+        Kind::AnthropicCount | Kind::GeminiCount => "count",
+    }
 }
 
 struct Request {

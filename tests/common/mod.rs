@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod mock;
+pub mod provider_rules;
 pub mod proxy;
 pub mod services;
 pub mod tls;

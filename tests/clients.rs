@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::mock::Hit;
+use common::mock::{Hit, Kind, offered_tools_of};
+use common::tap::Tap;
+use common::tap::Tapped;
 use common::{CLIENT_KEY, Cred, Gateway, Reply, gateway, key_of};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -186,6 +188,8 @@ fn isolated(test: &str) -> bool {
 
 /// What one run of a client left.
 struct Run {
+    /// What the client sent the gateway, and the statuses it got.
+    requests: Vec<Tapped>,
     status: String,
     stdout: String,
     stderr: String,
@@ -195,12 +199,19 @@ struct Run {
 impl Run {
     fn report(&self, gw: &Gateway) -> String {
         let hits: Vec<String> = gw.mock.hits().iter().map(describe).collect();
+        let sent: Vec<String> = self
+            .requests
+            .iter()
+            .map(|r| format!("{} {} -> {:?}", r.method, r.path, r.status))
+            .collect();
         format!(
-            "client exit: {}, after {:?}\n--- stdout\n{}\n--- stderr\n{}\n--- the mock's hits ({})\n{}",
+            "client exit: {}, after {:?}\n--- stdout\n{}\n--- stderr\n{}\n--- what the client sent ({})\n{}\n--- the mock's hits ({})\n{}",
             self.status,
             self.took,
             self.stdout,
             tail(&self.stderr, 6000),
+            sent.len(),
+            sent.join("\n"),
             hits.len(),
             hits.join("\n")
         )
@@ -269,6 +280,7 @@ async fn run(mut cmd: tokio::process::Command, env: &[(&str, String)], work: &Pa
         }
     };
     Run {
+        requests: Vec::new(),
         status,
         stdout: stdout.await.unwrap(),
         stderr: stderr.await.unwrap(),
@@ -308,13 +320,13 @@ fn prompt(scenario: Scenario) -> &'static str {
 
 /// Claude Code in print mode: the gateway as its Anthropic API, the shell
 /// tool allowed without asking, and no traffic besides the model calls.
-async fn claude_code(gw: &Gateway, scenario: Scenario, dirs: &Dirs) -> Run {
+async fn claude_code(url: &str, scenario: Scenario, dirs: &Dirs) -> Run {
     let mut cmd = tokio::process::Command::new(clients_bin().join("claude"));
     cmd.args(["-p", prompt(scenario), "--output-format", "text"])
         .args(["--allowedTools", "Bash"]);
     let env = [
         ("HOME", dirs.home.display().to_string()),
-        ("ANTHROPIC_BASE_URL", gw.url.clone()),
+        ("ANTHROPIC_BASE_URL", url.to_string()),
         ("ANTHROPIC_API_KEY", CLIENT_KEY.to_string()),
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
         ("DISABLE_AUTOUPDATER", "1".into()),
@@ -327,7 +339,7 @@ async fn claude_code(gw: &Gateway, scenario: Scenario, dirs: &Dirs) -> Run {
 
 /// Gemini CLI in headless mode: the gateway as its Gemini API, tools run
 /// without asking, no sandbox, no telemetry or usage statistics.
-async fn gemini_cli(gw: &Gateway, scenario: Scenario, dirs: &Dirs) -> Run {
+async fn gemini_cli(url: &str, scenario: Scenario, dirs: &Dirs) -> Run {
     let settings = json!({
         "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false},
         "privacy": {"usageStatisticsEnabled": false},
@@ -345,7 +357,7 @@ async fn gemini_cli(gw: &Gateway, scenario: Scenario, dirs: &Dirs) -> Run {
         .args(["--approval-mode", "yolo", "--skip-trust"]);
     let env = [
         ("HOME", dirs.home.display().to_string()),
-        ("GOOGLE_GEMINI_BASE_URL", gw.url.clone()),
+        ("GOOGLE_GEMINI_BASE_URL", url.to_string()),
         ("GEMINI_API_KEY", CLIENT_KEY.to_string()),
         ("GEMINI_SANDBOX", "false".into()),
         ("GEMINI_TELEMETRY_ENABLED", "false".into()),
@@ -354,7 +366,7 @@ async fn gemini_cli(gw: &Gateway, scenario: Scenario, dirs: &Dirs) -> Run {
 }
 
 /// The google-genai SDK with its default settings but the base URL.
-async fn google_genai(gw: &Gateway, scenario: Scenario, dirs: &Dirs) -> Run {
+async fn google_genai(url: &str, scenario: Scenario, dirs: &Dirs) -> Run {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/google_genai.py");
     let mut cmd = tokio::process::Command::new(python());
     cmd.arg(script).arg(match scenario {
@@ -363,7 +375,7 @@ async fn google_genai(gw: &Gateway, scenario: Scenario, dirs: &Dirs) -> Run {
     });
     let env = [
         ("HOME", dirs.home.display().to_string()),
-        ("GOOGLE_GEMINI_BASE_URL", gw.url.clone()),
+        ("GOOGLE_GEMINI_BASE_URL", url.to_string()),
         ("GEMINI_API_KEY", CLIENT_KEY.to_string()),
     ];
     run(cmd, &env, &dirs.work).await
@@ -390,11 +402,14 @@ async fn check(client: Client, provider: &str, scenario: Scenario) {
         },
     );
     let dirs = dirs();
-    let run = match client {
-        Client::ClaudeCode => claude_code(&gw, scenario, &dirs).await,
-        Client::GeminiCli => gemini_cli(&gw, scenario, &dirs).await,
-        Client::GoogleGenai => google_genai(&gw, scenario, &dirs).await,
+    // The clients talk to the gateway through the tap, which keeps what they sent.
+    let tap = Tap::start(gw.running().addr).await;
+    let mut run = match client {
+        Client::ClaudeCode => claude_code(&tap.url, scenario, &dirs).await,
+        Client::GeminiCli => gemini_cli(&tap.url, scenario, &dirs).await,
+        Client::GoogleGenai => google_genai(&tap.url, scenario, &dirs).await,
     };
+    run.requests = tap.requests();
     println!(
         "{} via {provider} ({scenario:?}): {} in {:?}",
         client.name(),
@@ -402,7 +417,7 @@ async fn check(client: Client, provider: &str, scenario: Scenario) {
         run.took
     );
     if provider == client.native() && std::env::var_os("SWITCHYARD_RECORD_FIXTURES").is_some() {
-        record(client, scenario, &gw.mock.hits(), &dirs, &id.to_string());
+        record(client, scenario, &run.requests, &dirs, &id.to_string());
     }
     let expected = match scenario {
         Scenario::Text => format!("hello from {}", key_of("only")),
@@ -425,42 +440,109 @@ async fn check(client: Client, provider: &str, scenario: Scenario) {
     gw.stop().await;
 }
 
-/// Writes what reached the mock in a same-format run, with this machine's
-/// paths and the run's random values replaced by placeholders.
-fn record(client: Client, scenario: Scenario, hits: &[Hit], dirs: &Dirs, id: &str) {
+/// Writes what the client sent in a same-format run, one file per kind of
+/// request, with this machine's paths, the client key and the run's random
+/// values replaced by placeholders: tests/fixtures/clients/<client>-<what>.json
+/// (`messages`, `generate`, `stream-generate`, `router`, `count-tokens`, and
+/// from the tool runs `tool-call` and `tool-result`), plus a list of every
+/// request with the gateway's status, `<client>-<scenario>-requests.json`.
+fn record(client: Client, scenario: Scenario, requests: &[Tapped], dirs: &Dirs, id: &str) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clients");
     std::fs::create_dir_all(&dir).unwrap();
-    let hits: Vec<Value> = hits
+    let scrub = |v: &Value| -> Value {
+        let text = serde_json::to_string_pretty(v)
+            .unwrap()
+            .replace(CLIENT_KEY, "<key>")
+            .replace(&dirs.work.display().to_string(), "/tmp/work")
+            .replace(&dirs.home.display().to_string(), "/tmp/home")
+            .replace(&dirs.work.parent().unwrap().display().to_string(), "/tmp")
+            .replace(id, "00000000-0000-4000-8000-000000000000");
+        serde_json::from_str(&text).unwrap()
+    };
+    let write = |name: &str, v: &Value| {
+        let path = dir.join(format!("{}-{name}.json", client.name()));
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&scrub(v)).unwrap() + "\n",
+        )
+        .unwrap();
+    };
+    let scenario_name = format!("{scenario:?}").to_lowercase();
+    let list: Vec<Value> = requests
         .iter()
-        .map(|h| {
-            let mut headers: Vec<(&String, &String)> = h
-                .headers
-                .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "host" | "content-length"))
-                .collect();
-            headers.sort();
-            let headers: serde_json::Map<String, Value> = headers
-                .into_iter()
-                .map(|(k, v)| {
-                    let secret =
-                        matches!(k.as_str(), "authorization" | "x-api-key" | "x-goog-api-key");
-                    (k.clone(), json!(if secret { "<key>" } else { v.as_str() }))
-                })
-                .collect();
-            json!({"path": h.path, "headers": headers, "body": h.body})
-        })
+        .map(|r| json!({"method": r.method, "path": r.path, "status": r.status, "user-agent": header(r, "user-agent")}))
         .collect();
-    let text = serde_json::to_string_pretty(&hits)
-        .unwrap()
-        .replace(&dirs.work.display().to_string(), "/tmp/work")
-        .replace(&dirs.home.display().to_string(), "/tmp/home")
-        .replace(id, "00000000-0000-4000-8000-000000000000");
-    let name = format!(
-        "{}-{}.json",
-        client.name(),
-        format!("{scenario:?}").to_lowercase()
-    );
-    std::fs::write(dir.join(name), text + "\n").unwrap();
+    write(&format!("{scenario_name}-requests"), &json!(list));
+    let mut written: Vec<&str> = Vec::new();
+    for r in requests.iter().filter(|r| r.method == "POST") {
+        let Some(what) = what_it_is(client, scenario, r) else {
+            continue;
+        };
+        if written.contains(&what) {
+            continue;
+        }
+        written.push(what);
+        let headers: serde_json::Map<String, Value> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "host" | "content-length" | "connection"))
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        write(
+            what,
+            &json!({"method": r.method, "path": r.path, "headers": headers, "body": r.body}),
+        );
+    }
+}
+
+fn header<'a>(r: &'a Tapped, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The fixture a request of a same-format run goes to, if any.
+fn what_it_is(client: Client, scenario: Scenario, r: &Tapped) -> Option<&'static str> {
+    let kind = if r.path.contains("/models/") {
+        Kind::Gemini
+    } else {
+        Kind::Anthropic
+    };
+    let last = match kind {
+        Kind::Gemini => r.body["contents"].as_array().and_then(|c| c.last()),
+        _ => r.body["messages"].as_array().and_then(|m| m.last()),
+    };
+    let last = last.map(Value::to_string).unwrap_or_default();
+    let offers_shell = offered_tools_of(kind, &r.body)
+        .iter()
+        .any(|t| t == client.shell_tool());
+    if scenario == Scenario::Tool {
+        return if last.contains("tool_result") || last.contains("functionResponse") {
+            Some("tool-result")
+        } else if offers_shell && client == Client::GoogleGenai {
+            // The other clients offer the same tools in their text runs.
+            Some("tool-call")
+        } else {
+            None
+        };
+    }
+    Some(
+        if r.body
+            .pointer("/generationConfig/responseJsonSchema")
+            .is_some()
+        {
+            "router"
+        } else if r.path.contains("count_tokens") || r.path.contains(":countTokens") {
+            "count-tokens"
+        } else if r.path.contains(":streamGenerateContent") {
+            "stream-generate"
+        } else if r.path.contains(":generateContent") {
+            "generate"
+        } else {
+            "messages"
+        },
+    )
 }
 
 macro_rules! client_tests {

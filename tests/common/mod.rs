@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod mock;
 pub mod proxy;
 pub mod services;
+pub mod tap;
 pub mod tls;
 
 use std::collections::HashMap;

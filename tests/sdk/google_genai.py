@@ -25,23 +25,45 @@ def run_shell_command(command: str) -> str:
     return done.stdout + done.stderr
 
 
-try:
-    if sys.argv[1] == "text":
-        answer = client.models.generate_content(model=MODEL, contents="Say hello.")
-        out["text"] = answer.text
-        out["finish_reason"] = answer.candidates[0].finish_reason.name
-        stream = client.models.generate_content_stream(model=MODEL, contents="Say hello.")
-        out["streamed"] = "".join(chunk.text or "" for chunk in stream)
-    else:
-        answer = client.models.generate_content(
-            model=MODEL,
-            contents="Run the shell command that prints the nonce, then tell me what it printed.",
-            config=types.GenerateContentConfig(tools=[run_shell_command]),
-        )
-        out["text"] = answer.text
-except errors.APIError as e:
-    # The gateway's answer, status and body, is what a failing test needs.
-    print(f"{e.code} {e.response.request.method} {e.response.request.url}: {e.details}", file=sys.stderr)
-    sys.exit(1)
+failed = []
 
+
+def attempt(what, call):
+    """Runs one call; a gateway error is noted (status and body) and the next call still runs."""
+    try:
+        call()
+    except errors.APIError as e:
+        request = e.response.request if e.response is not None else None
+        where = f"{request.method} {request.url}" if request is not None else ""
+        failed.append(f"{what}: {e.code} {where}: {e.details}")
+
+
+def text():
+    answer = client.models.generate_content(model=MODEL, contents="Say hello.")
+    out["text"] = answer.text
+    out["finish_reason"] = answer.candidates[0].finish_reason.name
+
+
+def streamed():
+    stream = client.models.generate_content_stream(model=MODEL, contents="Say hello.")
+    out["streamed"] = "".join(chunk.text or "" for chunk in stream)
+
+
+def tool():
+    answer = client.models.generate_content(
+        model=MODEL,
+        contents="Run the shell command that prints the nonce, then tell me what it printed.",
+        config=types.GenerateContentConfig(tools=[run_shell_command]),
+    )
+    out["text"] = answer.text
+
+
+if sys.argv[1] == "text":
+    attempt("generate_content", text)
+    attempt("generate_content_stream", streamed)
+else:
+    attempt("generate_content with a function tool", tool)
 json.dump(out, sys.stdout)
+if failed:
+    print("\n".join(failed), file=sys.stderr)
+    sys.exit(1)

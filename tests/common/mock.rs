@@ -41,6 +41,11 @@ pub enum Reply {
     Gated(Arc<tokio::sync::Notify>),
     /// A 200 stream whose first event is an error object.
     StreamError,
+    /// One call of the tool `name` with `args` (JSON or SSE, in the request's
+    /// format) when the request offers that tool and its last message is not
+    /// a tool result; otherwise as `Ok`, so a client's side requests and its
+    /// turn after the tool ran get text.
+    Call { name: String, args: Value },
 }
 
 impl Reply {
@@ -627,6 +632,16 @@ async fn respond(mut socket: TcpStream, reply: Reply, req: &Request) -> std::io:
             Ok(())
         }
         Reply::Delay { .. } => unreachable!("delays are unwrapped above"),
+        Reply::Call { name, args } => {
+            let a = scripted_call(req, &name, &args);
+            if req.stream && !counting {
+                write_stream(&mut socket, &sse_answer(req, &a), 0, None).await
+            } else {
+                let body = json_answer(req, &a);
+                let body = body.to_string();
+                write_full(&mut socket, 200, "application/json", &[], body.as_bytes()).await
+            }
+        }
     }
 }
 
@@ -695,4 +710,103 @@ async fn write_event(
         .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
         .await?;
     socket.flush().await
+}
+
+/// The answer of `Reply::Call`: the named tool's call, split in two argument
+/// deltas, when the request offers it; the usual answer otherwise.
+fn scripted_call(req: &Request, name: &str, args: &Value) -> Answer {
+    let usual = answer(req, 2);
+    let after_tool = matches!(&usual, Answer::Text(t) if t.concat().starts_with("tool said: "));
+    if after_tool {
+        return usual;
+    }
+    if !offered_tools(req).iter().any(|t| t == name) {
+        // A request for structured output (a client's side request, such as
+        // Gemini CLI's model router) gets an instance of its schema.
+        return match output_schema(req) {
+            Some(schema) => Answer::Text(vec![schema_instance(schema).to_string()]),
+            None => Answer::Text(vec![content(&req.key, &req.model)]),
+        };
+    }
+    let args = args.to_string();
+    let mut mid = args.len() / 2;
+    while !args.is_char_boundary(mid) {
+        mid += 1;
+    }
+    Answer::Tool {
+        name: name.to_string(),
+        args: vec![args[..mid].to_string(), args[mid..].to_string()],
+    }
+}
+
+/// The names of the tools a request offers, in its own format.
+pub fn offered_tools_of(kind: Kind, body: &Value) -> Vec<String> {
+    let tools = body["tools"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let names: Vec<&Value> = match kind {
+        Kind::OpenAi => tools.iter().map(|t| &t["function"]["name"]).collect(),
+        Kind::Anthropic | Kind::AnthropicCount => tools.iter().map(|t| &t["name"]).collect(),
+        Kind::Gemini | Kind::GeminiCount => tools
+            .iter()
+            .filter_map(|t| t["functionDeclarations"].as_array())
+            .flatten()
+            .map(|d| &d["name"])
+            .collect(),
+    };
+    names
+        .into_iter()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect()
+}
+
+fn offered_tools(req: &Request) -> Vec<String> {
+    offered_tools_of(req.kind, &req.body)
+}
+
+/// The JSON schema a request asks its answer to follow, in its own format.
+fn output_schema(req: &Request) -> Option<&Value> {
+    let b = &req.body;
+    let candidates = match req.kind {
+        Kind::OpenAi => vec![b.pointer("/response_format/json_schema/schema")],
+        Kind::Anthropic | Kind::AnthropicCount => vec![
+            b.pointer("/output_config/format/schema"),
+            b.pointer("/output_format/schema"),
+        ],
+        Kind::Gemini | Kind::GeminiCount => vec![
+            b.pointer("/generationConfig/responseJsonSchema"),
+            b.pointer("/generationConfig/responseSchema"),
+        ],
+    };
+    candidates.into_iter().flatten().find(|s| s.is_object())
+}
+
+/// A value that follows `schema`: every property, the first of an enum.
+fn schema_instance(schema: &Value) -> Value {
+    if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
+        return first.clone();
+    }
+    let kind = match &schema["type"] {
+        Value::Array(types) => types.iter().find(|t| *t != "null").cloned(),
+        t => Some(t.clone()),
+    };
+    let kind = kind.and_then(|t| t.as_str().map(str::to_ascii_lowercase));
+    match kind.as_deref() {
+        Some("object") => {
+            let props = schema["properties"].as_object();
+            Value::Object(
+                props
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), schema_instance(v)))
+                    .collect(),
+            )
+        }
+        Some("array") => json!([schema_instance(&schema["items"])]),
+        Some("integer") | Some("number") => json!(1),
+        Some("boolean") => json!(true),
+        _ => json!("mock"),
+    }
 }

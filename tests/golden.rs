@@ -311,3 +311,167 @@ fn a_stream_that_ends_early_is_an_error_in_every_direction() {
         }
     }
 }
+
+/// A stream's events, from raw SSE text.
+fn translate_stream(provider: Provider, client: Format, raw: &str) -> Vec<Event> {
+    let mut t = translator(provider, client, false);
+    let mut parser = Parser::new();
+    parser.push(raw.as_bytes());
+    let mut out = Vec::new();
+    while let Some(e) = parser.next_event().unwrap() {
+        out.extend(t.feed(&e).unwrap());
+    }
+    out.extend(t.finish().unwrap());
+    out
+}
+
+#[test]
+fn upstream_reasoning_reaches_every_client_in_its_own_form() {
+    let mark = translate::ir::TRANSLATED_THINKING;
+    let answers = [
+        (
+            Provider::Openai,
+            json!({"id": "chatcmpl-r", "model": "up", "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "reasoning_content": "weighing it", "content": "42"}}]}),
+        ),
+        (
+            Provider::Anthropic,
+            json!({"id": "msg_r", "type": "message", "role": "assistant", "model": "up", "stop_reason": "end_turn",
+            "content": [{"type": "thinking", "thinking": "weighing it", "signature": "anthropic-own-signature"}, {"type": "text", "text": "42"}],
+            "usage": {"input_tokens": 1, "output_tokens": 2}}),
+        ),
+        (
+            Provider::Gemini,
+            json!({"candidates": [{"index": 0, "finishReason": "STOP", "content": {"role": "model", "parts": [
+            {"text": "weighing it", "thought": true}, {"text": "42"}]}}], "modelVersion": "up"}),
+        ),
+    ];
+    for (provider, answer) in answers {
+        let r = translate::parse_response(provider, &answer).unwrap();
+        for (client, _, _) in FORMATS {
+            if translate::format_of(provider) == client {
+                continue;
+            }
+            let out = translate::build_response(client, &r, "m");
+            let text = out.to_string();
+            assert!(
+                !text.contains("anthropic-own-signature"),
+                "{provider:?} -> {client:?}"
+            );
+            match client {
+                Format::OpenAi => {
+                    assert_eq!(
+                        out["choices"][0]["message"]["reasoning_content"],
+                        "weighing it"
+                    );
+                    assert_eq!(out["choices"][0]["message"]["content"], "42");
+                }
+                Format::Anthropic => {
+                    assert_eq!(out["content"][0]["type"], "thinking", "{out}");
+                    assert_eq!(out["content"][0]["thinking"], "weighing it");
+                    assert_eq!(out["content"][0]["signature"], mark);
+                    assert_eq!(out["content"][1]["text"], "42");
+                }
+                Format::Gemini => {
+                    let parts = &out["candidates"][0]["content"]["parts"];
+                    assert_eq!(parts[0]["thought"], true, "{out}");
+                    assert_eq!(parts[0]["text"], "weighing it");
+                    assert_eq!(parts[1]["text"], "42");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn streamed_reasoning_reaches_every_client_in_its_own_form() {
+    let streams = [
+        (
+            Provider::Openai,
+            concat!(
+                "data: {\"id\":\"c\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"reasoning_content\":\"weighing \"}}]}\n\n",
+                "data: {\"id\":\"c\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"it\"}}]}\n\n",
+                "data: {\"id\":\"c\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"42\"}}]}\n\n",
+                "data: {\"id\":\"c\",\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+                "data: [DONE]\n\n"
+            ),
+        ),
+        (
+            Provider::Anthropic,
+            concat!(
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_r\",\"model\":\"up\",\"usage\":{\"input_tokens\":1}}}\n\n",
+                "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n",
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"weighing \"}}\n\n",
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"it\"}}\n\n",
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"anthropic-own-signature\"}}\n\n",
+                "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+                "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"42\"}}\n\n",
+                "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+                "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n",
+                "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+            ),
+        ),
+        (
+            Provider::Gemini,
+            concat!(
+                "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"weighing \",\"thought\":true}]},\"index\":0}],\"modelVersion\":\"up\"}\n\n",
+                "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"it\",\"thought\":true}]},\"index\":0}],\"modelVersion\":\"up\"}\n\n",
+                "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"42\"}]},\"finishReason\":\"STOP\",\"index\":0}],\"modelVersion\":\"up\"}\n\n"
+            ),
+        ),
+    ];
+    for (provider, raw) in streams {
+        for (client, _, _) in FORMATS {
+            if translate::format_of(provider) == client {
+                continue;
+            }
+            let out = events_json(&translate_stream(provider, client, raw));
+            let text = out.to_string();
+            assert!(
+                !text.contains("anthropic-own-signature"),
+                "{provider:?} -> {client:?}"
+            );
+            let (mut thinking, mut answer) = (String::new(), String::new());
+            for e in out.as_array().unwrap() {
+                let d = &e["data"];
+                match client {
+                    Format::OpenAi => {
+                        let delta = &d["choices"][0]["delta"];
+                        thinking.push_str(delta["reasoning_content"].as_str().unwrap_or(""));
+                        answer.push_str(delta["content"].as_str().unwrap_or(""));
+                    }
+                    Format::Anthropic => {
+                        thinking.push_str(d["delta"]["thinking"].as_str().unwrap_or(""));
+                        answer.push_str(d["delta"]["text"].as_str().unwrap_or(""));
+                    }
+                    Format::Gemini => {
+                        for p in d["candidates"][0]["content"]["parts"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                        {
+                            let t = p["text"].as_str().unwrap_or("");
+                            if p["thought"] == true {
+                                thinking.push_str(t)
+                            } else {
+                                answer.push_str(t)
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(
+                thinking, "weighing it",
+                "{provider:?} -> {client:?}: {out:#}"
+            );
+            assert_eq!(answer, "42", "{provider:?} -> {client:?}");
+            if client == Format::Anthropic {
+                assert!(
+                    text.contains(translate::ir::TRANSLATED_THINKING),
+                    "the thinking block is signed as translated"
+                );
+            }
+        }
+    }
+}

@@ -70,6 +70,9 @@ pub struct Credential {
     pub weight: u32,
     pub enabled: bool,
     pub headers: BTreeMap<String, String>,
+    /// An `openai` upstream that also serves the Responses API: Responses
+    /// clients are passed through to it.
+    pub responses_api: bool,
 }
 
 /// One row of `credential_models`. `model` may be a pattern (`claude-*`), and
@@ -110,6 +113,8 @@ pub enum CatalogError {
     BadBaseUrl { id: String, url: String },
     #[error("credential {id:?}: header {name:?} is not a valid HTTP header")]
     BadHeader { id: String, name: String },
+    #[error("credential {id:?}: responses_api is for openai credentials only")]
+    ResponsesApiNotOpenai { id: String },
     #[error("credential model {model:?} refers to unknown credential {credential_id:?}")]
     UnknownCredential {
         credential_id: String,
@@ -456,6 +461,9 @@ fn validate_credential(c: &Credential) -> Result<(), CatalogError> {
             url: c.base_url.clone(),
         });
     }
+    if c.responses_api && c.provider != Provider::Openai {
+        return Err(CatalogError::ResponsesApiNotOpenai { id: c.id.clone() });
+    }
     for (name, value) in &c.headers {
         let ok = http_header_ok(name, value);
         if !ok {
@@ -580,6 +588,7 @@ pub(crate) mod tests {
             weight,
             enabled: true,
             headers: BTreeMap::new(),
+            responses_api: false,
         }
     }
 

@@ -7,7 +7,10 @@ use crate::sse::Event;
 /// The wire format a client speaks: errors and stream errors use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// OpenAI chat completions.
     OpenAi,
+    /// OpenAI's Responses API (Codex speaks only this).
+    Responses,
     Anthropic,
     Gemini,
 }
@@ -92,7 +95,7 @@ impl ErrorKind {
 /// The JSON error body of `kind` in `format`.
 pub fn error_body(format: Format, kind: ErrorKind, message: &str) -> Value {
     match format {
-        Format::OpenAi => {
+        Format::OpenAi | Format::Responses => {
             let (kind_type, code) = kind.openai();
             json!({"error": {"message": message, "type": kind_type, "code": code}})
         }
@@ -110,8 +113,31 @@ pub fn stream_error(format: Format, kind: ErrorKind, message: &str) -> Event {
     let body = error_body(format, kind, message).to_string();
     match format {
         Format::Anthropic => Event::named("error", body),
+        Format::Responses => response_failed(kind, message, 0),
         Format::OpenAi | Format::Gemini => Event::data(body),
     }
+}
+
+/// The error codes Responses clients act on (Codex retries or stops by them).
+pub fn responses_code(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::RateLimited => "rate_limit_exceeded",
+        ErrorKind::Upstream | ErrorKind::Unavailable | ErrorKind::Internal => "server_error",
+        _ => "invalid_request",
+    }
+}
+
+/// Responses' `response.failed`, the event that ends a stream that failed.
+pub fn response_failed(kind: ErrorKind, message: &str, sequence_number: u64) -> Event {
+    let data = json!({
+        "type": "response.failed",
+        "sequence_number": sequence_number,
+        "response": {
+            "object": "response", "status": "failed",
+            "error": {"code": responses_code(kind), "message": message},
+        },
+    });
+    Event::named("response.failed", data.to_string())
 }
 
 #[cfg(test)]

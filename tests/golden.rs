@@ -22,6 +22,14 @@ const FORMATS: [(Format, Provider, &str); 3] = [
     (Format::Gemini, Provider::Gemini, "gemini"),
 ];
 
+/// Every client format, with its name in the golden files.
+const CLIENTS: [(Format, &str); 4] = [
+    (Format::OpenAi, "openai"),
+    (Format::Responses, "responses"),
+    (Format::Anthropic, "anthropic"),
+    (Format::Gemini, "gemini"),
+];
+
 const IMAGE: &str = "iVBORw0KGgo=";
 
 /// One conversation in each client format: a system prompt, an image, a tool
@@ -66,6 +74,23 @@ fn conversation(format: Format) -> Map<String, Value> {
             "tools": [{"name": "get_weather", "description": "Current weather of a city",
                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}],
             "tool_choice": {"type": "auto"}
+        }),
+        Format::Responses => json!({
+            "model": "m", "max_output_tokens": 300, "temperature": 0.2,
+            "instructions": "You are terse.",
+            "input": [
+                {"role": "user", "content": [
+                    {"type": "input_text", "text": "What is in this picture, and the weather in Paris?"},
+                    {"type": "input_image", "image_url": format!("data:image/png;base64,{IMAGE}")}
+                ]},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "A cat. Checking the weather."}]},
+                {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+                {"type": "function_call_output", "call_id": "call_1", "output": "sunny, 21 C"},
+                {"role": "user", "content": "Thanks. And tomorrow?"}
+            ],
+            "tools": [{"type": "function", "name": "get_weather", "description": "Current weather of a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}],
+            "tool_choice": "auto"
         }),
         Format::Gemini => json!({
             "systemInstruction": {"parts": [{"text": "You are terse."}]},
@@ -159,7 +184,7 @@ fn normalize(v: &mut Value) {
     match v {
         Value::Object(m) => {
             for (k, x) in m.iter_mut() {
-                if k == "created" {
+                if k == "created" || k == "created_at" {
                     *x = json!(0);
                 } else {
                     normalize(x);
@@ -198,11 +223,12 @@ fn check(name: &str, mut actual: Value) {
 
 fn translator(provider: Provider, client: Format, include_usage: bool) -> StreamTranslator {
     StreamTranslator::new(&StreamSpec {
-        provider,
+        upstream: translate::format_of(provider),
         client,
         model: "m",
         include_usage,
         input_estimate: 100,
+        custom_tools: Vec::new(),
     })
 }
 
@@ -224,7 +250,7 @@ fn events_json(events: &[Event]) -> Value {
 
 #[test]
 fn requests_in_every_direction() {
-    for (client, _, from) in FORMATS {
+    for (client, from) in CLIENTS {
         let ir = translate::parse_request(client, &conversation(client)).unwrap();
         for (target, provider, to) in FORMATS {
             if target == client {
@@ -238,12 +264,14 @@ fn requests_in_every_direction() {
 
 #[test]
 fn every_format_reads_the_same_conversation() {
-    let irs: Vec<_> = FORMATS
+    let irs: Vec<_> = CLIENTS
         .iter()
-        .map(|(f, _, _)| translate::parse_request(*f, &conversation(*f)).unwrap())
+        .map(|(f, _)| translate::parse_request(*f, &conversation(*f)).unwrap())
         .collect();
-    // The OpenAI form has no tool-result name; Gemini's does. Otherwise they agree.
+    // The OpenAI form has no tool-result name; Gemini's does; Responses has
+    // no stop sequences. Otherwise they agree.
     let strip = |mut r: translate::ir::Request| {
+        r.stop.clear();
         for m in &mut r.messages {
             for p in &mut m.parts {
                 if let translate::ir::Part::ToolResult { name, .. } = p {
@@ -256,21 +284,22 @@ fn every_format_reads_the_same_conversation() {
         r
     };
     let irs: Vec<_> = irs.into_iter().map(strip).collect();
-    assert_eq!(irs[0], irs[1], "OpenAI and Anthropic");
-    assert_eq!(irs[1], irs[2], "Anthropic and Gemini");
+    assert_eq!(irs[0], irs[1], "OpenAI and Responses");
+    assert_eq!(irs[0], irs[2], "OpenAI and Anthropic");
+    assert_eq!(irs[2], irs[3], "Anthropic and Gemini");
 }
 
 #[test]
 fn responses_in_every_direction() {
     for (_, provider, from) in FORMATS {
         let r = translate::parse_response(provider, &answer(provider)).unwrap();
-        for (client, _, to) in FORMATS {
+        for (client, to) in CLIENTS {
             if translate::format_of(provider) == client {
                 continue;
             }
             check(
                 &format!("response_{from}_to_{to}"),
-                translate::build_response(client, &r, "m"),
+                translate::build_response(client, &r, "m", &[]),
             );
         }
     }
@@ -279,7 +308,7 @@ fn responses_in_every_direction() {
 #[test]
 fn streams_in_every_direction() {
     for (_, provider, from) in FORMATS {
-        for (client, _, to) in FORMATS {
+        for (client, to) in CLIENTS {
             if translate::format_of(provider) == client {
                 continue;
             }
@@ -299,7 +328,7 @@ fn streams_in_every_direction() {
 #[test]
 fn a_stream_that_ends_early_is_an_error_in_every_direction() {
     for (_, provider, _) in FORMATS {
-        for (client, _, _) in FORMATS {
+        for (client, _) in CLIENTS {
             let mut t = translator(provider, client, false);
             let mut parser = Parser::new();
             let full = answer_stream(provider);
@@ -348,11 +377,11 @@ fn upstream_reasoning_reaches_every_client_in_its_own_form() {
     ];
     for (provider, answer) in answers {
         let r = translate::parse_response(provider, &answer).unwrap();
-        for (client, _, _) in FORMATS {
+        for (client, _) in CLIENTS {
             if translate::format_of(provider) == client {
                 continue;
             }
-            let out = translate::build_response(client, &r, "m");
+            let out = translate::build_response(client, &r, "m", &[]);
             let text = out.to_string();
             assert!(
                 !text.contains("anthropic-own-signature"),
@@ -365,6 +394,11 @@ fn upstream_reasoning_reaches_every_client_in_its_own_form() {
                         "weighing it"
                     );
                     assert_eq!(out["choices"][0]["message"]["content"], "42");
+                }
+                Format::Responses => {
+                    assert_eq!(out["output"][0]["type"], "reasoning", "{out}");
+                    assert_eq!(out["output"][0]["summary"][0]["text"], "weighing it");
+                    assert_eq!(out["output"][1]["content"][0]["text"], "42");
                 }
                 Format::Anthropic => {
                     assert_eq!(out["content"][0]["type"], "thinking", "{out}");
@@ -422,7 +456,7 @@ fn streamed_reasoning_reaches_every_client_in_its_own_form() {
         ),
     ];
     for (provider, raw) in streams {
-        for (client, _, _) in FORMATS {
+        for (client, _) in CLIENTS {
             if translate::format_of(provider) == client {
                 continue;
             }
@@ -440,6 +474,14 @@ fn streamed_reasoning_reaches_every_client_in_its_own_form() {
                         let delta = &d["choices"][0]["delta"];
                         thinking.push_str(delta["reasoning_content"].as_str().unwrap_or(""));
                         answer.push_str(delta["content"].as_str().unwrap_or(""));
+                    }
+                    Format::Responses => {
+                        let delta = d["delta"].as_str().unwrap_or("");
+                        match d["type"].as_str().unwrap_or("") {
+                            "response.reasoning_summary_text.delta" => thinking.push_str(delta),
+                            "response.output_text.delta" => answer.push_str(delta),
+                            _ => {}
+                        }
                     }
                     Format::Anthropic => {
                         thinking.push_str(d["delta"]["thinking"].as_str().unwrap_or(""));

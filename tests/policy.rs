@@ -17,10 +17,19 @@ const FORMATS: [(Format, Provider); 3] = [
     (Format::Gemini, Provider::Gemini),
 ];
 
+/// Every client format.
+const CLIENTS: [Format; 4] = [
+    Format::OpenAi,
+    Format::Responses,
+    Format::Anthropic,
+    Format::Gemini,
+];
+
 /// The smallest request of each format.
 fn minimal(format: Format) -> Map<String, Value> {
     let v = match format {
         Format::OpenAi => json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+        Format::Responses => json!({"model": "m", "input": "hi"}),
         Format::Anthropic => {
             json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
         }
@@ -125,7 +134,7 @@ fn the_readme_table_is_the_rule_table() {
 
 #[test]
 fn unknown_settings_are_dropped_and_unknown_content_leaves_the_credential_out() {
-    for (format, _) in FORMATS {
+    for format in CLIENTS {
         let mut body = minimal(format);
         body.insert("some_setting_of_next_year".into(), json!({"x": 1}));
         for (target, provider) in FORMATS {

@@ -274,7 +274,9 @@ async fn a_streamed_answer_that_is_only_a_tool_call_reaches_every_client_from_ev
             if client == "openai" {
                 // It did not ask for usage: the chunk asked for on its behalf stays here.
                 assert!(
-                    events(&raw).iter().all(|(_, v)| v.get("usage").is_none_or(Value::is_null)),
+                    events(&raw)
+                        .iter()
+                        .all(|(_, v)| v.get("usage").is_none_or(Value::is_null)),
                     "{provider} -> openai: {raw}"
                 );
             }

@@ -10,6 +10,7 @@ mod error;
 mod gemini;
 mod ops;
 mod reply;
+mod responses;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,10 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
+        .route(
+            "/v1/responses",
+            post(responses::create).get(responses::websocket),
+        )
         .route("/v1/models", get(chat::models))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
@@ -102,6 +107,7 @@ async fn method_not_allowed() -> Response {
 fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/responses" => "/v1/responses",
         "/v1/models" => "/v1/models",
         "/v1/messages" => "/v1/messages",
         "/v1/messages/count_tokens" => "/v1/messages/count_tokens",

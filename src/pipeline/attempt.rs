@@ -31,7 +31,8 @@ impl Gateway {
         prepared: &Prepared,
     ) -> AttemptEnd {
         let provider = at.pick.credential.provider;
-        let same = translate::format_of(provider) == request.format;
+        let upstream_format = translate::upstream_format(&at.pick.credential, request.format);
+        let same = upstream_format == request.format;
         let sent = match build(at, request, prepared, same) {
             Some(s) => s,
             // Excluded before routing; reaching here would be a bug, not a client error.
@@ -46,11 +47,12 @@ impl Gateway {
         }
         if request.stream {
             let translator = StreamTranslator::new(&StreamSpec {
-                provider,
+                upstream: upstream_format,
                 client: request.format,
                 model: &request.model,
                 include_usage: request.include_usage,
                 input_estimate: prepared.input_estimate,
+                custom_tools: prepared.custom_tools(),
             });
             return self
                 .begin_stream(at, response, translator, request.format)
@@ -64,10 +66,10 @@ impl Gateway {
             return self.failed(at, Failure::Empty).await;
         }
         let answer = if same {
-            if let Err(message) = check_answer(provider, &body) {
+            if let Err(message) = check_answer(upstream_format, &body) {
                 return self.failed_with(at, Failure::Malformed, &message).await;
             }
-            renamed(provider, body, &request.model)
+            renamed(upstream_format, body, &request.model)
         } else {
             let Ok(v) = serde_json::from_slice::<Value>(&body) else {
                 return self
@@ -76,7 +78,13 @@ impl Gateway {
             };
             match translate::parse_response(provider, &v) {
                 Ok(r) => Bytes::from(
-                    translate::build_response(request.format, &r, &request.model).to_string(),
+                    translate::build_response(
+                        request.format,
+                        &r,
+                        &request.model,
+                        &prepared.custom_tools(),
+                    )
+                    .to_string(),
                 ),
                 // JSON of some other shape is the upstream's failure...
                 Err(e) if !has_answer(provider, &v) => {
@@ -207,6 +215,9 @@ fn build(
     written.ok()?;
     let body = Bytes::from(body);
     Some(match cred.provider {
+        Provider::Openai if same && request.format == Format::Responses => {
+            openai::responses(cred, body)
+        }
         Provider::Openai => openai::chat_completions(cred, body),
         Provider::Anthropic => {
             let client: &[(String, String)] = if same {
@@ -266,10 +277,10 @@ fn untranslated(at: &Attempted, why: &str) -> Reply {
 
 /// A passthrough answer naming the model the client asked for, not the one
 /// sent upstream.
-fn renamed(provider: Provider, body: Bytes, model: &str) -> Bytes {
-    let key = match provider {
-        Provider::Openai | Provider::Anthropic => "model",
-        Provider::Gemini => "modelVersion",
+fn renamed(format: Format, body: Bytes, model: &str) -> Bytes {
+    let key = match format {
+        Format::OpenAi | Format::Responses | Format::Anthropic => "model",
+        Format::Gemini => "modelVersion",
     };
     if !Rename::new(model, key).needed(&body) {
         return body;
@@ -286,16 +297,17 @@ fn renamed(provider: Provider, body: Bytes, model: &str) -> Bytes {
 
 /// A 2xx body of the client's own format: JSON, and not an error object in
 /// disguise (some OpenAI-compatible servers answer failures with a 200).
-fn check_answer(provider: Provider, body: &[u8]) -> Result<(), String> {
+fn check_answer(format: Format, body: &[u8]) -> Result<(), String> {
     if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
         return Err(Failure::Malformed.describe().into());
     }
     if contains(body, b"\"error\"") {
         let v: Value = serde_json::from_slice(body).unwrap_or_default();
-        let answer_key = match provider {
-            Provider::Openai => "choices",
-            Provider::Anthropic => "content",
-            Provider::Gemini => "candidates",
+        let answer_key = match format {
+            Format::OpenAi => "choices",
+            Format::Responses => "output",
+            Format::Anthropic => "content",
+            Format::Gemini => "candidates",
         };
         if v.get("error").is_some() && v.get(answer_key).is_none() {
             return Err(error_text(body));
@@ -314,7 +326,7 @@ fn relay_error(
     format: Format,
 ) -> Reply {
     let secret = at.pick.credential.api_key.expose();
-    if translate::format_of(at.pick.credential.provider) == format {
+    if translate::speaks(&at.pick.credential, format) {
         let body = if !secret.is_empty() && contains(&body, secret.as_bytes()) {
             Bytes::from(scrub(&String::from_utf8_lossy(&body), &[secret]))
         } else {

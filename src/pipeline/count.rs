@@ -152,7 +152,9 @@ fn local_count(request: &ClientRequest, prepared: &Prepared) -> Reply {
 fn count_reply(format: Format, tokens: u64) -> Reply {
     let body = match format {
         Format::Gemini => json!({ "totalTokens": tokens }),
-        Format::Anthropic | Format::OpenAi => json!({ "input_tokens": tokens }),
+        Format::Anthropic | Format::OpenAi | Format::Responses => {
+            json!({ "input_tokens": tokens })
+        }
     };
     Reply::Body {
         status: 200,

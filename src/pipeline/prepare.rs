@@ -23,18 +23,26 @@ pub(super) struct Prepared {
 }
 
 impl Prepared {
+    /// The request's custom tools (a Responses client's free-text tools).
+    pub fn custom_tools(&self) -> Vec<String> {
+        self.ir
+            .as_ref()
+            .map(ir::Request::custom_tools)
+            .unwrap_or_default()
+    }
+
     /// Translates the request for each foreign provider of the route once.
     /// A provider that cannot express it leaves its credentials out; when
     /// that leaves no candidate, the client gets a 400 saying why.
     pub fn new(route: &Route, request: &ClientRequest) -> Result<Self, GatewayError> {
         let foreign: BTreeSet<Provider> = route
             .members()
+            .filter(|m| !translate::speaks(&m.credential, request.format))
             .map(|m| m.credential.provider)
-            .filter(|p| translate::format_of(*p) != request.format)
             .collect();
         let own = route
             .members()
-            .any(|m| translate::format_of(m.credential.provider) == request.format)
+            .any(|m| translate::speaks(&m.credential, request.format))
             .then(|| translate::mend_history(request.format, &request.body))
             .flatten();
         if foreign.is_empty() {
@@ -70,7 +78,10 @@ impl Prepared {
         };
         let excluded: Vec<String> = route
             .members()
-            .filter(|m| unusable.contains(&m.credential.provider))
+            .filter(|m| {
+                unusable.contains(&m.credential.provider)
+                    && !translate::speaks(&m.credential, request.format)
+            })
             .map(|m| m.credential.id.clone())
             .collect();
         if excluded.len() == route.members().count() {

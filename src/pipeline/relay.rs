@@ -11,7 +11,7 @@ use crate::routing::{Failure, Outcome};
 use crate::sse::{Event, Parser};
 use crate::translate::stream::StreamTranslator;
 use crate::upstream::Response;
-use crate::wire::{ErrorKind, Format, stream_error};
+use crate::wire::{ErrorKind, Format};
 
 struct Relay {
     gateway: Gateway,
@@ -89,7 +89,7 @@ impl Relay {
                 biased;
                 () = hard_stop.cancelled() => {
                     self.finished = true;
-                    let event = stream_error(self.format, ErrorKind::Unavailable, "the gateway is shutting down");
+                    let event = self.translator.failure(self.format, ErrorKind::Unavailable, "the gateway is shutting down");
                     return Some(event.encode());
                 }
                 chunk = self.response.chunk() => chunk,
@@ -131,7 +131,9 @@ impl Relay {
             "upstream stream broke after the first event"
         );
         let message = format!("{}: {why}", Failure::StreamCut.describe());
-        stream_error(self.format, ErrorKind::Upstream, &message).encode_into(&mut out);
+        self.translator
+            .failure(self.format, ErrorKind::Upstream, &message)
+            .encode_into(&mut out);
         out.freeze()
     }
 }

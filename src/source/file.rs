@@ -65,6 +65,8 @@ struct CredentialRow {
     enabled: bool,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    responses_api: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +182,7 @@ pub fn parse(
             weight: row.weight,
             enabled,
             headers: row.headers,
+            responses_api: row.responses_api,
         });
     }
     let models = shape

@@ -81,6 +81,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                     .get("input_schema")
                     .cloned()
                     .unwrap_or_else(|| json!({"type": "object"})),
+                custom: false,
             });
         }
     }
@@ -434,6 +435,11 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
                 .pointer("/usage/output_tokens")
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
+            cached_tokens: v
+                .pointer("/usage/cache_read_input_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            reasoning_tokens: 0,
         },
     })
 }
@@ -558,6 +564,7 @@ impl Decoder {
                             .and_then(Value::as_u64)
                             .unwrap_or(self.input_tokens),
                         output_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+                        ..Usage::default()
                     }));
                 }
             }

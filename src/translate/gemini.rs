@@ -69,6 +69,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                                 .and_then(Value::as_str)
                                 .map(String::from),
                             parameters,
+                            custom: false,
                         });
                     }
                 }
@@ -539,6 +540,14 @@ fn usage_of(v: &Value) -> Option<Usage> {
             + u.get("thoughtsTokenCount")
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
+        cached_tokens: u
+            .get("cachedContentTokenCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        reasoning_tokens: u
+            .get("thoughtsTokenCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
     })
 }
 

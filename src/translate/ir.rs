@@ -163,6 +163,18 @@ pub struct Tool {
     pub description: Option<String>,
     /// JSON Schema of the arguments.
     pub parameters: Value,
+    /// A Responses custom tool: it takes free text, carried to other formats
+    /// as a function of one string argument, `input` ([`custom_parameters`]).
+    pub custom: bool,
+}
+
+/// The parameters a custom (free-text) tool has in formats without them.
+pub fn custom_parameters() -> Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {"input": {"type": "string", "description": "The tool's input, as free text."}},
+        "required": ["input"],
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +199,10 @@ pub enum StopReason {
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Prompt tokens read from the provider's cache (part of `input_tokens`).
+    pub cached_tokens: u64,
+    /// Reasoning tokens (part of `output_tokens`).
+    pub reasoning_tokens: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -234,6 +250,15 @@ pub fn untranslatable<T>(message: impl Into<String>) -> Result<T, Untranslatable
 }
 
 impl Request {
+    /// The names of the request's custom (free-text) tools.
+    pub fn custom_tools(&self) -> Vec<String> {
+        self.tools
+            .iter()
+            .filter(|t| t.custom)
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
     /// The name of the tool call `call_id` refers to, from the history.
     pub fn tool_name(&self, call_id: &str) -> Option<&str> {
         self.messages

@@ -9,13 +9,28 @@ pub mod gemini;
 pub mod ir;
 pub mod openai;
 pub mod policy;
+pub mod responses;
 pub mod stream;
 
 use serde_json::{Map, Value};
 
-use crate::catalog::Provider;
+use crate::catalog::{Credential, Provider};
 use crate::wire::Format;
 use ir::Untranslatable;
+
+/// The format `credential` is sent a request of a `client` format in:
+/// the client's own when it speaks it, else its provider's.
+pub fn upstream_format(credential: &Credential, client: Format) -> Format {
+    if client == Format::Responses && credential.responses_api {
+        return Format::Responses;
+    }
+    format_of(credential.provider)
+}
+
+/// Whether `credential` is sent the client's own body (passthrough).
+pub fn speaks(credential: &Credential, client: Format) -> bool {
+    upstream_format(credential, client) == client
+}
 
 /// The format a provider speaks.
 pub fn format_of(provider: Provider) -> Format {
@@ -33,6 +48,7 @@ pub fn parse_request(
 ) -> Result<ir::Request, Untranslatable> {
     match format {
         Format::OpenAi => openai::parse_request(body),
+        Format::Responses => responses::parse_request(body),
         Format::Anthropic => anthropic::parse_request(body),
         Format::Gemini => gemini::parse_request(body),
     }
@@ -59,10 +75,17 @@ pub fn parse_response(provider: Provider, v: &Value) -> Result<ir::Response, Unt
     }
 }
 
-/// The client's response body; `model` is the name the client asked for.
-pub fn build_response(format: Format, r: &ir::Response, model: &str) -> Value {
+/// The client's response body; `model` is the name the client asked for,
+/// `custom_tools` the request's custom tools (Responses).
+pub fn build_response(
+    format: Format,
+    r: &ir::Response,
+    model: &str,
+    custom_tools: &[String],
+) -> Value {
     match format {
         Format::OpenAi => openai::build_response(r, model),
+        Format::Responses => responses::build_response(r, model, custom_tools),
         Format::Anthropic => anthropic::build_response(r, model),
         Format::Gemini => gemini::build_response(r, model),
     }
@@ -72,7 +95,7 @@ pub fn build_response(format: Format, r: &ir::Response, model: &str) -> Value {
 /// history carries what only this gateway could have put there.
 pub fn mend_history(format: Format, body: &Map<String, Value>) -> Option<Map<String, Value>> {
     match format {
-        Format::OpenAi => None,
+        Format::OpenAi | Format::Responses => None,
         Format::Anthropic => anthropic::mend_history(body),
         Format::Gemini => gemini::mend_history(body),
     }

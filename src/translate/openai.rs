@@ -81,6 +81,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
                     .get("parameters")
                     .cloned()
                     .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                custom: false,
             });
         }
     }
@@ -472,17 +473,19 @@ pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
                 .and_then(Value::as_str)
                 .unwrap_or("stop"),
         ),
-        usage: Usage {
-            input_tokens: v
-                .pointer("/usage/prompt_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            output_tokens: v
-                .pointer("/usage/completion_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-        },
+        usage: v.get("usage").map(usage_from).unwrap_or_default(),
     })
+}
+
+/// Usage as OpenAI reports it, with its cached and reasoning details.
+fn usage_from(u: &Value) -> Usage {
+    let n = |path: &str| u.pointer(path).and_then(Value::as_u64).unwrap_or(0);
+    Usage {
+        input_tokens: n("/prompt_tokens"),
+        output_tokens: n("/completion_tokens"),
+        cached_tokens: n("/prompt_tokens_details/cached_tokens"),
+        reasoning_tokens: n("/completion_tokens_details/reasoning_tokens"),
+    }
 }
 
 /// The reasoning OpenAI-compatible servers return beside the content
@@ -609,13 +612,7 @@ impl Decoder {
             }
         }
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            out.push(Delta::Usage(Usage {
-                input_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-                output_tokens: u
-                    .get("completion_tokens")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
-            }));
+            out.push(Delta::Usage(usage_from(u)));
         }
         Ok(Some(out))
     }

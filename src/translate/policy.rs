@@ -39,16 +39,18 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// What a credential answering in `format` gets (a Responses upstream
+    /// is an OpenAI credential).
     pub fn target(&self, format: Format) -> Treat {
         match format {
-            Format::OpenAi => self.openai,
+            Format::OpenAi | Format::Responses => self.openai,
             Format::Anthropic => self.anthropic,
             Format::Gemini => self.gemini,
         }
     }
 }
 
-use Format::{Anthropic as A, Gemini as G, OpenAi as O};
+use Format::{Anthropic as A, Gemini as G, OpenAi as O, Responses as R};
 use Treat::{Dropped as D, LeftOut as L, To};
 
 const fn rule(
@@ -130,6 +132,38 @@ pub const RULES: &[Rule] = &[
     rule(O, "prediction", "", r#"{"prediction":{"type":"content","content":"x"}}"#, [To("prediction"), D, D]),
     rule(O, "modalities", "text only", r#"{"modalities":["text"]}"#, [To("modalities"), D, D]),
     rule(O, "cache_control", "on content parts", r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}]}"#, [To("messages"), To("messages.0.content.0.cache_control"), D]),
+    // OpenAI Responses (→ OpenAI: chat completions; a credential with
+    // `responses_api` gets the request as is).
+    rule(R, "instructions", "", r#"{"instructions":"be brief"}"#, [To("messages[].content"), To("system"), To("systemInstruction")]),
+    rule(R, "input[].role", "developer or system", r#"{"input":[{"role":"developer","content":"be brief"},{"role":"user","content":"hi"}]}"#, [To("messages[].content"), To("system"), To("systemInstruction")]),
+    rule(R, "input[].type", "function_call and function_call_output", r#"{"tools":[{"type":"function","name":"f","parameters":{"type":"object"}}],"input":[{"role":"user","content":"hi"},{"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c1","output":"ok"}]}"#, [To("messages[].tool_calls"), To("messages[].content"), To("contents")]),
+    rule(R, "input[].type", "custom_tool_call and its output", r#"{"tools":[{"type":"custom","name":"apply_patch"}],"input":[{"role":"user","content":"hi"},{"type":"custom_tool_call","call_id":"c1","name":"apply_patch","input":"*** Begin Patch"},{"type":"custom_tool_call_output","call_id":"c1","output":"Done"}]}"#, [To("messages[].tool_calls"), To("messages[].content"), To("contents")]),
+    rule(R, "input[].type", "reasoning", r#"{"input":[{"type":"reasoning","summary":[],"encrypted_content":"e"},{"role":"user","content":"hi"}]}"#, [D, D, D]),
+    rule(R, "input[].type", "item_reference, built-in tool calls", r#"{"input":[{"type":"item_reference","id":"msg_1"},{"role":"user","content":"hi"}]}"#, [L, L, L]),
+    rule(R, "max_output_tokens", "", r#"{"max_output_tokens":77}"#, [To("max_completion_tokens"), To("max_tokens"), To("generationConfig.maxOutputTokens")]),
+    rule(R, "temperature", "", r#"{"temperature":0.25}"#, [To("temperature"), To("temperature"), To("generationConfig.temperature")]),
+    rule(R, "top_p", "", r#"{"top_p":0.75}"#, [To("top_p"), To("top_p"), To("generationConfig.topP")]),
+    rule(R, "tools", "function tools", r#"{"tools":[{"type":"function","name":"f","parameters":{"type":"object","properties":{}}}]}"#, [To("tools"), To("tools"), To("tools.0.functionDeclarations")]),
+    rule(R, "tools", "custom tools (free text: a function of one string, `input`)", r#"{"tools":[{"type":"custom","name":"apply_patch","description":"d"}]}"#, [To("tools.0.function.parameters.properties.input"), To("tools.0.input_schema.properties.input"), To("tools.0.functionDeclarations")]),
+    rule(R, "tools", "built-in tools (web_search, file_search...)", r#"{"tools":[{"type":"web_search"}]}"#, [L, L, L]),
+    rule(R, "tool_choice", "", r#"{"tools":[{"type":"function","name":"f"}],"tool_choice":"required"}"#, [To("tool_choice"), To("tool_choice"), To("toolConfig.functionCallingConfig.mode")]),
+    rule(R, "reasoning.effort", "", r#"{"reasoning":{"effort":"high"}}"#, [To("reasoning_effort"), To("thinking.budget_tokens"), To("generationConfig.thinkingConfig.thinkingBudget")]),
+    rule(R, "reasoning.summary", "", r#"{"reasoning":{"summary":"auto"}}"#, [D, D, To("generationConfig.thinkingConfig.includeThoughts")]),
+    rule(R, "text.format", "json_schema", r#"{"text":{"format":{"type":"json_schema","name":"r","schema":{"type":"object","properties":{"a":{"type":"string"}}}}}}"#, [To("response_format.json_schema.schema"), To("output_config.format.schema"), To("generationConfig.responseJsonSchema")]),
+    rule(R, "text.verbosity", "", r#"{"text":{"verbosity":"low"}}"#, [D, D, D]),
+    rule(R, "parallel_tool_calls", "", r#"{"parallel_tool_calls":false}"#, [D, D, D]),
+    rule(R, "store", "accepted; nothing is kept", r#"{"store":true}"#, [D, D, D]),
+    rule(R, "include", "", r#"{"include":["reasoning.encrypted_content"]}"#, [D, D, D]),
+    rule(R, "prompt_cache_key", "", r#"{"prompt_cache_key":"k"}"#, [D, D, D]),
+    rule(R, "metadata", "", r#"{"metadata":{"k":"v"}}"#, [D, D, D]),
+    rule(R, "service_tier", "", r#"{"service_tier":"auto"}"#, [D, D, D]),
+    rule(R, "client_metadata", "", r#"{"client_metadata":{"k":"v"}}"#, [D, D, D]),
+    rule(R, "safety_identifier", "", r#"{"safety_identifier":"u1"}"#, [D, D, D]),
+    rule(R, "truncation", "", r#"{"truncation":"auto"}"#, [D, D, D]),
+    rule(R, "previous_response_id", "", r#"{"previous_response_id":"resp_1"}"#, [L, L, L]),
+    rule(R, "conversation", "", r#"{"conversation":"conv_1"}"#, [L, L, L]),
+    rule(R, "prompt", "a stored prompt", r#"{"prompt":{"id":"pmpt_1"}}"#, [L, L, L]),
+    rule(R, "background", "", r#"{"background":true}"#, [L, L, L]),
     // Gemini generateContent.
     rule(G, "systemInstruction", "", r#"{"systemInstruction":{"parts":[{"text":"be brief"}]}}"#, [To("messages[].content"), To("system"), To("systemInstruction")]),
     rule(G, "generationConfig.maxOutputTokens", "", r#"{"generationConfig":{"maxOutputTokens":77}}"#, [To("max_completion_tokens"), To("max_tokens"), To("generationConfig.maxOutputTokens")]),
@@ -180,6 +214,7 @@ pub fn left_out_everywhere(format: Format, field: &str) -> bool {
 fn format_name(f: Format) -> &'static str {
     match f {
         Format::OpenAi => "OpenAI",
+        Format::Responses => "Responses",
         Format::Anthropic => "Anthropic",
         Format::Gemini => "Gemini",
     }

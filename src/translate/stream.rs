@@ -4,10 +4,9 @@
 use serde_json::Value;
 
 use super::ir::{Delta, Untranslatable};
-use super::{anthropic, gemini, openai};
-use crate::catalog::Provider;
+use super::{anthropic, gemini, openai, responses};
 use crate::sse::Event;
-use crate::wire::Format;
+use crate::wire::{self, ErrorKind, Format};
 
 enum Decoder {
     OpenAi(openai::Decoder),
@@ -17,6 +16,7 @@ enum Decoder {
 
 enum Encoder {
     OpenAi(openai::Encoder),
+    Responses(responses::Encoder),
     Anthropic(anthropic::Encoder),
     Gemini(gemini::Encoder),
 }
@@ -26,7 +26,8 @@ enum Mode {
     Same(Format),
     Translate {
         decoder: Decoder,
-        encoder: Encoder,
+        /// Boxed: passthrough streams, the common case, stay small.
+        encoder: Box<Encoder>,
     },
 }
 
@@ -42,6 +43,8 @@ pub struct StreamTranslator {
     /// In passthrough, the name the client asked for: events that name
     /// another model are given it.
     rename: Rename,
+    /// The next `sequence_number` of a passed-through Responses stream.
+    sequence: u64,
 }
 
 /// Gives passthrough answers the model name the client asked for, touching
@@ -84,7 +87,8 @@ fn memchr_contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// What a stream is relayed for.
 pub struct StreamSpec<'a> {
-    pub provider: Provider,
+    /// The format the upstream answers in ([`super::upstream_format`]).
+    pub upstream: Format,
     pub client: Format,
     /// The name the client asked for.
     pub model: &'a str,
@@ -92,30 +96,39 @@ pub struct StreamSpec<'a> {
     pub include_usage: bool,
     /// The local estimate of the prompt's tokens.
     pub input_estimate: u64,
+    /// The request's custom tools (Responses clients get their calls as such).
+    pub custom_tools: Vec<String>,
 }
 
 impl StreamTranslator {
     pub fn new(spec: &StreamSpec<'_>) -> Self {
-        let upstream = super::format_of(spec.provider);
         let model = spec.model;
-        let mode = if upstream == spec.client {
+        let mode = if spec.upstream == spec.client {
             Mode::Same(spec.client)
         } else {
             Mode::Translate {
-                decoder: match spec.provider {
-                    Provider::Openai => Decoder::OpenAi(openai::Decoder::default()),
-                    Provider::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
-                    Provider::Gemini => Decoder::Gemini(gemini::Decoder::default()),
+                decoder: match spec.upstream {
+                    // A Responses upstream only ever serves Responses clients
+                    // (passed through), so only chat completions reach here.
+                    Format::OpenAi | Format::Responses => {
+                        Decoder::OpenAi(openai::Decoder::default())
+                    }
+                    Format::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
+                    Format::Gemini => Decoder::Gemini(gemini::Decoder::default()),
                 },
-                encoder: match spec.client {
+                encoder: Box::new(match spec.client {
                     Format::OpenAi => {
                         Encoder::OpenAi(openai::Encoder::new(model, spec.include_usage))
                     }
+                    Format::Responses => Encoder::Responses(responses::Encoder::new(
+                        model,
+                        spec.custom_tools.clone(),
+                    )),
                     Format::Anthropic => {
                         Encoder::Anthropic(anthropic::Encoder::new(model, spec.input_estimate))
                     }
                     Format::Gemini => Encoder::Gemini(gemini::Encoder::new(model)),
-                },
+                }),
             }
         };
         Self {
@@ -123,6 +136,7 @@ impl StreamTranslator {
             complete: false,
             closed: false,
             content: false,
+            sequence: 0,
             rename: Rename::new(
                 spec.model,
                 if spec.client == Format::Gemini {
@@ -201,6 +215,22 @@ impl StreamTranslator {
         Ok(out)
     }
 
+    /// The event that ends the client's stream when it fails after it began,
+    /// in the client's format (a Responses stream keeps its numbering).
+    pub fn failure(&mut self, format: Format, kind: ErrorKind, message: &str) -> Event {
+        match &mut self.mode {
+            Mode::Translate { encoder, .. } => match encoder.as_mut() {
+                Encoder::Responses(e) => e.failed(kind, message),
+                _ => wire::stream_error(format, kind, message),
+            },
+            Mode::Same(Format::Responses) => {
+                self.sequence += 1;
+                wire::response_failed(kind, message, self.sequence - 1)
+            }
+            Mode::Same(_) => wire::stream_error(format, kind, message),
+        }
+    }
+
     /// An event of the client's own format: checked for errors, content and
     /// the end, and given the client's model name.
     fn pass(&mut self, format: Format, event: &Event) -> Result<Event, Untranslatable> {
@@ -250,6 +280,20 @@ impl StreamTranslator {
                     self.content = true;
                 }
             }
+            Format::Responses => {
+                if let Some(n) = v.get("sequence_number").and_then(Value::as_u64) {
+                    self.sequence = n + 1;
+                }
+                let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+                match responses::event_kind(kind) {
+                    responses::EventKind::Content => self.content = true,
+                    responses::EventKind::Done => self.complete = true,
+                    responses::EventKind::Failed => {
+                        return Err(Untranslatable(crate::pipeline::error_text(data.as_bytes())));
+                    }
+                    responses::EventKind::Other => {}
+                }
+            }
             Format::Anthropic => {}
         }
         if !self.rename.needed(data.as_bytes()) {
@@ -258,6 +302,7 @@ impl StreamTranslator {
         let name = self.rename.model();
         let slot = match format {
             Format::OpenAi => v.get_mut("model"),
+            Format::Responses => v.pointer_mut("/response/model"),
             Format::Anthropic => v.pointer_mut("/message/model"),
             Format::Gemini => v.get_mut("modelVersion"),
         };
@@ -303,6 +348,7 @@ fn openai_finished(v: &Value) -> bool {
 fn encode(encoder: &mut Encoder, d: &Delta, out: &mut Vec<Event>) {
     match encoder {
         Encoder::OpenAi(e) => e.encode(d, out),
+        Encoder::Responses(e) => e.encode(d, out),
         Encoder::Anthropic(e) => e.encode(d, out),
         Encoder::Gemini(e) => e.encode(d, out),
     }
@@ -311,6 +357,7 @@ fn encode(encoder: &mut Encoder, d: &Delta, out: &mut Vec<Event>) {
 fn close(encoder: &mut Encoder, out: &mut Vec<Event>) {
     match encoder {
         Encoder::OpenAi(e) => e.finish(out),
+        Encoder::Responses(e) => e.finish(out),
         Encoder::Anthropic(e) => e.finish(out),
         Encoder::Gemini(e) => e.finish(out),
     }

@@ -69,7 +69,7 @@ impl Postgres {
             .execute(&mut *tx)
             .await?;
         let credentials = sqlx::query(
-            "select id, provider, base_url, api_key, priority, weight, enabled, headers \
+            "select id, provider, base_url, api_key, priority, weight, enabled, headers, responses_api \
              from credentials order by id",
         )
         .fetch_all(&mut *tx)
@@ -110,6 +110,7 @@ impl Postgres {
                 weight: u32::try_from(weight).unwrap_or(0),
                 enabled: row.try_get("enabled")?,
                 headers: header_map(&headers),
+                responses_api: row.try_get("responses_api")?,
             });
         }
         for row in models {

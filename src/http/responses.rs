@@ -1,0 +1,101 @@
+//! The OpenAI Responses surface: `POST /v1/responses` (JSON and SSE), the
+//! only API Codex speaks. Stateless: `store` is accepted and nothing is
+//! kept; `previous_response_id` is served only by a `responses_api`
+//! credential, which gets the request as it is.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::AppState;
+use super::auth::authenticate;
+use super::error::render;
+use super::reply::{bad, finish, json_object, model_of, read_body, stream_flag};
+use crate::pipeline::{ClientRequest, GatewayError, Trace};
+use crate::wire::Format;
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let format = Format::Responses;
+    let catalog = state.gateway.catalog().load();
+    let key_name = match authenticate(&catalog, &headers, &uri) {
+        Ok(name) => name,
+        Err(e) => return render(format, &e),
+    };
+    let limit = state.gateway.config().max_body_bytes;
+    let request = match read_body(&headers, body, limit)
+        .await
+        .and_then(|b| parse_responses(&b))
+    {
+        Ok(r) => r,
+        Err(e) => return render(format, &e),
+    };
+    let model = request.model.clone();
+    let mut trace = Trace::default();
+    let reply = state.gateway.generate(request, &mut trace).await;
+    finish(format, reply, key_name, model, trace)
+}
+
+/// `GET /v1/responses`: Codex first tries a WebSocket here. The gateway
+/// serves HTTP only, and says so at once with the status that makes Codex
+/// fall back to HTTP.
+pub async fn websocket() -> Response {
+    (
+        StatusCode::UPGRADE_REQUIRED,
+        axum::Json(crate::wire::error_body(
+            Format::Responses,
+            crate::wire::ErrorKind::BadRequest,
+            "WebSocket is not served here: use HTTP (POST /v1/responses)",
+        )),
+    )
+        .into_response()
+}
+
+/// Validates a Responses body: malformed input is a 400 and never reaches
+/// an upstream.
+pub fn parse_responses(bytes: &[u8]) -> Result<ClientRequest, GatewayError> {
+    let body = json_object(bytes)?;
+    let model = model_of(&body)?;
+    match body.get("input") {
+        None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+        Some(_) => return Err(bad("`input` must be a string or an array of items")),
+    }
+    let stream = stream_flag(&body)?;
+    Ok(ClientRequest::new(
+        Format::Responses,
+        model,
+        body,
+        bytes.len(),
+        stream,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_bodies_are_400_with_a_reason() {
+        for (body, needle) in [
+            (&b"{not json"[..], "not valid JSON"),
+            (&br#"{"input":"x"}"#[..], "`model` is required"),
+            (&br#"{"model":"m","input":7}"#[..], "`input` must be"),
+            (&br#"{"model":"m","input":"x","stream":1}"#[..], "`stream`"),
+        ] {
+            let err = parse_responses(body).expect_err("invalid");
+            assert!(
+                err.message.contains(needle),
+                "{} lacks {needle}",
+                err.message
+            );
+        }
+        let ok = parse_responses(br#"{"model":"m","input":"x","stream":true}"#).expect("valid");
+        assert!(ok.stream);
+    }
+}

@@ -1,5 +1,5 @@
 //! The real coding-agent clients, Claude Code, Gemini CLI and Codex, and the
-//! google-genai Python SDK, run against a gateway in front of the mock
+//! google-genai and OpenAI (Responses API) Python SDKs, run against a gateway in front of the mock
 //! upstream and served by a credential of every provider: a streamed text
 //! answer, and a round trip through each client's own shell tool. Codex
 //! speaks only the Responses API; its tests also run against an openai
@@ -83,6 +83,8 @@ enum Client {
     GeminiCli,
     GoogleGenai,
     Codex,
+    /// The OpenAI Python SDK's Responses API (`responses.create`, `.stream`).
+    OpenAiPython,
 }
 
 impl Client {
@@ -92,6 +94,7 @@ impl Client {
             Client::GeminiCli => "gemini-cli",
             Client::GoogleGenai => "google-genai",
             Client::Codex => "codex",
+            Client::OpenAiPython => "openai-python",
         }
     }
 
@@ -101,7 +104,7 @@ impl Client {
         match self {
             Client::ClaudeCode => "anthropic",
             Client::GeminiCli | Client::GoogleGenai => "gemini",
-            Client::Codex => "mock",
+            Client::Codex | Client::OpenAiPython => "mock",
         }
     }
 
@@ -110,7 +113,7 @@ impl Client {
         match self {
             Client::ClaudeCode => Kind::Anthropic,
             Client::GeminiCli | Client::GoogleGenai => Kind::Gemini,
-            Client::Codex => Kind::Responses,
+            Client::Codex | Client::OpenAiPython => Kind::Responses,
         }
     }
 
@@ -118,7 +121,7 @@ impl Client {
     fn shell_tool(self) -> &'static str {
         match self {
             Client::ClaudeCode => "Bash",
-            Client::GeminiCli | Client::GoogleGenai => "run_shell_command",
+            Client::GeminiCli | Client::GoogleGenai | Client::OpenAiPython => "run_shell_command",
             // Its "unified exec" function tool, with the command line as
             // one string.
             Client::Codex => "exec_command",
@@ -466,6 +469,22 @@ persistence = "none"
     run(cmd, &env, &dirs.work).await
 }
 
+/// The OpenAI SDK's Responses API with its default settings but the base URL.
+async fn openai_python(url: &str, scenario: Scenario, dirs: &Dirs) -> Run {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_responses.py");
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(script).arg(match scenario {
+        Scenario::Text => "text",
+        Scenario::Tool => "tool",
+    });
+    let env = [
+        ("HOME", dirs.home.display().to_string()),
+        ("OPENAI_BASE_URL", format!("{url}/v1")),
+        ("OPENAI_API_KEY", CLIENT_KEY.to_string()),
+    ];
+    run(cmd, &env, &dirs.work).await
+}
+
 /// One client against one provider's credential, in one scenario.
 async fn check(client: Client, provider: &str, scenario: Scenario) {
     // "openai-responses": an openai credential whose upstream serves the
@@ -516,6 +535,7 @@ async fn check(client: Client, provider: &str, scenario: Scenario) {
         Client::GeminiCli => gemini_cli(&tap.url, scenario, &dirs).await,
         Client::GoogleGenai => google_genai(&tap.url, scenario, &dirs).await,
         Client::Codex => codex(&tap.url, scenario, &dirs).await,
+        Client::OpenAiPython => openai_python(&tap.url, scenario, &dirs).await,
     };
     run.requests = tap.requests();
     println!(
@@ -545,7 +565,7 @@ async fn check(client: Client, provider: &str, scenario: Scenario) {
             run.report(&gw)
         );
     }
-    if client == Client::Codex {
+    if client.kind() == Kind::Responses {
         // Passed through to an upstream that serves the Responses API,
         // translated to chat completions for one that does not.
         let expected = match provider {
@@ -568,7 +588,7 @@ async fn check(client: Client, provider: &str, scenario: Scenario) {
 /// Writes what the client sent in a same-format run, one file per kind of
 /// request, with this machine's paths, the client key and the run's random
 /// values replaced by placeholders: tests/fixtures/clients/<client>-<what>.json
-/// (`messages`, `responses`, `generate`, `stream-generate`, `router`, `count-tokens`, and
+/// (`messages`, `responses`, `responses-stream`, `generate`, `stream-generate`, `router`, `count-tokens`, and
 /// from the tool runs `tool-call` and `tool-result`), plus a list of every
 /// request with the gateway's status, `<client>-<scenario>-requests.json`.
 fn record(client: Client, scenario: Scenario, requests: &[Tapped], dirs: &Dirs, id: &str) {
@@ -645,7 +665,7 @@ fn what_it_is(client: Client, scenario: Scenario, r: &Tapped) -> Option<&'static
             || last.contains("function_call_output")
         {
             Some("tool-result")
-        } else if offers_shell && client == Client::GoogleGenai {
+        } else if offers_shell && matches!(client, Client::GoogleGenai | Client::OpenAiPython) {
             // The other clients offer the same tools in their text runs.
             Some("tool-call")
         } else {
@@ -664,6 +684,8 @@ fn what_it_is(client: Client, scenario: Scenario, r: &Tapped) -> Option<&'static
             "stream-generate"
         } else if r.path.contains(":generateContent") {
             "generate"
+        } else if r.path.ends_with("/responses") && r.body["stream"] == true {
+            "responses-stream"
         } else if r.path.ends_with("/responses") {
             "responses"
         } else {
@@ -717,4 +739,14 @@ client_tests! {
     codex_tool_via_openai: Codex, "openai", Tool;
     codex_tool_via_anthropic: Codex, "anthropic", Tool;
     codex_tool_via_gemini: Codex, "gemini", Tool;
+    openai_python_text_direct_to_the_mock: OpenAiPython, "mock", Text;
+    openai_python_tool_direct_to_the_mock: OpenAiPython, "mock", Tool;
+    openai_python_text_via_openai_responses: OpenAiPython, "openai-responses", Text;
+    openai_python_text_via_openai: OpenAiPython, "openai", Text;
+    openai_python_text_via_anthropic: OpenAiPython, "anthropic", Text;
+    openai_python_text_via_gemini: OpenAiPython, "gemini", Text;
+    openai_python_tool_via_openai_responses: OpenAiPython, "openai-responses", Tool;
+    openai_python_tool_via_openai: OpenAiPython, "openai", Tool;
+    openai_python_tool_via_anthropic: OpenAiPython, "anthropic", Tool;
+    openai_python_tool_via_gemini: OpenAiPython, "gemini", Tool;
 }

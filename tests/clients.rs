@@ -1,7 +1,10 @@
-//! The real coding-agent clients, Claude Code and Gemini CLI, and the
-//! google-genai Python SDK, run against a gateway in front of the mock
+//! The real coding-agent clients, Claude Code, Gemini CLI and Codex, and the
+//! google-genai and OpenAI (Responses API) Python SDKs, run against a gateway in front of the mock
 //! upstream and served by a credential of every provider: a streamed text
-//! answer, and a round trip through each client's own shell tool.
+//! answer, and a round trip through each client's own shell tool. Codex
+//! speaks only the Responses API; its tests also run against an openai
+//! credential with `responses_api = true` (provider "openai-responses"
+//! here), whose upstream serves that API itself.
 //!
 //! `ops/test` installs the clients (tests/clients/package.json into
 //! target/clients, the SDK into target/test-venv) and names them in
@@ -67,13 +70,21 @@ const MODELS: &[(&str, &str)] = &[
     ("gemini-3.5-flash", "gemini-3.5-flash"),
     ("gemini-3.5-flash-lite", "gemini-3.5-flash-lite"),
     ("gemini-3.8-flash", "gemini-3.8-flash"),
+    ("gpt-5.5", "gpt-5.5"),
 ];
+
+/// The model Codex is configured with: one its catalogue knows, so it
+/// sends the tools and settings it sends for a real model.
+const CODEX_MODEL: &str = "gpt-5.5";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Client {
     ClaudeCode,
     GeminiCli,
     GoogleGenai,
+    Codex,
+    /// The OpenAI Python SDK's Responses API (`responses.create`, `.stream`).
+    OpenAiPython,
 }
 
 impl Client {
@@ -82,14 +93,27 @@ impl Client {
             Client::ClaudeCode => "claude-code",
             Client::GeminiCli => "gemini-cli",
             Client::GoogleGenai => "google-genai",
+            Client::Codex => "codex",
+            Client::OpenAiPython => "openai-python",
         }
     }
 
-    /// The provider that speaks the client's own format.
+    /// The provider that speaks the client's own format, whose runs record
+    /// the fixtures; Codex's are recorded against the mock itself.
     fn native(self) -> &'static str {
         match self {
             Client::ClaudeCode => "anthropic",
             Client::GeminiCli | Client::GoogleGenai => "gemini",
+            Client::Codex | Client::OpenAiPython => "mock",
+        }
+    }
+
+    /// The wire format of the client's requests.
+    fn kind(self) -> Kind {
+        match self {
+            Client::ClaudeCode => Kind::Anthropic,
+            Client::GeminiCli | Client::GoogleGenai => Kind::Gemini,
+            Client::Codex | Client::OpenAiPython => Kind::Responses,
         }
     }
 
@@ -97,7 +121,18 @@ impl Client {
     fn shell_tool(self) -> &'static str {
         match self {
             Client::ClaudeCode => "Bash",
-            Client::GeminiCli | Client::GoogleGenai => "run_shell_command",
+            Client::GeminiCli | Client::GoogleGenai | Client::OpenAiPython => "run_shell_command",
+            // Its "unified exec" function tool, with the command line as
+            // one string.
+            Client::Codex => "exec_command",
+        }
+    }
+
+    /// The arguments of a shell tool call that runs `command`.
+    fn shell_args(self, command: &str) -> Value {
+        match self {
+            Client::Codex => json!({"cmd": command}),
+            _ => json!({"command": command}),
         }
     }
 }
@@ -118,7 +153,7 @@ fn clients_bin() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/clients/node_modules/.bin")
         });
-    for exe in ["claude", "gemini"] {
+    for exe in ["claude", "gemini", "codex"] {
         assert!(
             dir.join(exe).exists(),
             "no {exe} in {}: run the test command (ops/test), which installs the clients",
@@ -228,12 +263,7 @@ fn tail(s: &str, n: usize) -> &str {
 
 fn describe(hit: &Hit) -> String {
     let body = hit.body.to_string();
-    let last = match hit.kind {
-        common::mock::Kind::Gemini | common::mock::Kind::GeminiCount => {
-            hit.body["contents"].as_array().and_then(|c| c.last())
-        }
-        _ => hit.body["messages"].as_array().and_then(|m| m.last()),
-    };
+    let last = last_message(hit.kind, &hit.body);
     format!(
         "{:?} {} model={} stream={} tools={:?} ({} bytes), last message: {}",
         hit.kind,
@@ -244,6 +274,16 @@ fn describe(hit: &Hit) -> String {
         body.len(),
         tail(&last.map(Value::to_string).unwrap_or_default(), 1500)
     )
+}
+
+/// The last message (Gemini content, Responses input item) of a request.
+fn last_message(kind: Kind, body: &Value) -> Option<&Value> {
+    let list = match kind {
+        Kind::Gemini | Kind::GeminiCount => &body["contents"],
+        Kind::Responses => &body["input"],
+        _ => &body["messages"],
+    };
+    list.as_array().and_then(|m| m.last())
 }
 
 /// Runs `cmd` with a clean environment plus `env`, in `work`, within the
@@ -381,9 +421,90 @@ async fn google_genai(url: &str, scenario: Scenario, dirs: &Dirs) -> Run {
     run(cmd, &env, &dirs.work).await
 }
 
+/// Codex headless (`codex exec`): the gateway as a custom model provider
+/// that speaks the Responses API, in a CODEX_HOME of its own; commands run
+/// without asking and without its sandbox (which cannot work as root: the
+/// test's network namespace is the sandbox); no update check, analytics,
+/// feedback, history or session files; and no retries, so a failure shows
+/// at once.
+async fn codex(url: &str, scenario: Scenario, dirs: &Dirs) -> Run {
+    let home = dirs.home.join(".codex");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = format!(
+        r#"model = "{CODEX_MODEL}"
+model_provider = "switchyard"
+check_for_update_on_startup = false
+
+[model_providers.switchyard]
+name = "switchyard"
+base_url = "{url}/v1"
+env_key = "SWITCHYARD_API_KEY"
+wire_api = "responses"
+request_max_retries = 0
+stream_max_retries = 0
+
+[analytics]
+enabled = false
+
+[feedback]
+enabled = false
+
+[history]
+persistence = "none"
+"#
+    );
+    std::fs::write(home.join("config.toml"), config).unwrap();
+    let mut cmd = tokio::process::Command::new(clients_bin().join("codex"));
+    cmd.args(["exec", "--strict-config", "--ephemeral", "--color", "never"])
+        .args([
+            "--skip-git-repo-check",
+            "--dangerously-bypass-approvals-and-sandbox",
+        ])
+        .arg(prompt(scenario));
+    let env = [
+        ("HOME", dirs.home.display().to_string()),
+        ("CODEX_HOME", home.display().to_string()),
+        ("SWITCHYARD_API_KEY", CLIENT_KEY.to_string()),
+    ];
+    run(cmd, &env, &dirs.work).await
+}
+
+/// The OpenAI SDK's Responses API with its default settings but the base URL.
+async fn openai_python(url: &str, scenario: Scenario, dirs: &Dirs) -> Run {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_responses.py");
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(script).arg(match scenario {
+        Scenario::Text => "text",
+        Scenario::Tool => "tool",
+    });
+    let env = [
+        ("HOME", dirs.home.display().to_string()),
+        ("OPENAI_BASE_URL", format!("{url}/v1")),
+        ("OPENAI_API_KEY", CLIENT_KEY.to_string()),
+    ];
+    run(cmd, &env, &dirs.work).await
+}
+
 /// One client against one provider's credential, in one scenario.
 async fn check(client: Client, provider: &str, scenario: Scenario) {
-    let gw = gateway(&[Cred::new("only", 0, MODELS).speaking(provider)], &[]).await;
+    // "openai-responses": an openai credential whose upstream serves the
+    // Responses API too.
+    let cred = match provider {
+        "openai-responses" => Cred::new("only", 0, MODELS).responses_api(),
+        // The gateway is not used.
+        "mock" => Cred::new("only", 0, MODELS),
+        _ => Cred::new("only", 0, MODELS).speaking(provider),
+    };
+    let gw = gateway(&[cred], &[]).await;
+    // "mock": the client talks to the mock itself, no gateway between, so
+    // the mock's answers are checked against the real client, and what the
+    // client sends can be recorded whether or not the gateway serves it.
+    let direct = provider == "mock";
+    let key = if direct {
+        CLIENT_KEY.to_string()
+    } else {
+        key_of("only")
+    };
     let id = uuid::Uuid::new_v4();
     // The nonce is not in the command as written: it reaches the answer
     // only if the command really ran.
@@ -395,19 +516,26 @@ async fn check(client: Client, provider: &str, scenario: Scenario) {
         Scenario::Text => "-",
     };
     gw.mock.always(
-        &key_of("only"),
+        &key,
         Reply::Call {
             name: tool.to_string(),
-            args: json!({"command": command}),
+            args: client.shell_args(&command),
         },
     );
     let dirs = dirs();
     // The clients talk to the gateway through the tap, which keeps what they sent.
-    let tap = Tap::start(gw.running().addr).await;
+    let tap = Tap::start(if direct {
+        gw.mock.addr
+    } else {
+        gw.running().addr
+    })
+    .await;
     let mut run = match client {
         Client::ClaudeCode => claude_code(&tap.url, scenario, &dirs).await,
         Client::GeminiCli => gemini_cli(&tap.url, scenario, &dirs).await,
         Client::GoogleGenai => google_genai(&tap.url, scenario, &dirs).await,
+        Client::Codex => codex(&tap.url, scenario, &dirs).await,
+        Client::OpenAiPython => openai_python(&tap.url, scenario, &dirs).await,
     };
     run.requests = tap.requests();
     println!(
@@ -420,7 +548,7 @@ async fn check(client: Client, provider: &str, scenario: Scenario) {
         record(client, scenario, &run.requests, &dirs, &id.to_string());
     }
     let expected = match scenario {
-        Scenario::Text => format!("hello from {}", key_of("only")),
+        Scenario::Text => format!("hello from {key}"),
         Scenario::Tool => nonce,
     };
     let ok = run.status == "exit status: 0" && run.stdout.contains(&expected);
@@ -437,13 +565,30 @@ async fn check(client: Client, provider: &str, scenario: Scenario) {
             run.report(&gw)
         );
     }
+    if client.kind() == Kind::Responses {
+        // Passed through to an upstream that serves the Responses API,
+        // translated to chat completions for one that does not.
+        let expected = match provider {
+            "openai-responses" | "mock" => Kind::Responses,
+            "openai" => Kind::OpenAi,
+            "anthropic" => Kind::Anthropic,
+            _ => Kind::Gemini,
+        };
+        let hits = gw.mock.hits();
+        assert!(
+            hits.iter().all(|h| h.kind == expected
+                || matches!(h.kind, Kind::AnthropicCount | Kind::GeminiCount)),
+            "the mock was asked in another format than {expected:?}\n{}",
+            run.report(&gw)
+        );
+    }
     gw.stop().await;
 }
 
 /// Writes what the client sent in a same-format run, one file per kind of
 /// request, with this machine's paths, the client key and the run's random
 /// values replaced by placeholders: tests/fixtures/clients/<client>-<what>.json
-/// (`messages`, `generate`, `stream-generate`, `router`, `count-tokens`, and
+/// (`messages`, `responses`, `responses-stream`, `generate`, `stream-generate`, `router`, `count-tokens`, and
 /// from the tool runs `tool-call` and `tool-result`), plus a list of every
 /// request with the gateway's status, `<client>-<scenario>-requests.json`.
 fn record(client: Client, scenario: Scenario, requests: &[Tapped], dirs: &Dirs, id: &str) {
@@ -504,23 +649,23 @@ fn header<'a>(r: &'a Tapped, name: &str) -> Option<&'a str> {
 
 /// The fixture a request of a same-format run goes to, if any.
 fn what_it_is(client: Client, scenario: Scenario, r: &Tapped) -> Option<&'static str> {
-    let kind = if r.path.contains("/models/") {
-        Kind::Gemini
-    } else {
-        Kind::Anthropic
+    let kind = match client {
+        Client::GoogleGenai | Client::GeminiCli if !r.path.contains("/models/") => Kind::Anthropic,
+        client => client.kind(),
     };
-    let last = match kind {
-        Kind::Gemini => r.body["contents"].as_array().and_then(|c| c.last()),
-        _ => r.body["messages"].as_array().and_then(|m| m.last()),
-    };
-    let last = last.map(Value::to_string).unwrap_or_default();
+    let last = last_message(kind, &r.body)
+        .map(Value::to_string)
+        .unwrap_or_default();
     let offers_shell = offered_tools_of(kind, &r.body)
         .iter()
         .any(|t| t == client.shell_tool());
     if scenario == Scenario::Tool {
-        return if last.contains("tool_result") || last.contains("functionResponse") {
+        return if last.contains("tool_result")
+            || last.contains("functionResponse")
+            || last.contains("function_call_output")
+        {
             Some("tool-result")
-        } else if offers_shell && client == Client::GoogleGenai {
+        } else if offers_shell && matches!(client, Client::GoogleGenai | Client::OpenAiPython) {
             // The other clients offer the same tools in their text runs.
             Some("tool-call")
         } else {
@@ -539,6 +684,10 @@ fn what_it_is(client: Client, scenario: Scenario, r: &Tapped) -> Option<&'static
             "stream-generate"
         } else if r.path.contains(":generateContent") {
             "generate"
+        } else if r.path.ends_with("/responses") && r.body["stream"] == true {
+            "responses-stream"
+        } else if r.path.ends_with("/responses") {
+            "responses"
         } else {
             "messages"
         },
@@ -580,4 +729,24 @@ client_tests! {
     google_genai_tool_via_gemini: GoogleGenai, "gemini", Tool;
     google_genai_tool_via_openai: GoogleGenai, "openai", Tool;
     google_genai_tool_via_anthropic: GoogleGenai, "anthropic", Tool;
+    codex_text_direct_to_the_mock: Codex, "mock", Text;
+    codex_tool_direct_to_the_mock: Codex, "mock", Tool;
+    codex_text_via_openai_responses: Codex, "openai-responses", Text;
+    codex_text_via_openai: Codex, "openai", Text;
+    codex_text_via_anthropic: Codex, "anthropic", Text;
+    codex_text_via_gemini: Codex, "gemini", Text;
+    codex_tool_via_openai_responses: Codex, "openai-responses", Tool;
+    codex_tool_via_openai: Codex, "openai", Tool;
+    codex_tool_via_anthropic: Codex, "anthropic", Tool;
+    codex_tool_via_gemini: Codex, "gemini", Tool;
+    openai_python_text_direct_to_the_mock: OpenAiPython, "mock", Text;
+    openai_python_tool_direct_to_the_mock: OpenAiPython, "mock", Tool;
+    openai_python_text_via_openai_responses: OpenAiPython, "openai-responses", Text;
+    openai_python_text_via_openai: OpenAiPython, "openai", Text;
+    openai_python_text_via_anthropic: OpenAiPython, "anthropic", Text;
+    openai_python_text_via_gemini: OpenAiPython, "gemini", Text;
+    openai_python_tool_via_openai_responses: OpenAiPython, "openai-responses", Tool;
+    openai_python_tool_via_openai: OpenAiPython, "openai", Tool;
+    openai_python_tool_via_anthropic: OpenAiPython, "anthropic", Tool;
+    openai_python_tool_via_gemini: OpenAiPython, "gemini", Tool;
 }

@@ -1,5 +1,5 @@
-//! A mock upstream on a real socket that speaks the OpenAI, Anthropic and
-//! Gemini wire formats (JSON and SSE). It speaks raw HTTP/1.1 so tests can
+//! A mock upstream on a real socket that speaks the OpenAI (chat completions
+//! and Responses), Anthropic and Gemini wire formats (JSON and SSE). It speaks raw HTTP/1.1 so tests can
 //! also make it misbehave the ways real upstreams do: reset the connection,
 //! cut a stream after its first event, stall.
 //!
@@ -15,6 +15,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod responses;
+use responses::tool_result as responses_tool_result;
 
 /// What the mock does with one request.
 #[derive(Debug, Clone)]
@@ -80,6 +83,8 @@ impl Reply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     OpenAi,
+    /// OpenAI's Responses API, `{base_url}/responses`.
+    Responses,
     Anthropic,
     AnthropicCount,
     Gemini,
@@ -216,6 +221,8 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
         .to_string();
     let kind = if path.ends_with("/chat/completions") {
         Kind::OpenAi
+    } else if path.ends_with("/responses") {
+        Kind::Responses
     } else if path.ends_with("/v1/messages/count_tokens") {
         Kind::AnthropicCount
     } else if path.ends_with("/v1/messages") {
@@ -274,6 +281,7 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
 fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::OpenAi => "openai",
+        Kind::Responses => "responses",
         Kind::Anthropic => "anthropic",
         Kind::Gemini => "gemini",
         Kind::AnthropicCount | Kind::GeminiCount => "count",
@@ -307,6 +315,7 @@ fn answer(req: &Request, chunks: usize) -> Answer {
                 .then(|| last["content"].as_str().unwrap_or_default().to_string());
             (b["tools"].as_array().is_some_and(|t| !t.is_empty()), result)
         }
+        Kind::Responses => (!offered_tools(req).is_empty(), responses_tool_result(b)),
         Kind::Anthropic | Kind::AnthropicCount => {
             let last = b["messages"]
                 .as_array()
@@ -358,8 +367,10 @@ fn answer(req: &Request, chunks: usize) -> Answer {
         return Answer::Text(vec![format!("tool said: {r}")]);
     }
     if has_tools {
+        let offered = offered_tools(req);
         let name = match req.kind {
             Kind::OpenAi => b["tools"][0]["function"]["name"].as_str(),
+            Kind::Responses => offered.first().map(String::as_str),
             Kind::Gemini | Kind::GeminiCount => {
                 b["tools"][0]["functionDeclarations"][0]["name"].as_str()
             }
@@ -425,6 +436,7 @@ fn json_answer(req: &Request, a: &Answer) -> Value {
                    "usageMetadata": {"promptTokenCount": USAGE_IN, "candidatesTokenCount": USAGE_OUT, "totalTokenCount": USAGE_IN + USAGE_OUT},
                    "modelVersion": model})
         }
+        (Kind::Responses, a) => responses::response(model, &req.body, a, "completed"),
         (Kind::AnthropicCount, _) => json!({"input_tokens": 42}),
         (Kind::GeminiCount, _) => json!({"totalTokens": 42}),
     }
@@ -474,6 +486,7 @@ fn sse_answer(req: &Request, a: &Answer) -> Vec<(Option<&'static str>, String)> 
             }
             out.push((None, "[DONE]".into()));
         }
+        Kind::Responses => out = responses::events(model, &req.body, a),
         Kind::Anthropic | Kind::AnthropicCount => {
             out.push((Some("message_start"), json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant",
                 "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}}).to_string()));
@@ -547,6 +560,10 @@ fn sse_error(kind: Kind) -> (Option<&'static str>, String) {
         Kind::OpenAi => (
             None,
             json!({"error": {"message": "The server had an error while processing your request", "type": "server_error"}}).to_string(),
+        ),
+        Kind::Responses => (
+            Some("error"),
+            json!({"type": "error", "code": "server_error", "message": "The server had an error while processing your request", "param": null, "sequence_number": 0}).to_string(),
         ),
     }
 }
@@ -747,6 +764,17 @@ pub fn offered_tools_of(kind: Kind, body: &Value) -> Vec<String> {
         .unwrap_or_default();
     let names: Vec<&Value> = match kind {
         Kind::OpenAi => tools.iter().map(|t| &t["function"]["name"]).collect(),
+        // Flat declarations; tools of a namespace are offered too, and
+        // built-ins (web_search, tool_search) have no name.
+        Kind::Responses => tools
+            .iter()
+            .flat_map(|t| match t["tools"].as_array() {
+                Some(inner) => inner.iter().collect(),
+                None => vec![t],
+            })
+            .filter(|t| t["type"] == "function" || t["type"] == "custom")
+            .map(|t| &t["name"])
+            .collect(),
         Kind::Anthropic | Kind::AnthropicCount => tools.iter().map(|t| &t["name"]).collect(),
         Kind::Gemini | Kind::GeminiCount => tools
             .iter()
@@ -771,6 +799,7 @@ fn output_schema(req: &Request) -> Option<&Value> {
     let b = &req.body;
     let candidates = match req.kind {
         Kind::OpenAi => vec![b.pointer("/response_format/json_schema/schema")],
+        Kind::Responses => vec![b.pointer("/text/format/schema")],
         Kind::Anthropic | Kind::AnthropicCount => vec![
             b.pointer("/output_config/format/schema"),
             b.pointer("/output_format/schema"),

@@ -39,6 +39,9 @@ pub struct Cred<'a> {
     pub models: &'a [(&'a str, &'a str)],
     /// Another upstream than the mock.
     pub base_url: Option<&'a str>,
+    /// An openai credential whose upstream also serves the Responses API.
+    /// Only the Codex tests set it until the gateway reads the field.
+    pub responses_api: bool,
 }
 
 impl<'a> Cred<'a> {
@@ -50,12 +53,19 @@ impl<'a> Cred<'a> {
             weight: 1,
             models,
             base_url: None,
+            responses_api: false,
         }
     }
 
     /// The same credential pointing at `base_url` instead of the mock.
     pub fn at(mut self, base_url: &'a str) -> Self {
         self.base_url = Some(base_url);
+        self
+    }
+
+    /// The same openai credential with `responses_api = true`.
+    pub fn responses_api(mut self) -> Self {
+        self.responses_api = true;
         self
     }
 
@@ -89,6 +99,10 @@ pub fn config_toml(mock: &Mock, creds: &[Cred<'_>]) -> String {
             c.priority,
             c.weight
         ));
+        if c.responses_api {
+            // Still a key of this credential: no table header came since.
+            s.push_str("responses_api = true\n\n");
+        }
         for (model, upstream) in c.models {
             s.push_str(&format!(
                 "[[credential_models]]\ncredential_id = {:?}\nmodel = {model:?}\nupstream_model = {upstream:?}\n\n",

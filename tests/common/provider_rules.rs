@@ -1,7 +1,8 @@
 //! What the real providers refuse, checked by the mock upstream before it
 //! answers, so that no test passes on a request a provider would turn away:
-//! unknown top-level fields, Anthropic's thinking rules, Gemini's thought
-//! signatures and schema subset, OpenAI's limits for reasoning models.
+//! unknown top-level fields (chat completions and Responses), Anthropic's
+//! thinking rules, Gemini's thought signatures and schema subset, OpenAI's
+//! limits for reasoning models.
 //! Each refusal is the provider's own 400, in its own shape.
 
 use serde_json::{Value, json};
@@ -41,6 +42,39 @@ const OPENAI_FIELDS: &[&str] = &[
     "prompt_cache_key",
     "safety_identifier",
     "verbosity",
+];
+/// What `POST /v1/responses` takes at the top level. `client_metadata` is not
+/// in the published reference, but Codex sends it on every request to
+/// api.openai.com with an API key, so the real API takes it.
+const RESPONSES_FIELDS: &[&str] = &[
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "text",
+    "store",
+    "stream",
+    "include",
+    "prompt_cache_key",
+    "metadata",
+    "service_tier",
+    "previous_response_id",
+    "truncation",
+    "user",
+    "safety_identifier",
+    "background",
+    "conversation",
+    "max_tool_calls",
+    "top_logprobs",
+    "stream_options",
+    "prompt",
+    "client_metadata",
 ];
 const ANTHROPIC_FIELDS: &[&str] = &[
     "model",
@@ -108,13 +142,14 @@ const FOREIGN_SIGNATURE: &str = "c3dpdGNoeWFyZC10cmFuc2xhdGVkLXRoaW5raW5n";
 pub fn refusal(kind: &str, model: &str, body: &Value) -> Option<Reply> {
     let why = match kind {
         "openai" => openai(model, body),
+        "responses" => responses(body),
         "anthropic" => anthropic(body),
         "gemini" => gemini(model, body),
         _ => Ok(()),
     };
     let message = why.err()?;
     Some(match kind {
-        "openai" => Reply::openai_error(400, &message, "invalid_request_error", None),
+        "openai" | "responses" => Reply::openai_error(400, &message, "invalid_request_error", None),
         "anthropic" => Reply::status(
             400,
             json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}}),
@@ -162,6 +197,26 @@ fn openai(model: &str, body: &Value) -> Result<(), String> {
             return Err(format!(
                 "Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', 'tool', 'developer'."
             ));
+        }
+    }
+    Ok(())
+}
+
+fn responses(body: &Value) -> Result<(), String> {
+    unknown_fields(body, RESPONSES_FIELDS)?;
+    if body["max_output_tokens"]
+        .as_u64()
+        .is_some_and(|n| n > MAX_OUTPUT)
+    {
+        return Err(format!(
+            "max_output_tokens is too large: this model supports at most {MAX_OUTPUT} output tokens"
+        ));
+    }
+    // A tool declared the chat-completions way (nested under `function`)
+    // has no name where the Responses API looks for it.
+    for t in body["tools"].as_array().into_iter().flatten() {
+        if t["type"] == "function" && t.get("function").is_some() {
+            return Err("Missing required parameter: 'tools[0].name'.".into());
         }
     }
     Ok(())

@@ -438,3 +438,92 @@ async fn a_client_that_goes_away_teaches_nothing() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_responses_api_credential_gets_the_request_as_it_is() {
+    let gw = gateway(&[Cred::new("native", 0, M).responses_api()], &[]).await;
+    let body = json!({"model": "m", "input": "more", "previous_response_id": "resp_abc", "store": true,
+        "include": ["reasoning.encrypted_content"],
+        "tools": [{"type": "web_search"}, {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]});
+    let v: Value = create(&gw, &body).await.json().await.unwrap();
+    assert_eq!(v["model"], "m", "the requested name, not up-m: {v}");
+    let hit = gw.mock.hits().pop().unwrap();
+    assert!(hit.path.ends_with("/v1/responses"), "{}", hit.path);
+    let mut expected = body.clone();
+    expected["model"] = json!("up-m");
+    assert_eq!(hit.body, expected, "untouched but for the model");
+
+    // Streams go through too, numbered as the upstream numbered them.
+    let raw = create(
+        &gw,
+        &json!({"model": "m", "input": "weather?", "tools": tools(), "stream": true}),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    let completed = check_stream("passthrough", &events(&raw));
+    assert_eq!(completed["model"], "m");
+    assert_eq!(completed["output"][0]["type"], "function_call");
+
+    // Chat completions clients of the same credential still use chat completions.
+    let r = gw.chat("m").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        gw.mock
+            .hits()
+            .pop()
+            .unwrap()
+            .path
+            .ends_with("/chat/completions")
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn stateful_requests_go_to_the_credential_that_can_serve_them() {
+    let gw = gateway(
+        &[
+            Cred::new("claude", 5, M).speaking("anthropic"),
+            Cred::new("native", 0, M).responses_api(),
+        ],
+        &[],
+    )
+    .await;
+    let r = create(
+        &gw,
+        &json!({"model": "m", "input": "more", "previous_response_id": "resp_abc"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        gw.mock.keys(),
+        vec![key_of("native")],
+        "the higher tier cannot serve it"
+    );
+    // Its 404 for an unknown response id is the request's fault: returned, nothing learned.
+    gw.mock.script(
+        &key_of("native"),
+        [Reply::openai_error(
+            404,
+            "Previous response with id 'resp_gone' not found.",
+            "invalid_request_error",
+            Some("previous_response_not_found"),
+        )],
+    );
+    let r = create(
+        &gw,
+        &json!({"model": "m", "input": "more", "previous_response_id": "resp_gone"}),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("resp_gone")
+    );
+    assert!(gw.blocks().await.is_empty(), "no block for a stale id");
+    gw.stop().await;
+}

@@ -144,6 +144,8 @@ pub fn classify(outcome: &Outcome<'_>, purpose: Purpose, c: &Cooldowns) -> Verdi
             // A count endpoint the upstream lacks says nothing about the model.
             verdict(Learn::Nothing, Next::NextCandidate)
         }
+        // An unknown response, file or batch id is the request's own fault.
+        404 if names_an_object(error_text) => verdict(Learn::Nothing, Next::ReturnToClient),
         404 => block(Pair, Reason::NotFound, c.not_found_ms),
         401 => block(Credential, Reason::Unauthorized, c.unauthorized_ms),
         402 => block(Credential, Reason::PaymentRequired, c.payment_required_ms),
@@ -190,6 +192,25 @@ pub fn says_model_unsupported(error_text: &str) -> bool {
         return false;
     }
     mentions_model(&text) && UNSUPPORTED.iter().any(|p| text.contains(p))
+}
+
+/// Whether a 404 is about an object the request named (a stored response,
+/// file, batch, conversation or vector store) rather than the model.
+fn names_an_object(text: &str) -> bool {
+    const OBJECTS: &[&str] = &[
+        "resp_",
+        "response with id",
+        "previous response",
+        "file-",
+        "no such file",
+        "batch_",
+        "conv_",
+        "conversation",
+        "vector store",
+        "vs_",
+    ];
+    let lower = text.to_ascii_lowercase();
+    !lower.contains("model") && OBJECTS.iter().any(|o| lower.contains(o))
 }
 
 fn mentions_model(text: &str) -> bool {
@@ -368,6 +389,25 @@ mod tests {
             &Cooldowns::default(),
         );
         assert_eq!(v, verdict(Learn::Nothing, Next::Stop));
+    }
+
+    #[test]
+    fn a_404_about_a_stored_object_is_the_requests_fault() {
+        for text in [
+            "Previous response with id 'resp_123' not found.",
+            "No such File object: file-abc",
+            "Conversation with id 'conv_1' not found.",
+        ] {
+            assert_eq!(
+                status(404, text),
+                verdict(Learn::Nothing, Next::ReturnToClient),
+                "{text}"
+            );
+        }
+        assert!(matches!(
+            status(404, "The model `gpt-9` does not exist").learn,
+            Learn::Block { .. }
+        ));
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         .into_iter()
         .flatten()
     {
-        req.tools.push(tool(t)?);
+        if let Some(t) = tool(t)? {
+            req.tools.push(t);
+        }
     }
     req.tool_choice = tool_choice(body.get("tool_choice"))?;
     match body.get("input") {
@@ -73,13 +75,31 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
     Ok(req)
 }
 
-fn tool(t: &Value) -> Result<Tool, Untranslatable> {
+/// Tools the Responses API runs itself, or whose calls only it knows:
+/// offered to the model, not content of the conversation. Codex declares
+/// `web_search` and `tool_search` in every request.
+const HOSTED_TOOLS: &[&str] = &[
+    "web_search",
+    "web_search_preview",
+    "tool_search",
+    "file_search",
+    "code_interpreter",
+    "image_generation",
+    "computer_use_preview",
+    "mcp",
+    "local_shell",
+    "namespace",
+];
+
+/// A tool declaration; `None` for a hosted tool, which other providers go
+/// without (the model simply cannot use it there).
+fn tool(t: &Value) -> Result<Option<Tool>, Untranslatable> {
     let description = t
         .get("description")
         .and_then(Value::as_str)
         .map(String::from);
     match t.get("type").and_then(Value::as_str) {
-        Some("function") => Ok(Tool {
+        Some("function") => Ok(Some(Tool {
             name: text_of(t, "name"),
             description,
             parameters: t
@@ -88,13 +108,14 @@ fn tool(t: &Value) -> Result<Tool, Untranslatable> {
                 .cloned()
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
             custom: false,
-        }),
-        Some("custom") => Ok(Tool {
+        })),
+        Some("custom") => Ok(Some(Tool {
             name: text_of(t, "name"),
             description,
             parameters: custom_parameters(),
             custom: true,
-        }),
+        })),
+        Some(kind) if HOSTED_TOOLS.contains(&kind) || kind.starts_with("web_search") => Ok(None),
         Some(other) => untranslatable(format!(
             "the built-in tool `{other}` is only served by credentials with the Responses API"
         )),
@@ -178,8 +199,9 @@ fn parse_item(item: &Value, req: &mut Request) -> Result<(), Untranslatable> {
             );
         }
         // The model's own reasoning (and its encrypted state): never carried
-        // to another format.
-        "reasoning" => {}
+        // to another format. A hosted web search the model ran holds only
+        // its query; the answer that used it follows as a message.
+        "reasoning" | "web_search_call" => {}
         other => {
             return untranslatable(format!(
                 "the input item `{other}` is only served by credentials with the Responses API"
@@ -735,7 +757,7 @@ mod tests {
     fn stateful_and_built_in_requests_stay_with_the_responses_api() {
         for body in [
             json!({"model": "m", "input": "x", "previous_response_id": "resp_1"}),
-            json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}),
+            json!({"model": "m", "input": "x", "tools": [{"type": "computer_2099"}]}),
             json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}),
         ] {
             assert!(parse_request(body.as_object().unwrap()).is_err(), "{body}");

@@ -21,6 +21,8 @@ pub struct Config {
     pub request_retry: u32,
     /// The longest a request waits, in all, for blocks to end.
     pub max_retry_wait_ms: u64,
+    /// How long a conversation stays with the candidate that served it last.
+    pub affinity_ttl_ms: u64,
     pub routing: RoutingMode,
     pub admin_key: Option<Secret>,
     pub max_body_bytes: usize,
@@ -103,6 +105,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("SWITCHYARD_REPLICA_ID", ""),
     ("SWITCHYARD_REQUEST_RETRY", "3"),
     ("SWITCHYARD_MAX_RETRY_WAIT_MS", "30000"),
+    ("SWITCHYARD_AFFINITY_TTL_MS", "3600000"),
     ("SWITCHYARD_ROUTING", "round-robin"),
     ("SWITCHYARD_ADMIN_KEY", ""),
     ("SWITCHYARD_MAX_BODY_BYTES", "33554432"),
@@ -268,6 +271,7 @@ impl Config {
             replica_id,
             request_retry: parse(s, "SWITCHYARD_REQUEST_RETRY")?,
             max_retry_wait_ms: millis(s, "SWITCHYARD_MAX_RETRY_WAIT_MS")?,
+            affinity_ttl_ms: millis(s, "SWITCHYARD_AFFINITY_TTL_MS")?,
             routing: parse(s, "SWITCHYARD_ROUTING")?,
             admin_key: s.get("SWITCHYARD_ADMIN_KEY").map(Secret::new),
             max_body_bytes,

@@ -587,3 +587,85 @@ async fn a_hanging_redis_costs_requests_at_most_its_timeout() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_conversation_stays_on_its_credential_across_replicas_and_moves_once_when_blocked() {
+    let c = seeded(2, |c| {
+        ["one", "two", "three"]
+            .iter()
+            .map(|id| c.credential_sql(id, 0, &[("m", "up-m")]))
+            .collect::<String>()
+    })
+    .await;
+    let replicas = [c.replicas[0].url.clone(), c.replicas[1].url.clone()];
+    // Turn i goes to replica i % 2, in the shape each client sends its key.
+    let turn = |i: usize| {
+        let base = replicas[i % 2].clone();
+        let client = c.client.clone();
+        async move {
+            let r = match i % 3 {
+                // Codex: the Responses API with its session id as prompt_cache_key.
+                0 => client
+                    .post(format!("{base}/v1/responses"))
+                    .bearer_auth(common::CLIENT_KEY)
+                    .header("session-id", "conv-7")
+                    .json(&json!({"model": "m", "input": "hi", "prompt_cache_key": "conv-7"})),
+                // Claude Code: its session header.
+                1 => client
+                    .post(format!("{base}/v1/messages"))
+                    .header("x-api-key", common::CLIENT_KEY)
+                    .header("x-claude-code-session-id", "conv-7")
+                    .json(&json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})),
+                _ => client
+                    .post(format!("{base}/v1/chat/completions"))
+                    .bearer_auth(common::CLIENT_KEY)
+                    .header("session_id", "conv-7")
+                    .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})),
+            };
+            r.send().await.unwrap().status()
+        }
+    };
+    for i in 0..5 {
+        assert_eq!(turn(i).await, 200);
+    }
+    let keys = c.mock.keys();
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "five turns, one credential: {keys:?}"
+    );
+    // Without the key, round-robin spreads the same traffic.
+    c.mock.clear_hits();
+    for i in 0..6 {
+        assert_eq!(c.chat(&replicas[i % 2], "m").await.status(), 200);
+    }
+    let spread: std::collections::BTreeSet<String> = c.mock.keys().into_iter().collect();
+    assert!(spread.len() > 1, "{spread:?}");
+
+    // Blocked, the conversation moves to another credential, and stays there.
+    let first = keys[0].clone();
+    c.mock.always(
+        &first,
+        Reply::openai_error(
+            401,
+            "Incorrect API key provided",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        ),
+    );
+    c.mock.clear_hits();
+    for i in 0..5 {
+        assert_eq!(turn(i).await, 200);
+    }
+    let hits = c.mock.keys();
+    let served: Vec<&String> = hits.iter().filter(|k| **k != first).collect();
+    assert_eq!(served.len(), 5, "{hits:?}");
+    assert!(
+        served.iter().all(|k| *k == served[0]),
+        "it stays where it moved: {hits:?}"
+    );
+    assert_eq!(
+        hits.iter().filter(|k| **k == first).count(),
+        1,
+        "the blocked one is tried once: {hits:?}"
+    );
+}

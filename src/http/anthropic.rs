@@ -8,7 +8,9 @@ use axum::response::Response;
 use super::AppState;
 use super::auth::authenticate;
 use super::error::render;
-use super::reply::{finish, json_object, model_of, read_body, require_array, stream_flag};
+use super::reply::{
+    finish, header_text, json_object, model_of, read_body, require_array, stream_flag,
+};
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::Format;
 
@@ -51,7 +53,7 @@ async fn serve(
         .await
         .and_then(|b| parse(&b, &headers, count));
     let request = match parsed {
-        Ok(r) => r,
+        Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };
     let model = request.model.clone();

@@ -10,7 +10,9 @@ use super::AppState;
 use super::auth::{authenticate, find_key};
 use super::error::render;
 use super::gemini;
-use super::reply::{finish, json_object, model_of, read_body, require_array, stream_flag};
+use super::reply::{
+    finish, header_text, json_object, model_of, read_body, require_array, stream_flag,
+};
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::Format;
 
@@ -31,7 +33,7 @@ pub async fn completions(
         .await
         .and_then(|b| parse_chat(&b))
     {
-        Ok(r) => r,
+        Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };
     let model = request.model.clone();

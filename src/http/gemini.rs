@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::authenticate;
 use super::error::render;
-use super::reply::{bad, finish, json_object, read_body, require_array};
+use super::reply::{bad, finish, header_text, json_object, read_body, require_array};
 use crate::catalog::Catalog;
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
@@ -46,7 +46,7 @@ pub async fn model_action(
         .await
         .and_then(|b| parse(&b, model.clone(), action));
     let request = match parsed {
-        Ok(r) => r,
+        Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };
     let mut trace = Trace::default();

@@ -42,6 +42,15 @@ pub async fn read_body(
     })
 }
 
+/// A request header as text, when it is present and not empty.
+pub fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(String::from)
+}
+
 pub fn bad(message: impl Into<String>) -> GatewayError {
     GatewayError::new(ErrorKind::BadRequest, message)
 }

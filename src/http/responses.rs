@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::AppState;
 use super::auth::authenticate;
 use super::error::render;
-use super::reply::{bad, finish, json_object, model_of, read_body, stream_flag};
+use super::reply::{bad, finish, header_text, json_object, model_of, read_body, stream_flag};
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::Format;
 
@@ -33,7 +33,7 @@ pub async fn create(
         .await
         .and_then(|b| parse_responses(&b))
     {
-        Ok(r) => r,
+        Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };
     let model = request.model.clone();

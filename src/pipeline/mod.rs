@@ -9,6 +9,7 @@
 //! This module knows nothing of axum: it takes a parsed request and returns a
 //! [`Reply`] that the HTTP layer renders.
 
+mod affinity;
 mod attempt;
 mod count;
 mod prepare;
@@ -34,7 +35,7 @@ use crate::routing::{
 };
 use crate::secret::scrub;
 use crate::source::CatalogHandle;
-use crate::state::{Block, LearnedStore, QuotaHit, Scope};
+use crate::state::{Affinity, Block, LearnedStore, QuotaHit, Scope};
 use crate::upstream::Upstream;
 use crate::wire::{ErrorKind, Format};
 
@@ -58,6 +59,8 @@ pub struct ClientRequest {
     /// The size of the body as the client sent it: what an upstream body
     /// built from it will roughly need.
     pub body_bytes: usize,
+    /// The coding agent's session header, a conversation key.
+    pub session: Option<String>,
 }
 
 impl ClientRequest {
@@ -81,7 +84,14 @@ impl ClientRequest {
             passthrough_headers: Vec::new(),
             include_usage,
             body_bytes,
+            session: None,
         }
+    }
+
+    /// Reads the session headers coding agents send.
+    pub fn with_session(mut self, header: impl Fn(&str) -> Option<String>) -> Self {
+        self.session = affinity::SESSION_HEADERS.iter().find_map(|h| header(h));
+        self
     }
 }
 
@@ -227,13 +237,19 @@ impl Gateway {
         };
         let started = self.now_ms();
         let cfg = &self.inner.config;
+        let conversation = affinity::key(&request);
+        let last = match &conversation {
+            Some(key) => self.affinity(key).await,
+            None => None,
+        };
         let mut plan = Plan::new(
             cfg.routing,
             cfg.request_retry,
             cfg.max_retry_wait_ms,
             started,
         )
-        .excluding(prepared.excluded.clone());
+        .excluding(prepared.excluded.clone())
+        .preferring(last.clone().map(|a| (a.credential_id, a.upstream_model)));
         loop {
             match self.next_step(&mut plan, &route).await {
                 Step::Try(pick) => {
@@ -246,6 +262,21 @@ impl Gateway {
                     if let AttemptEnd::Done(reply) =
                         self.attempt(&attempted, &request, &prepared).await
                     {
+                        if served(&reply) {
+                            let answer_id = match (&reply, request.format) {
+                                (Reply::Body { body, .. }, Format::Responses) => response_id(body),
+                                _ => None,
+                            };
+                            let conv = conversation.as_deref();
+                            self.remember(
+                                &request,
+                                conv,
+                                last.as_ref(),
+                                &attempted.pick,
+                                answer_id,
+                            )
+                            .await;
+                        }
                         return reply;
                     }
                     self.inner.metrics.fallback();
@@ -265,6 +296,48 @@ impl Gateway {
                     retry_after_s,
                     all_quota,
                 } => return give_up(&route, retry_after_s, all_quota),
+            }
+        }
+    }
+
+    /// The candidate conversation `key` was served by last; none when the
+    /// store cannot say (the request is routed as any other).
+    async fn affinity(&self, key: &str) -> Option<Affinity> {
+        match self.inner.store.affinity(key).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading conversation affinity failed");
+                None
+            }
+        }
+    }
+
+    /// Records who served the conversation, when that changed, and a
+    /// Responses answer's id for the turn that will name it.
+    async fn remember(
+        &self,
+        request: &ClientRequest,
+        conversation: Option<&str>,
+        last: Option<&Affinity>,
+        pick: &Pick,
+        answer_id: Option<String>,
+    ) {
+        let now = Affinity {
+            credential_id: pick.credential.id.clone(),
+            upstream_model: pick.upstream_model.clone(),
+        };
+        let ttl = self.inner.config.affinity_ttl_ms;
+        let store = &self.inner.store;
+        let mut keys: Vec<String> = Vec::new();
+        if let Some(key) = conversation.filter(|_| last != Some(&now)) {
+            keys.push(key.to_string());
+        }
+        if let Some(id) = answer_id {
+            keys.push(affinity::response_key(&request.model, &id));
+        }
+        for key in keys {
+            if let Err(e) = store.set_affinity(&key, &now, ttl).await {
+                tracing::warn!(error = %e, "recording conversation affinity failed");
             }
         }
     }
@@ -387,6 +460,24 @@ impl Gateway {
         }
         verdict.next
     }
+}
+
+/// Whether a reply is an upstream's answer (not an error).
+fn served(reply: &Reply) -> bool {
+    match reply {
+        Reply::Body { status, .. } => (200..300).contains(status),
+        Reply::Stream(_) => true,
+        Reply::Error(_) => false,
+    }
+}
+
+/// The `id` of a Responses answer.
+fn response_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_slice::<Id>(body).ok().map(|v| v.id)
 }
 
 /// The `outcome` label of an upstream attempt in the metrics.

@@ -1,7 +1,7 @@
 //! The attempt loop of one request, as a pure state machine: rounds over the
 //! candidates, waiting for the soonest block to end, and giving up.
 
-use super::select::{Availability, Pick, RoutingMode, View, availability, select};
+use super::select::{Availability, Pick, RoutingMode, View, availability, preferred, select};
 use crate::catalog::Route;
 
 /// What the request does next.
@@ -32,6 +32,9 @@ pub struct Plan {
     excluded: Vec<String>,
     /// The request never waits for blocks past this instant.
     wait_deadline_ms: i64,
+    /// The (credential, upstream model) its conversation was served by last:
+    /// tried first while it is unblocked.
+    preferred: Option<(String, String)>,
 }
 
 impl Plan {
@@ -43,7 +46,14 @@ impl Plan {
             tried: Vec::new(),
             excluded: Vec::new(),
             wait_deadline_ms: now_ms.saturating_add(i64::try_from(max_wait_ms).unwrap_or(i64::MAX)),
+            preferred: None,
         }
+    }
+
+    /// Tries this (credential, upstream model) first, when it is unblocked.
+    pub fn preferring(mut self, candidate: Option<(String, String)>) -> Self {
+        self.preferred = candidate;
+        self
     }
 
     /// Leaves these credentials out of every round (and of the wait).
@@ -58,6 +68,16 @@ impl Plan {
 
     /// Decides the next step from the route's blocks as read just now.
     pub fn next(&mut self, route: &Route, view: View<'_>) -> Step {
+        // Only the request's first attempt follows the conversation.
+        if let Some((credential, upstream)) = self.preferred.take() {
+            if self.rounds_started == 0 {
+                if let Some(pick) = preferred(route, view, &credential, &upstream, &self.excluded) {
+                    self.rounds_started = 1;
+                    self.tried.push(pick.credential.id.clone());
+                    return Step::Try(pick);
+                }
+            }
+        }
         loop {
             if let Some(pick) = select(route, view, &self.tried, &self.excluded, self.mode) {
                 if self.tried.is_empty() {
@@ -129,6 +149,40 @@ mod tests {
             vec![cred("a", 0, 1), cred("b", 0, 1)],
             vec![cm("a", "m", "x"), cm("b", "m", "x")],
         )
+    }
+
+    #[test]
+    fn a_conversation_goes_back_to_its_candidate_while_it_is_unblocked() {
+        let r = route_of(
+            vec![cred("a", 1, 1), cred("b", 0, 1)],
+            vec![cm("a", "m", "x"), cm("b", "m", "x")],
+        );
+        let none = blocks(&r, &[]);
+        let v = View {
+            blocks: &none,
+            now_ms: 0,
+        };
+        // Even below the top tier: the conversation's cache lives there.
+        let mut plan = Plan::new(RoutingMode::FillFirst, 0, 30_000, 0)
+            .preferring(Some(("b".into(), "x".into())));
+        assert_eq!(try_id(plan.next(&r, v)), "b/x");
+        // It failed: the round goes on with the others, once each.
+        assert_eq!(try_id(plan.next(&r, v)), "a/x");
+        assert!(matches!(plan.next(&r, v), Step::GiveUp { .. }));
+        // Blocked, it is not chosen.
+        let blocked = blocks(&r, &[(Scope::pair("b", "x"), block(Reason::Quota, 5_000))]);
+        let v = View {
+            blocks: &blocked,
+            now_ms: 0,
+        };
+        let mut plan = Plan::new(RoutingMode::FillFirst, 0, 30_000, 0)
+            .preferring(Some(("b".into(), "x".into())));
+        assert_eq!(try_id(plan.next(&r, v)), "a/x");
+        // Gone from the route (or excluded), it is not chosen either.
+        let mut plan = Plan::new(RoutingMode::FillFirst, 0, 30_000, 0)
+            .excluding(vec!["b".into()])
+            .preferring(Some(("b".into(), "x".into())));
+        assert_eq!(try_id(plan.next(&r, v)), "a/x");
     }
 
     #[test]

@@ -133,6 +133,27 @@ pub fn select(
     None
 }
 
+/// The candidate a conversation was served by last, when it is in the
+/// route, not excluded and unblocked now (whatever its tier: a conversation
+/// stays where its provider-side cache and state are).
+pub fn preferred(
+    route: &Route,
+    view: View<'_>,
+    credential_id: &str,
+    upstream_model: &str,
+    excluded: &[String],
+) -> Option<Pick> {
+    if excluded.iter().any(|e| e == credential_id) {
+        return None;
+    }
+    let member = route.members().find(|m| m.credential.id == credential_id)?;
+    let slot = member.pool.iter().position(|u| u == upstream_model)?;
+    (view.pair_free_at(member, slot) <= view.now_ms).then(|| Pick {
+        credential: member.credential.clone(),
+        upstream_model: member.pool[slot].clone(),
+    })
+}
+
 /// Whether anything in the route can be used now, and if not, when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Availability {

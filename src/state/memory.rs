@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Block, LearnedStore, QuotaHit, Scope, StoreError};
+use super::{Affinity, Block, LearnedStore, QuotaHit, Scope, StoreError};
 use crate::clock::SharedClock;
 use crate::routing::cooldown;
 
@@ -21,7 +21,12 @@ struct Inner {
     blocks: HashMap<Scope, Block>,
     /// Quota ladder level and when it lapses, per pair.
     ladders: HashMap<Scope, (u32, i64)>,
+    /// Conversation affinity and when it lapses, per (hashed) key; bounded.
+    affinity: HashMap<String, (Affinity, i64)>,
 }
+
+/// The most conversations one replica remembers without Redis.
+const AFFINITY_CAP: usize = 100_000;
 
 impl MemoryStore {
     pub fn new(clock: SharedClock) -> Self {
@@ -138,6 +143,32 @@ impl LearnedStore for MemoryStore {
             Some(&(level, lapses)) if lapses > now => level,
             _ => 0,
         })
+    }
+
+    async fn affinity(&self, key: &str) -> Result<Option<Affinity>, StoreError> {
+        let now = self.clock.now_ms();
+        let inner = self.lock();
+        Ok(inner
+            .affinity
+            .get(key)
+            .filter(|(_, lapses)| *lapses > now)
+            .map(|(a, _)| a.clone()))
+    }
+
+    async fn set_affinity(&self, key: &str, to: &Affinity, ttl_ms: u64) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let lapses = now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+        let mut inner = self.lock();
+        if inner.affinity.len() >= AFFINITY_CAP && !inner.affinity.contains_key(key) {
+            inner.affinity.retain(|_, (_, l)| *l > now);
+            if inner.affinity.len() >= AFFINITY_CAP {
+                // Full of live entries: start over rather than grow; a lost
+                // entry only costs one conversation its cache.
+                inner.affinity.clear();
+            }
+        }
+        inner.affinity.insert(key.to_string(), (to.clone(), lapses));
+        Ok(())
     }
 }
 

@@ -141,6 +141,28 @@ pub struct QuotaHit {
     pub cap_ms: u64,
 }
 
+/// The candidate that served a conversation last (affinity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affinity {
+    pub credential_id: String,
+    pub upstream_model: String,
+}
+
+impl Affinity {
+    /// The stored form: credential ids cannot hold a newline.
+    pub fn encode(&self) -> String {
+        format!("{}\n{}", self.credential_id, self.upstream_model)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let (credential_id, upstream_model) = s.split_once('\n')?;
+        Some(Self {
+            credential_id: credential_id.to_string(),
+            upstream_model: upstream_model.to_string(),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("learned-state store unavailable: {0}")]
@@ -175,4 +197,10 @@ pub trait LearnedStore: Send + Sync + 'static {
 
     /// The current quota ladder level of a pair (0 when none).
     async fn quota_level(&self, pair: &Scope) -> Result<u32, StoreError>;
+
+    /// The candidate that served conversation `key` last, while its entry lives.
+    async fn affinity(&self, key: &str) -> Result<Option<Affinity>, StoreError>;
+
+    /// Records that `to` served conversation `key`, for `ttl_ms`.
+    async fn set_affinity(&self, key: &str, to: &Affinity, ttl_ms: u64) -> Result<(), StoreError>;
 }

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Block, LearnedStore, MemoryStore, QuotaHit, Reason, Scope, StoreError};
+use super::{Affinity, Block, LearnedStore, MemoryStore, QuotaHit, Reason, Scope, StoreError};
 use crate::clock::SharedClock;
 use crate::metrics::{Health, Metrics};
 
@@ -759,6 +759,42 @@ impl LearnedStore for RedisStore {
             Some(level) => Ok(level.unwrap_or(0)),
             None => s.local.quota_level(pair).await,
         }
+    }
+
+    async fn affinity(&self, key: &str) -> Result<Option<Affinity>, StoreError> {
+        let s = &self.shared;
+        let redis_key = format!("{}affinity:{key}", s.prefix);
+        match s
+            .call(|mut c| async move {
+                redis::cmd("GET")
+                    .arg(redis_key)
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            })
+            .await
+        {
+            Some(value) => Ok(value.as_deref().and_then(Affinity::decode)),
+            None => s.local.affinity(key).await,
+        }
+    }
+
+    async fn set_affinity(&self, key: &str, to: &Affinity, ttl_ms: u64) -> Result<(), StoreError> {
+        let s = &self.shared;
+        // Kept locally too: it answers while Redis does not.
+        s.local.set_affinity(key, to, ttl_ms).await?;
+        let redis_key = format!("{}affinity:{key}", s.prefix);
+        let value = to.encode();
+        s.call(|mut c| async move {
+            redis::cmd("SET")
+                .arg(redis_key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms.max(1))
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await;
+        Ok(())
     }
 }
 

@@ -527,3 +527,41 @@ async fn stateful_requests_go_to_the_credential_that_can_serve_them() {
     assert!(gw.blocks().await.is_empty(), "no block for a stale id");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_previous_response_id_goes_back_to_the_credential_that_answered() {
+    for stream in [false, true] {
+        let gw = gateway(
+            &[
+                Cred::new("east", 0, M).responses_api(),
+                Cred::new("west", 0, M).responses_api(),
+            ],
+            &[],
+        )
+        .await;
+        let first = create(&gw, &json!({"model": "m", "input": "hi", "stream": stream})).await;
+        let text = first.text().await.unwrap();
+        let id = if stream {
+            events(&text)[0].1["response"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let owner = gw.mock.keys()[0].clone();
+        for _ in 0..4 {
+            let body = json!({"model": "m", "input": "more", "previous_response_id": id, "stream": stream});
+            assert_eq!(create(&gw, &body).await.status(), 200);
+        }
+        let keys = gw.mock.keys();
+        assert!(
+            keys.iter().all(|k| *k == owner),
+            "stream {stream}: {keys:?}"
+        );
+        gw.stop().await;
+    }
+}

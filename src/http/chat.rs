@@ -10,10 +10,8 @@ use super::AppState;
 use super::auth::{authenticate, find_key};
 use super::error::render;
 use super::gemini;
-use super::reply::{
-    finish, header_text, json_object, model_of, read_body, require_array, stream_flag,
-};
-use crate::pipeline::{ClientRequest, GatewayError, Trace};
+use super::reply::{generation, json_object, model_of, require_array, stream_flag};
+use crate::pipeline::{ClientRequest, GatewayError};
 use crate::wire::Format;
 
 pub async fn completions(
@@ -22,24 +20,7 @@ pub async fn completions(
     uri: Uri,
     body: Body,
 ) -> Response {
-    let format = Format::OpenAi;
-    let catalog = state.gateway.catalog().load();
-    let key_name = match authenticate(&catalog, &headers, &uri) {
-        Ok(name) => name,
-        Err(e) => return render(format, &e),
-    };
-    let limit = state.gateway.config().max_body_bytes;
-    let request = match read_body(&headers, body, limit)
-        .await
-        .and_then(|b| parse_chat(&b))
-    {
-        Ok(r) => r.with_session(|h| header_text(&headers, h)),
-        Err(e) => return render(format, &e),
-    };
-    let model = request.model.clone();
-    let mut trace = Trace::default();
-    let reply = state.gateway.generate(request, &mut trace).await;
-    finish(format, reply, key_name, model, trace)
+    generation(state, headers, uri, body, Format::OpenAi, parse_chat).await
 }
 
 /// `GET /v1/models`: OpenAI's list; Anthropic's when the request carries

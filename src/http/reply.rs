@@ -4,14 +4,15 @@
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
-use super::RequestLog;
+use super::auth::authenticate;
 use super::error::render;
-use crate::pipeline::{GatewayError, Reply, Trace};
+use super::{AppState, RequestLog};
+use crate::pipeline::{ClientRequest, GatewayError, Reply, Trace};
 use crate::wire::{ErrorKind, Format};
 
 /// Reads the body up to `limit` bytes; anything larger is a 413.
@@ -40,6 +41,36 @@ pub async fn read_body(
             GatewayError::new(ErrorKind::BadRequest, "could not read the request body")
         }
     })
+}
+
+/// Serves one generation request of `format`: authenticates it, reads and
+/// validates its body with `parse`, and answers. (Anthropic and Gemini
+/// have their own, which also count tokens.)
+pub async fn generation(
+    state: AppState,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+    format: Format,
+    parse: fn(&[u8]) -> Result<ClientRequest, GatewayError>,
+) -> Response {
+    let catalog = state.gateway.catalog().load();
+    let key_name = match authenticate(&catalog, &headers, &uri) {
+        Ok(name) => name,
+        Err(e) => return render(format, &e),
+    };
+    let limit = state.gateway.config().max_body_bytes;
+    let request = match read_body(&headers, body, limit)
+        .await
+        .and_then(|b| parse(&b))
+    {
+        Ok(r) => r.with_session(|h| header_text(&headers, h)),
+        Err(e) => return render(format, &e),
+    };
+    let model = request.model.clone();
+    let mut trace = Trace::default();
+    let reply = state.gateway.generate(request, &mut trace).await;
+    finish(format, reply, key_name, model, trace)
 }
 
 /// A request header as text, when it is present and not empty.

@@ -10,10 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::AppState;
-use super::auth::authenticate;
-use super::error::render;
-use super::reply::{bad, finish, header_text, json_object, model_of, read_body, stream_flag};
-use crate::pipeline::{ClientRequest, GatewayError, Trace};
+use super::reply::{bad, generation, json_object, model_of, stream_flag};
+use crate::pipeline::{ClientRequest, GatewayError};
 use crate::wire::Format;
 
 pub async fn create(
@@ -22,24 +20,15 @@ pub async fn create(
     uri: Uri,
     body: Body,
 ) -> Response {
-    let format = Format::Responses;
-    let catalog = state.gateway.catalog().load();
-    let key_name = match authenticate(&catalog, &headers, &uri) {
-        Ok(name) => name,
-        Err(e) => return render(format, &e),
-    };
-    let limit = state.gateway.config().max_body_bytes;
-    let request = match read_body(&headers, body, limit)
-        .await
-        .and_then(|b| parse_responses(&b))
-    {
-        Ok(r) => r.with_session(|h| header_text(&headers, h)),
-        Err(e) => return render(format, &e),
-    };
-    let model = request.model.clone();
-    let mut trace = Trace::default();
-    let reply = state.gateway.generate(request, &mut trace).await;
-    finish(format, reply, key_name, model, trace)
+    generation(
+        state,
+        headers,
+        uri,
+        body,
+        Format::Responses,
+        parse_responses,
+    )
+    .await
 }
 
 /// `GET /v1/responses`: Codex first tries a WebSocket here. The gateway

@@ -96,11 +96,17 @@ impl Gateway {
             }
         };
         self.learn(at, &Outcome::Success, "").await;
-        AttemptEnd::Done(Reply::Body {
-            status: 200,
-            content_type: "application/json".into(),
-            body: answer,
-        })
+        let response_id = (same && request.format == Format::Responses)
+            .then(|| response_id(&answer))
+            .flatten();
+        AttemptEnd::Answered {
+            reply: Reply::Body {
+                status: 200,
+                content_type: "application/json".into(),
+                body: answer,
+            },
+            response_id,
+        }
     }
 
     /// Holds the response until the upstream's first event that gives the
@@ -141,6 +147,7 @@ impl Gateway {
             }
         }
         self.learn(at, &Outcome::Success, "").await;
+        let response_id = translator.response_id().map(String::from);
         let stream = relay::relay(
             self.clone(),
             at.clone(),
@@ -150,7 +157,10 @@ impl Gateway {
             held,
             format,
         );
-        AttemptEnd::Done(Reply::Stream(stream))
+        AttemptEnd::Answered {
+            reply: Reply::Stream(stream),
+            response_id,
+        }
     }
 
     /// A non-2xx answer: classified and learned; relayed to the client when
@@ -249,6 +259,15 @@ impl serde::Serialize for WithModel<'_> {
         }
         map.end()
     }
+}
+
+/// The `id` of a Responses answer.
+fn response_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_slice::<Id>(body).ok().map(|v| v.id)
 }
 
 /// Whether a JSON answer has the shape of a provider's answer at all.

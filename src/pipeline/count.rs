@@ -47,10 +47,11 @@ impl Gateway {
                     if at.pick.credential.provider == Provider::Openai {
                         return local_count(&request, &prepared);
                     }
-                    if let AttemptEnd::Done(reply) =
-                        self.count_attempt(&at, &request, &prepared).await
-                    {
-                        return reply;
+                    match self.count_attempt(&at, &request, &prepared).await {
+                        AttemptEnd::Done(reply) | AttemptEnd::Answered { reply, .. } => {
+                            return reply;
+                        }
+                        AttemptEnd::Next => {}
                     }
                 }
                 // Every candidate blocked or failing: the estimate still answers.

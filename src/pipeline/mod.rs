@@ -181,7 +181,14 @@ struct Attempted {
 }
 
 enum AttemptEnd {
+    /// The request ends here: an error, or an upstream fault relayed as is.
     Done(Reply),
+    /// An upstream answered; `response_id` is a passed-through Responses
+    /// answer's id, which the client's next turn may name.
+    Answered {
+        reply: Reply,
+        response_id: Option<String>,
+    },
     Next,
 }
 
@@ -259,25 +266,21 @@ impl Gateway {
                         request_started_ms: started,
                         purpose: Purpose::Generate,
                     };
-                    if let AttemptEnd::Done(reply) =
-                        self.attempt(&attempted, &request, &prepared).await
-                    {
-                        if served(&reply) {
-                            let answer_id = match (&reply, request.format) {
-                                (Reply::Body { body, .. }, Format::Responses) => response_id(body),
-                                _ => None,
-                            };
+                    match self.attempt(&attempted, &request, &prepared).await {
+                        AttemptEnd::Done(reply) => return reply,
+                        AttemptEnd::Answered { reply, response_id } => {
                             let conv = conversation.as_deref();
                             self.remember(
                                 &request,
                                 conv,
                                 last.as_ref(),
                                 &attempted.pick,
-                                answer_id,
+                                response_id,
                             )
                             .await;
+                            return reply;
                         }
-                        return reply;
+                        AttemptEnd::Next => {}
                     }
                     self.inner.metrics.fallback();
                 }
@@ -460,24 +463,6 @@ impl Gateway {
         }
         verdict.next
     }
-}
-
-/// Whether a reply is an upstream's answer (not an error).
-fn served(reply: &Reply) -> bool {
-    match reply {
-        Reply::Body { status, .. } => (200..300).contains(status),
-        Reply::Stream(_) => true,
-        Reply::Error(_) => false,
-    }
-}
-
-/// The `id` of a Responses answer.
-fn response_id(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: String,
-    }
-    serde_json::from_slice::<Id>(body).ok().map(|v| v.id)
 }
 
 /// The `outcome` label of an upstream attempt in the metrics.

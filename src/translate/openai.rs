@@ -87,12 +87,7 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
     }
     req.tool_choice = match body.get("tool_choice") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(match s.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => return untranslatable(format!("tool_choice `{other}` is not known")),
-        }),
+        Some(Value::String(s)) => Some(tool_choice_mode(s)?),
         Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
             Some(name) => Some(ToolChoice::Tool(name.to_string())),
             None => return untranslatable("tool_choice must name a function"),
@@ -105,6 +100,16 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         parse_message(m, &mut req)?;
     }
     Ok(req)
+}
+
+/// `tool_choice` given as a word (chat completions and Responses alike).
+pub fn tool_choice_mode(mode: &str) -> Result<ToolChoice, Untranslatable> {
+    Ok(match mode {
+        "auto" => ToolChoice::Auto,
+        "none" => ToolChoice::None,
+        "required" => ToolChoice::Required,
+        other => return untranslatable(format!("tool_choice `{other}` is not known")),
+    })
 }
 
 /// `response_format`: text, a JSON object, or JSON following a schema.

@@ -126,12 +126,7 @@ fn tool(t: &Value) -> Result<Option<Tool>, Untranslatable> {
 fn tool_choice(choice: Option<&Value>) -> Result<Option<ToolChoice>, Untranslatable> {
     Ok(match choice {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(match s.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => return untranslatable(format!("tool_choice `{other}` is not known")),
-        }),
+        Some(Value::String(s)) => Some(super::openai::tool_choice_mode(s)?),
         Some(c) => match c.get("type").and_then(Value::as_str) {
             Some("function" | "custom") => Some(ToolChoice::Tool(text_of(c, "name"))),
             Some("allowed_tools") => Some(match c.get("mode").and_then(Value::as_str) {

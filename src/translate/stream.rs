@@ -45,6 +45,8 @@ pub struct StreamTranslator {
     rename: Rename,
     /// The next `sequence_number` of a passed-through Responses stream.
     sequence: u64,
+    /// A passed-through Responses stream's response id (from its first events).
+    response_id: Option<String>,
 }
 
 /// Gives passthrough answers the model name the client asked for, touching
@@ -137,6 +139,7 @@ impl StreamTranslator {
             closed: false,
             content: false,
             sequence: 0,
+            response_id: None,
             rename: Rename::new(
                 spec.model,
                 if spec.client == Format::Gemini {
@@ -151,6 +154,11 @@ impl StreamTranslator {
     /// Whether the upstream has said its answer is complete.
     pub fn complete(&self) -> bool {
         self.complete
+    }
+
+    /// A passed-through Responses stream's response id, once it was seen.
+    pub fn response_id(&self) -> Option<&str> {
+        self.response_id.as_deref()
     }
 
     /// Whether the upstream has sent content yet.
@@ -283,6 +291,12 @@ impl StreamTranslator {
             Format::Responses => {
                 if let Some(n) = v.get("sequence_number").and_then(Value::as_u64) {
                     self.sequence = n + 1;
+                }
+                if self.response_id.is_none() {
+                    self.response_id = v
+                        .pointer("/response/id")
+                        .and_then(Value::as_str)
+                        .map(String::from);
                 }
                 let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
                 match responses::event_kind(kind) {

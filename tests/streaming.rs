@@ -155,3 +155,43 @@ async fn every_candidate_blocked_on_a_stream_request_is_a_plain_error() {
     assert!(body["error"]["message"].as_str().unwrap().contains("`m`"));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_error_right_after_message_start_falls_back_invisibly() {
+    // Anthropic overloaded mid-stream before any content: nothing reached
+    // the client yet, so the next credential serves it.
+    let models: &[(&str, &str)] = &[("m", "up-m")];
+    let gw = common::gateway(
+        &[
+            common::Cred::new("first", 1, models).speaking("anthropic"),
+            common::Cred::new("second", 0, models).speaking("anthropic"),
+        ],
+        &[],
+    )
+    .await;
+    gw.mock.script(
+        &common::key_of("first"),
+        [common::Reply::Events(vec![
+            (Some("message_start"), serde_json::json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "up-m", "content": [], "usage": {"input_tokens": 3, "output_tokens": 1}}}).to_string()),
+            (Some("ping"), serde_json::json!({"type": "ping"}).to_string()),
+            (Some("error"), serde_json::json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).to_string()),
+        ])],
+    );
+    let r = gw
+        .client
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", common::CLIENT_KEY)
+        .json(&serde_json::json!({"model": "m", "max_tokens": 20, "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let raw = r.text().await.unwrap();
+    assert!(!raw.contains("overloaded_error"), "{raw}");
+    assert!(raw.contains("hello from upstream-key-second"), "{raw}");
+    let blocked = gw
+        .block_of(&switchyard::state::Scope::pair("first", "up-m"))
+        .await;
+    assert!(blocked.is_some(), "the overloaded credential is learned");
+    gw.stop().await;
+}

@@ -384,3 +384,81 @@ async fn an_answer_the_gateway_cannot_translate_teaches_nothing() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn history_with_translated_thinking_is_mended_for_an_upstream_of_the_clients_format() {
+    let mark = switchyard::translate::ir::TRANSLATED_THINKING;
+    // A Claude Code conversation whose last turn another provider served:
+    // its thinking block carries the gateway's mark, and the tool loop has
+    // no signed thinking. Anthropic itself would refuse both.
+    let gw = only("anthropic", ANY).await;
+    let body = json!({
+        "model": "claude-x", "max_tokens": 4000, "stream": true,
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "tools": [{"name": "Bash", "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "from elsewhere", "signature": mark},
+                {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "ls"}}
+            ]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "a.txt"}]}
+        ]
+    });
+    let r = send(&gw, "anthropic", "/v1/messages", &body).await;
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let sent = gw.mock.hits().pop().unwrap().body;
+    assert!(!sent.to_string().contains(mark));
+    assert!(
+        sent.get("thinking").is_none(),
+        "thinking off for this turn: {sent}"
+    );
+    gw.stop().await;
+
+    // A Gemini CLI conversation whose function call another provider made,
+    // sent to a Gemini 3 model that checks signatures.
+    let gw = only("gemini", &[("gemini-3-pro", "gemini-3-pro")]).await;
+    let body = json!({"contents": [
+        {"role": "user", "parts": [{"text": "go"}]},
+        {"role": "model", "parts": [
+            {"text": "thinking elsewhere", "thought": true, "thoughtSignature": mark},
+            {"functionCall": {"name": "run_shell_command", "args": {"command": "ls"}}, "thoughtSignature": mark}
+        ]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "run_shell_command", "response": {"output": "a.txt"}}}]}
+    ]});
+    let r = send(
+        &gw,
+        "gemini",
+        "/v1beta/models/gemini-3-pro:generateContent",
+        &body,
+    )
+    .await;
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let sent = gw.mock.hits().pop().unwrap().body.to_string();
+    assert!(
+        !sent.contains(mark) && sent.contains("skip_thought_signature_validator"),
+        "{sent}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn function_calls_another_provider_made_reach_gemini_3_with_the_placeholder_signature() {
+    let gw = only("gemini", &[("m", "gemini-3-pro")]).await;
+    let body = json!({"model": "m", "max_tokens": 100,
+    "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+    "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}]}
+    ]});
+    let r = send(&gw, "anthropic", "/v1/messages", &body).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["content"][0]["text"], "tool said: sunny", "{v}");
+    gw.stop().await;
+}

@@ -49,6 +49,8 @@ pub enum Reply {
     /// a tool result; otherwise as `Ok`, so a client's side requests and its
     /// turn after the tool ran get text.
     Call { name: String, args: Value },
+    /// A 200 event stream of exactly these (event name, data) events.
+    Events(Vec<(Option<&'static str>, String)>),
 }
 
 impl Reply {
@@ -649,6 +651,7 @@ async fn respond(mut socket: TcpStream, reply: Reply, req: &Request) -> std::io:
             Ok(())
         }
         Reply::Delay { .. } => unreachable!("delays are unwrapped above"),
+        Reply::Events(events) => write_stream(&mut socket, &events, 0, None).await,
         Reply::Call { name, args } => {
             let a = scripted_call(req, &name, &args);
             if req.stream && !counting {

@@ -117,6 +117,40 @@ pub async fn a_quota_hint_only_lengthens(store: Arc<dyn LearnedStore>) {
     assert!(longer.until_ms > hinted.until_ms);
 }
 
+pub async fn a_hinted_429_does_not_climb_the_ladder_and_a_huge_hint_is_capped(
+    store: Arc<dyn LearnedStore>,
+) {
+    store.quota(&pair("a"), hit(Some(1_000))).await.unwrap();
+    assert_eq!(
+        store.quota_level(&pair("a")).await.unwrap(),
+        0,
+        "only hint-less 429s climb"
+    );
+    let huge = store
+        .quota(&pair("b"), hit(Some(u64::MAX / 2)))
+        .await
+        .unwrap();
+    let day = 24 * 3_600_000;
+    assert!(huge.until_ms - huge.since_ms <= day, "{huge:?}");
+    assert!(huge.until_ms - huge.since_ms >= day - 5, "{huge:?}");
+    assert!(
+        store.get(&[pair("b")]).await.unwrap()[0].is_some(),
+        "written, not refused"
+    );
+}
+
+pub async fn conversation_affinity_lives_for_its_ttl(store: Arc<dyn LearnedStore>) {
+    let to = switchyard::state::Affinity {
+        credential_id: "a".into(),
+        upstream_model: "m/x:y".into(),
+    };
+    assert_eq!(store.affinity("k").await.unwrap(), None);
+    store.set_affinity("k", &to, 300).await.unwrap();
+    assert_eq!(store.affinity("k").await.unwrap(), Some(to));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.affinity("k").await.unwrap(), None);
+}
+
 pub async fn a_quota_never_shortens_a_longer_block(store: Arc<dyn LearnedStore>) {
     let outage = block(Reason::UpstreamError, 60_000, "down");
     store.put(&pair("a"), outage.clone()).await.unwrap();
@@ -180,6 +214,8 @@ macro_rules! contract_suite {
                 an_expired_block_no_longer_blocks,
                 the_quota_ladder_climbs_only_outside_an_open_block,
                 a_quota_hint_only_lengthens,
+                a_hinted_429_does_not_climb_the_ladder_and_a_huge_hint_is_capped,
+                conversation_affinity_lives_for_its_ttl,
                 a_quota_never_shortens_a_longer_block,
                 a_success_clears_only_blocks_older_than_its_request,
                 a_success_resets_the_ladder_and_spares_credential_blocks,

@@ -462,3 +462,22 @@ async fn function_calls_another_provider_made_reach_gemini_3_with_the_placeholde
     assert_eq!(v["content"][0]["text"], "tool said: sunny", "{v}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn upstream_model_names_cannot_change_the_upstream_path_or_query() {
+    let gw = only("gemini", &[("m", "../evil?key=stolen#frag%2F")]).await;
+    let r = send(
+        &gw,
+        "openai",
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let hit = gw.mock.hits().pop().unwrap();
+    assert_eq!(
+        hit.path, "/v1beta/models/..%2Fevil%3Fkey%3Dstolen%23frag%252F:generateContent",
+        "one escaped path segment, no query"
+    );
+    gw.stop().await;
+}

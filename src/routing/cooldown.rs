@@ -42,6 +42,9 @@ pub fn ladder_ms(level: u32, base_ms: u64, cap_ms: u64) -> u64 {
     base_ms.saturating_mul(1u64 << doublings).min(cap_ms)
 }
 
+/// The longest block a provider's hint can ask for: 24 h.
+pub const MAX_HINT_MS: u64 = 24 * 60 * 60 * 1_000;
+
 /// What a 429 leaves behind: the ladder's new level, the block that stands,
 /// and how long the level is remembered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,21 +57,25 @@ pub struct QuotaStep {
 /// Applies one 429 to a pair whose current block is `current` and whose ladder
 /// stands at `level`.
 ///
+/// - A provider's hint (capped at [`MAX_HINT_MS`]) is the block's length, and
+///   the ladder stays where it is: only hint-less 429s climb.
 /// - Inside an open quota block the ladder does not climb: concurrent requests
 ///   that all met the same exhausted quota are one event, not several.
-/// - Otherwise the ladder climbs one step and the block lasts that step or the
-///   provider's hint, whichever is longer: a hint only ever lengthens.
-/// - Whatever block already stands is kept if it lasts longer.
+/// - Otherwise the ladder climbs one step and the block lasts that step.
+/// - Whatever block already stands is kept if it lasts longer: a hint only
+///   ever lengthens a block.
 pub fn quota_step(current: Option<&Block>, level: u32, hit: &QuotaHit) -> QuotaStep {
     let now = hit.now_ms;
     let open_quota = current.is_some_and(|b| b.reason == Reason::Quota && b.is_active(now));
-    let (level, step_ms) = if open_quota {
-        (level.max(1), 0)
-    } else {
-        let level = level.saturating_add(1);
-        (level, ladder_ms(level, hit.base_ms, hit.cap_ms))
+    let hint = hit.hint_ms.map(|h| h.min(MAX_HINT_MS));
+    let (level, length_ms) = match hint {
+        Some(h) => (level, h),
+        None if open_quota => (level.max(1), 0),
+        None => {
+            let level = level.saturating_add(1);
+            (level, ladder_ms(level, hit.base_ms, hit.cap_ms))
+        }
     };
-    let length_ms = step_ms.max(hit.hint_ms.unwrap_or(0));
     let proposed = Block {
         reason: Reason::Quota,
         status: hit.status,
@@ -142,9 +149,16 @@ mod tests {
         // A long hint beats the ladder's first step.
         let long = quota_step(None, 0, &hit(0, Some(20_000)));
         assert_eq!(long.block.until_ms, 20_000);
-        // A short hint does not cut the ladder's step.
+        // A hint replaces the ladder, which does not climb: an upstream that
+        // keeps saying one second is blocked one second each time.
         let short = quota_step(None, 4, &hit(0, Some(1_000)));
-        assert_eq!(short.block.until_ms, 16_000);
+        assert_eq!(short.block.until_ms, 1_000);
+        assert_eq!(short.level, 4);
+        let again = quota_step(Some(&short.block), short.level, &hit(1_000, Some(1_000)));
+        assert_eq!((again.block.until_ms, again.level), (2_000, 4));
+        // A huge hint is capped at 24 h.
+        let huge = quota_step(None, 0, &hit(0, Some(u64::MAX)));
+        assert_eq!(huge.block.until_ms, 24 * 3_600_000);
         // Inside an open block, a longer hint extends it; a shorter one is ignored.
         let extended = quota_step(Some(&long.block), long.level, &hit(1_000, Some(60_000)));
         assert_eq!(extended.block.until_ms, 61_000);

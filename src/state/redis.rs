@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use super::{Affinity, Block, LearnedStore, MemoryStore, QuotaHit, Reason, Scope, StoreError};
 use crate::clock::SharedClock;
 use crate::metrics::{Health, Metrics};
+use crate::routing::cooldown;
 
 /// Writes `ARGV[1]` with a TTL of `ARGV[2]` ms unless the key already lasts
 /// as long (or has no TTL): a block is only ever extended.
@@ -58,13 +59,15 @@ if cur then
 end
 local level = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 local step = 0
-if open_quota then
+if hint > 0 then
+  step = hint
+elseif open_quota then
   if level < 1 then level = 1 end
 else
   level = level + 1
   step = math.min(base * (2 ^ math.min(level - 1, 62)), cap)
 end
-local len = math.floor(math.max(step, hint))
+local len = math.floor(step)
 local value = cur
 local ttl = cur_ttl
 if not (cur and (cur_ttl == -1 or cur_ttl >= len)) then
@@ -669,7 +672,7 @@ impl LearnedStore for RedisStore {
                     .arg(h.now_ms)
                     .arg(h.base_ms)
                     .arg(h.cap_ms)
-                    .arg(h.hint_ms.unwrap_or(0))
+                    .arg(h.hint_ms.map_or(0, |ms| ms.min(cooldown::MAX_HINT_MS)))
                     .arg(h.status)
                     .arg(&h.message)
                     .arg(&h.replica)

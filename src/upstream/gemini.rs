@@ -13,7 +13,11 @@ fn request(credential: &Credential, model: &str, action: &str, body: Bytes) -> R
     ));
     let model = model.strip_prefix("models/").unwrap_or(model);
     Request {
-        url: format!("{}/v1beta/models/{model}:{action}", credential.base_url),
+        url: format!(
+            "{}/v1beta/models/{}:{action}",
+            credential.base_url,
+            super::path_segment(model)
+        ),
         headers,
         body,
     }

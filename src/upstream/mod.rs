@@ -326,9 +326,32 @@ impl Response {
     }
 }
 
+/// `segment` escaped for one segment of a URL path: everything but RFC
+/// 3986's unreserved characters is percent-encoded, so a name from data
+/// (`../`, `?key=`, `#`, `%2F`) cannot change the path or query sent.
+pub fn path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_from_data_stay_inside_their_path_segment() {
+        assert_eq!(path_segment("gemini-2.5-flash"), "gemini-2.5-flash");
+        assert_eq!(path_segment("../x?key=1#f"), "..%2Fx%3Fkey%3D1%23f");
+        assert_eq!(path_segment("a%2Fb"), "a%252Fb");
+        assert_eq!(path_segment("a b"), "a%20b");
+    }
 
     #[test]
     fn extra_roots_must_be_a_readable_pem_file_with_a_certificate() {

@@ -92,6 +92,8 @@ pub enum Health {
 }
 
 pub struct Metrics {
+    /// `SWITCHYARD_REPLICA_ID`, shown by `switchyard_info` (section 2).
+    replica: String,
     requests: Counter2,
     upstream: Counter2,
     blocks: Counter2,
@@ -113,6 +115,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         Self {
+            replica: String::new(),
             requests: Counter2::new(["route", "status"]),
             upstream: Counter2::new(["provider", "outcome"]),
             blocks: Counter2::new(["reason", "scope"]),
@@ -179,8 +182,24 @@ impl Metrics {
         self.propagation.observe(seconds);
     }
 
+    /// The same metrics, naming the replica they come from.
+    pub fn for_replica(mut self, replica: &str) -> Self {
+        self.replica = replica.to_string();
+        self
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        let replica = self
+            .replica
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_info The replica and the version it runs.\n# TYPE switchyard_info gauge\nswitchyard_info{{replica=\"{replica}\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         self.requests.render(
             &mut out,
             "switchyard_requests_total",
@@ -322,6 +341,11 @@ mod tests {
         );
         assert!(text.contains("switchyard_blocks_total{reason=\"quota\",scope=\"model\"} 1"));
         assert!(text.contains("switchyard_redis_up 0"));
+        let named = Metrics::new().for_replica("r\"1").render();
+        assert!(
+            named.contains("switchyard_info{replica=\"r\\\"1\",version="),
+            "{named}"
+        );
         assert!(!text.contains("switchyard_postgres_up"));
         assert!(text.contains("switchyard_learned_state_degraded 1"));
         assert!(text.contains("switchyard_block_propagation_seconds_bucket{le=\"0.0005\"} 0"));

@@ -60,7 +60,7 @@ struct Background {
 
 /// Builds the gateway of `config` and starts serving it.
 pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new().for_replica(&config.replica_id));
     let background = Background {
         tasks: TaskTracker::new(),
         stop: CancellationToken::new(),

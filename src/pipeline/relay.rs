@@ -130,7 +130,12 @@ impl Relay {
             reason = failure.describe(),
             "upstream stream broke after the first event"
         );
-        let message = format!("{}: {why}", Failure::StreamCut.describe());
+        let cut = Failure::StreamCut.describe();
+        let message = if why == cut {
+            cut.to_string()
+        } else {
+            format!("{cut}: {why}")
+        };
         self.translator
             .failure(self.format, ErrorKind::Upstream, &message)
             .encode_into(&mut out);

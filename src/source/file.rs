@@ -22,10 +22,14 @@ pub enum FileError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not valid: {source}")]
+    /// Says where and what, never the text there: a broken line may hold
+    /// an upstream key (a missing quote after `api_key = "sk-...`).
+    #[error("{path} is not valid: {message}{at}")]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        message: String,
+        /// " (line N, column M)", when known.
+        at: String,
     },
     #[error("{path}: {source}")]
     Catalog { path: PathBuf, source: CatalogError },
@@ -127,16 +131,53 @@ pub struct FileContents {
     pub data: OperatorData,
 }
 
+/// A TOML error without the file's text (toml's own message quotes the line).
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> FileError {
+    let at = e.span().map_or_else(String::new, |span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!(" (line {line}, column {column})")
+    });
+    FileError::Parse {
+        path: path.to_path_buf(),
+        message: without_long_quotes(e.message()),
+        at,
+    }
+}
+
+/// A message with quoted values longer than field names are taken out: a
+/// type error quotes the value it met, which may be a key in the wrong place.
+fn without_long_quotes(message: &str) -> String {
+    const LONGEST_NAME: usize = 24;
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest[open..].chars().next().unwrap_or('`');
+        let inner = &rest[open + 1..];
+        let Some(close) = inner.find(quote) else {
+            break;
+        };
+        out.push_str(&rest[..=open]);
+        if inner[..close].chars().count() > LONGEST_NAME {
+            out.push('…');
+        } else {
+            out.push_str(&inner[..close]);
+        }
+        out.push(quote);
+        rest = &inner[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Parses the file's text. `env` resolves `api_key_env`.
 pub fn parse(
     path: &Path,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<FileContents, FileError> {
-    let shape: FileShape = toml::from_str(text).map_err(|source| FileError::Parse {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let shape: FileShape = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
     let settings = shape
         .settings
         .into_iter()
@@ -312,6 +353,27 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_file_is_reported_without_its_text() {
+        let key = "sk-live-0123456789abcdefghijklmnopqrstuvwxyz";
+        for text in [
+            format!(
+                "[[credentials]]\nid = \"a\"\nprovider = \"openai\"\nbase_url = \"http://x/v1\"\napi_key = \"{key}\n"
+            ),
+            format!(
+                "[[credentials]]\nid = \"a\"\nprovder = \"openai\"\nbase_url = \"http://x/v1\"\napi_key = \"{key}\"\n"
+            ),
+            format!(
+                "[[credentials]]\nid = \"a\"\nprovider = \"{key}\"\nbase_url = \"http://x/v1\"\napi_key = \"k\"\n"
+            ),
+        ] {
+            let err = parse(Path::new("s.toml"), &text, &|_| None).expect_err("invalid");
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("sk-live"), "{shown}");
+            assert!(shown.contains("line"), "{shown}");
+        }
+    }
 
     const SAMPLE: &str = r#"
 [settings]

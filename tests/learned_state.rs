@@ -260,3 +260,39 @@ async fn redis() -> (Arc<dyn LearnedStore>, Guard) {
 
 contract_suite!(memory_store, memory);
 contract_suite!(redis_store, redis);
+
+/// Compose's Redis (its own `command:` arguments) keeps a 12 h block through
+/// a restart, even a SIGKILL a second after the write.
+#[tokio::test]
+async fn a_redis_run_as_compose_runs_it_keeps_a_long_block_through_a_restart() {
+    let mut server = common::services::RedisServer::as_in_compose();
+    let connect = |url: String| async move {
+        switchyard::state::RedisStore::connect(
+            &url,
+            "compose:",
+            Duration::from_millis(250),
+            "r1",
+            Arc::new(SystemClock),
+            Arc::new(switchyard::metrics::Metrics::new()),
+        )
+        .await
+        .unwrap()
+    };
+    let store = connect(server.url()).await;
+    let twelve_hours = 12 * 3_600_000;
+    store
+        .put(
+            &pair("kept"),
+            block(Reason::ModelNotSupported, twelve_hours, "no such model"),
+        )
+        .await
+        .unwrap();
+    // The append-only file is synced every second.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    server.restart();
+    let store = connect(server.url()).await;
+    let after = store.get(&[pair("kept")]).await.unwrap()[0].clone();
+    let after = after.expect("the block survived the restart");
+    assert_eq!(after.reason, Reason::ModelNotSupported);
+    assert!(after.until_ms - SystemClock.now_ms() > twelve_hours - 60_000);
+}

@@ -303,3 +303,46 @@ async fn the_access_log_setting_chooses_which_requests_get_a_line() {
         assert_eq!(lines_for(logs, 401), denied_lines, "{setting:?}");
     }
 }
+
+/// The arguments of the compose file's switchyard healthcheck, after the
+/// binary's path.
+fn compose_healthcheck_args() -> Vec<String> {
+    let compose =
+        std::fs::read_to_string(common::services::repo_file("docker-compose.yml")).unwrap();
+    let line = compose
+        .lines()
+        .find(|l| l.contains("/usr/local/bin/switchyard"))
+        .and_then(|l| l.trim().strip_prefix("test:"))
+        .expect("the switchyard service has a healthcheck");
+    let test: Vec<String> = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(test[..2], ["CMD", "/usr/local/bin/switchyard"]);
+    test[2..].to_vec()
+}
+
+#[tokio::test]
+async fn the_compose_healthcheck_passes_on_a_ready_gateway_and_fails_without_one() {
+    let args = compose_healthcheck_args();
+    let mock = Mock::start().await;
+    let bin = start_on(&mock, &[]).await;
+    let check = |listen: String| {
+        let args = args.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .args(&args)
+                .env("SWITCHYARD_LISTEN", listen)
+                .env_remove("DATABASE_URL")
+                .env_remove("REDIS_URL")
+                .output()
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert!(
+        check(format!("0.0.0.0:{}", bin.addr.port()))
+            .await
+            .success()
+    );
+    let free = common::services::free_port();
+    assert!(!check(format!("0.0.0.0:{free}")).await.success());
+}

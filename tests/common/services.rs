@@ -48,19 +48,53 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The `command:` of docker-compose.yml's `redis` service, after its
+/// `redis-server`.
+fn compose_redis_args() -> Vec<String> {
+    let compose = std::fs::read_to_string(repo_file("docker-compose.yml")).unwrap();
+    let service = compose
+        .split("\n  redis:\n")
+        .nth(1)
+        .expect("docker-compose.yml has a redis service");
+    let line = service
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("command:"))
+        .expect("the redis service has a command");
+    let args: Vec<String> = serde_json::from_str(line.trim()).expect("a JSON-style list");
+    assert_eq!(args[0], "redis-server");
+    args[1..].to_vec()
+}
+
 /// A Redis server.
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Its settings: none kept on disk, or what the compose file gives it.
+    settings: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::with_settings(
+            ["--save", "", "--appendonly", "no"]
+                .map(String::from)
+                .to_vec(),
+        )
+    }
+
+    /// Redis with the arguments the compose file's `redis` service runs it
+    /// with (its `command:` after `redis-server`).
+    pub fn as_in_compose() -> Self {
+        Self::with_settings(compose_redis_args())
+    }
+
+    fn with_settings(settings: Vec<String>) -> Self {
         let mut r = Self {
             port: free_port(),
             dir: temp_dir("redis"),
             child: None,
+            settings,
         };
         r.launch();
         r
@@ -68,16 +102,8 @@ impl RedisServer {
 
     fn launch(&mut self) {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&self.settings)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -625,31 +625,29 @@ async fn token_counts_come_from_the_upstream_or_the_local_estimate() {
 async fn a_count_success_clears_nothing() {
     let gw = gateway(
         &[Cred::new("a", 0, M).speaking("anthropic")],
-        &[("SWITCHYARD_MAX_RETRY_WAIT_MS", "0")],
+        &[
+            ("SWITCHYARD_MAX_RETRY_WAIT_MS", "0"),
+            ("SWITCHYARD_QUOTA_BASE_MS", "200"),
+        ],
     )
     .await;
+    let pair = switchyard::state::Scope::pair("a", "up-m");
+    let store = gw.running().state.gateway.store().clone();
+    // A hint-less 429: the quota ladder stands at 1 after its block ends.
     gw.mock.script(
         &key_of("a"),
         [Reply::status(
-            500,
-            json!({"type": "error", "error": {"type": "api_error", "message": "boom"}}),
+            429,
+            json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}),
         )],
     );
-    assert_eq!(
-        post(
-            &gw,
-            "/v1/messages",
-            &json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
-        )
-        .await
-        .status(),
-        503
-    );
-    let blocked = gw
-        .block_of(&switchyard::state::Scope::pair("a", "up-m"))
-        .await;
-    assert!(blocked.is_some());
-    // A count against the blocked pair is answered (the estimate) and the block stands.
+    let generate =
+        json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]});
+    assert_eq!(post(&gw, "/v1/messages", &generate).await.status(), 429);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(gw.block_of(&pair).await.is_none(), "the block has ended");
+    assert_eq!(store.quota_level(&pair).await.unwrap(), 1);
+    // A count the upstream answers leaves the ladder where it is...
     let r = post(
         &gw,
         "/v1/messages/count_tokens",
@@ -657,11 +655,15 @@ async fn a_count_success_clears_nothing() {
     )
     .await;
     assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
     assert_eq!(
-        gw.block_of(&switchyard::state::Scope::pair("a", "up-m"))
-            .await,
-        blocked
+        v["input_tokens"], 42,
+        "the upstream's count, not the estimate"
     );
+    assert_eq!(store.quota_level(&pair).await.unwrap(), 1);
+    // ...where a generation success resets it.
+    assert_eq!(post(&gw, "/v1/messages", &generate).await.status(), 200);
+    assert_eq!(store.quota_level(&pair).await.unwrap(), 0);
     gw.stop().await;
 }
 

@@ -39,6 +39,9 @@ use crate::state::{Affinity, Block, LearnedStore, QuotaHit, Scope};
 use crate::upstream::Upstream;
 use crate::wire::{ErrorKind, Format};
 
+use crate::wire::contains;
+pub use crate::wire::error_text;
+
 /// Longest upstream error body read for classification.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// Longest message kept in a learned block.
@@ -500,31 +503,6 @@ fn give_up(route: &Route, retry_after_s: u64, all_quota: bool) -> Reply {
     })
 }
 
-/// The text an upstream error is classified by: message, type, code and
-/// status of the usual error shapes, or the raw body.
-pub fn error_text(body: &[u8]) -> String {
-    let Ok(json) = serde_json::from_slice::<Value>(body) else {
-        return String::from_utf8_lossy(&body[..body.len().min(2_000)]).into_owned();
-    };
-    let err = json.get("error").unwrap_or(&json);
-    let mut parts: Vec<String> = Vec::new();
-    for key in ["message", "type", "code", "status", "detail"] {
-        match err.get(key).or_else(|| json.get(key)) {
-            Some(Value::String(s)) => parts.push(s.clone()),
-            Some(v @ Value::Number(_)) => parts.push(v.to_string()),
-            Some(v @ (Value::Array(_) | Value::Object(_))) => parts.push(v.to_string()),
-            _ => {}
-        }
-    }
-    if let Some(Value::String(s)) = json.get("error") {
-        parts.push(s.clone());
-    }
-    if parts.is_empty() {
-        return json.to_string();
-    }
-    parts.join(": ")
-}
-
 fn short(message: &str) -> String {
     if message.chars().count() <= BLOCK_MESSAGE_CHARS {
         return message.to_string();
@@ -532,25 +510,4 @@ fn short(message: &str) -> String {
     let mut s: String = message.chars().take(BLOCK_MESSAGE_CHARS).collect();
     s.push('…');
     s
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_text_collects_the_usual_fields() {
-        let openai = br#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error","code":"model_not_found"}}"#;
-        assert_eq!(
-            error_text(openai),
-            "The model `x` does not exist: invalid_request_error: model_not_found"
-        );
-        let fastapi = br#"{"detail":"Model not supported"}"#;
-        assert_eq!(error_text(fastapi), "Model not supported");
-        assert_eq!(error_text(b"upstream exploded"), "upstream exploded");
-    }
 }

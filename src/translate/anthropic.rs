@@ -569,7 +569,7 @@ impl Decoder {
                 }
             }
             "message_stop" => return Ok(None),
-            "error" => return untranslatable(crate::pipeline::error_text(event.data.as_bytes())),
+            "error" => return untranslatable(crate::wire::error_text(event.data.as_bytes())),
             _ => {}
         }
         Ok(Some(out))

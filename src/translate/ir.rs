@@ -409,7 +409,7 @@ pub fn stream_json(event: &crate::sse::Event) -> Result<Value, Untranslatable> {
     let v: Value = serde_json::from_str(&event.data)
         .map_err(|_| Untranslatable("a stream event is not JSON".into()))?;
     if v.get("error").is_some() {
-        return untranslatable(crate::pipeline::error_text(event.data.as_bytes()));
+        return untranslatable(crate::wire::error_text(event.data.as_bytes()));
     }
     Ok(v)
 }

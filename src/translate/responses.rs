@@ -378,10 +378,6 @@ fn response_json(
     })
 }
 
-fn item_ids(kind: &str) -> String {
-    new_id(kind)
-}
-
 /// Items of a complete answer, in order: reasoning, text, calls.
 fn items_of(r: &Response, custom: &[String]) -> Vec<Item> {
     let mut items: Vec<Item> = Vec::new();
@@ -390,12 +386,12 @@ fn items_of(r: &Response, custom: &[String]) -> Vec<Item> {
             Part::Text(t) => match items.last_mut() {
                 Some(Item::Message { text, .. }) => text.push_str(t),
                 _ => items.push(Item::Message {
-                    id: item_ids("msg_"),
+                    id: new_id("msg_"),
                     text: t.clone(),
                 }),
             },
             Part::Thinking(t) => items.push(Item::Reasoning {
-                id: item_ids("rs_"),
+                id: new_id("rs_"),
                 text: t.clone(),
             }),
             Part::ToolCall {
@@ -403,7 +399,7 @@ fn items_of(r: &Response, custom: &[String]) -> Vec<Item> {
                 name,
                 arguments,
             } => items.push(Item::Call {
-                id: item_ids("fc_"),
+                id: new_id("fc_"),
                 call_id: id.clone(),
                 name: name.clone(),
                 args: arguments.to_string(),
@@ -586,7 +582,7 @@ impl Encoder {
                 let index = if thinking {
                     let i = self.add(
                         Item::Reasoning {
-                            id: item_ids("rs_"),
+                            id: new_id("rs_"),
                             text: String::new(),
                         },
                         out,
@@ -597,7 +593,7 @@ impl Encoder {
                 } else {
                     let i = self.add(
                         Item::Message {
-                            id: item_ids("msg_"),
+                            id: new_id("msg_"),
                             text: String::new(),
                         },
                         out,
@@ -638,7 +634,7 @@ impl Encoder {
                 let custom = self.custom.contains(name);
                 let index = self.add(
                     Item::Call {
-                        id: item_ids("fc_"),
+                        id: new_id("fc_"),
                         call_id: id.clone(),
                         name: name.clone(),
                         args: String::new(),

@@ -75,16 +75,12 @@ impl Rename {
         !self
             .needles
             .iter()
-            .any(|n| memchr_contains(text, n.as_bytes()))
+            .any(|n| wire::contains(text, n.as_bytes()))
     }
 
     pub fn model(&self) -> &str {
         &self.model
     }
-}
-
-fn memchr_contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// What a stream is relayed for.
@@ -251,7 +247,7 @@ impl StreamTranslator {
             match event.event.as_deref() {
                 Some("message_stop") => self.complete = true,
                 Some("error") => {
-                    return Err(Untranslatable(crate::pipeline::error_text(data.as_bytes())));
+                    return Err(Untranslatable(crate::wire::error_text(data.as_bytes())));
                 }
                 Some("content_block_start" | "content_block_delta") => self.content = true,
                 _ => {}
@@ -266,7 +262,7 @@ impl StreamTranslator {
         let mut v: Value = serde_json::from_str(data)
             .map_err(|_| Untranslatable("a stream chunk is not JSON".into()))?;
         if v.get("error").is_some() {
-            return Err(Untranslatable(crate::pipeline::error_text(data.as_bytes())));
+            return Err(Untranslatable(crate::wire::error_text(data.as_bytes())));
         }
         match format {
             Format::OpenAi => {
@@ -303,7 +299,7 @@ impl StreamTranslator {
                     responses::EventKind::Content => self.content = true,
                     responses::EventKind::Done => self.complete = true,
                     responses::EventKind::Failed => {
-                        return Err(Untranslatable(crate::pipeline::error_text(data.as_bytes())));
+                        return Err(Untranslatable(crate::wire::error_text(data.as_bytes())));
                     }
                     responses::EventKind::Other => {}
                 }

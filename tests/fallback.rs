@@ -531,3 +531,23 @@ async fn fill_first_uses_one_credential_until_it_fails() {
     assert_eq!(gw.mock.keys(), [key_of("a"), key_of("b"), key_of("b")]);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_503_says_per_candidate_why_and_for_how_long() {
+    let gw = gateway(
+        &[Cred::new("openai-main", 0, M).at("http://127.0.0.1:9")],
+        &[("SWITCHYARD_MAX_RETRY_WAIT_MS", "0")],
+    )
+    .await;
+    let r = gw.chat("m").await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("openai-main: upstream_error ("),
+        "{message}"
+    );
+    assert!(message.contains("s left"), "{message}");
+    assert!(!message.contains(&key_of("openai-main")), "{message}");
+    gw.stop().await;
+}

@@ -301,7 +301,11 @@ impl Gateway {
                 Step::GiveUp {
                     retry_after_s,
                     all_quota,
-                } => return give_up(&route, retry_after_s, all_quota),
+                } => {
+                    let blocks = self.read_blocks(&route).await;
+                    let why = why_blocked(&route, &blocks, self.now_ms());
+                    return give_up(&route, retry_after_s, all_quota, &why);
+                }
             }
         }
     }
@@ -487,8 +491,53 @@ fn model_not_found(model: &str) -> Reply {
     )
 }
 
-fn give_up(route: &Route, retry_after_s: u64, all_quota: bool) -> Reply {
-    let (kind, why) = if all_quota {
+/// How many candidates a give-up names.
+const CANDIDATES_NAMED: usize = 4;
+/// How much of a block's message a give-up quotes.
+const REASON_CHARS: usize = 80;
+
+/// Why each candidate is out, for the client: "openai-main: upstream_error
+/// (connection refused), 58 s left; ...". Credential ids and scrubbed
+/// upstream messages only: no secret was ever stored in a block.
+fn why_blocked(route: &Route, blocks: &[Option<Block>], now_ms: i64) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let members: Vec<_> = route.members().collect();
+    for m in members.iter().take(CANDIDATES_NAMED) {
+        let scopes = std::iter::once(m.credential_scope).chain(m.pair_scopes.iter().copied());
+        let worst = scopes
+            .filter_map(|i| blocks.get(i).and_then(Option::as_ref))
+            .filter(|b| b.is_active(now_ms))
+            .max_by_key(|b| b.until_ms);
+        let Some(b) = worst else {
+            parts.push(format!("{}: failed on this request", m.credential.id));
+            continue;
+        };
+        let left_s = u64::try_from(b.until_ms - now_ms)
+            .unwrap_or(0)
+            .div_ceil(1_000);
+        let mut message: String = b.message.chars().take(REASON_CHARS).collect();
+        if b.message.chars().count() > REASON_CHARS {
+            message.push('…');
+        }
+        let detail = if message.is_empty() {
+            String::new()
+        } else {
+            format!(" ({message})")
+        };
+        parts.push(format!(
+            "{}: {}{detail}, {left_s} s left",
+            m.credential.id,
+            b.reason.as_str()
+        ));
+    }
+    if members.len() > CANDIDATES_NAMED {
+        parts.push(format!("and {} more", members.len() - CANDIDATES_NAMED));
+    }
+    parts.join("; ")
+}
+
+fn give_up(route: &Route, retry_after_s: u64, all_quota: bool, why: &str) -> Reply {
+    let (kind, state) = if all_quota {
         (ErrorKind::RateLimited, "rate limited")
     } else {
         (ErrorKind::Unavailable, "unavailable")
@@ -496,7 +545,7 @@ fn give_up(route: &Route, retry_after_s: u64, all_quota: bool) -> Reply {
     Reply::Error(GatewayError {
         kind,
         message: format!(
-            "every credential for model `{}` is {why}; retry in {retry_after_s} s",
+            "every credential for model `{}` is {state}; retry in {retry_after_s} s: {why}",
             route.model
         ),
         retry_after_s: Some(retry_after_s),

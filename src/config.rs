@@ -26,6 +26,8 @@ pub struct Config {
     pub routing: RoutingMode,
     pub admin_key: Option<Secret>,
     pub max_body_bytes: usize,
+    /// A request body that sends nothing this long is answered 408.
+    pub body_timeout: Duration,
     pub cooldowns: Cooldowns,
     pub timeouts: Timeouts,
     pub proxies: crate::upstream::Proxies,
@@ -106,6 +108,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("SWITCHYARD_REQUEST_RETRY", "3"),
     ("SWITCHYARD_MAX_RETRY_WAIT_MS", "30000"),
     ("SWITCHYARD_AFFINITY_TTL_MS", "3600000"),
+    ("SWITCHYARD_BODY_TIMEOUT_MS", "30000"),
     ("SWITCHYARD_ROUTING", "round-robin"),
     ("SWITCHYARD_ADMIN_KEY", ""),
     ("SWITCHYARD_MAX_BODY_BYTES", "33554432"),
@@ -275,6 +278,7 @@ impl Config {
             routing: parse(s, "SWITCHYARD_ROUTING")?,
             admin_key: s.get("SWITCHYARD_ADMIN_KEY").map(Secret::new),
             max_body_bytes,
+            body_timeout: positive_ms(s, "SWITCHYARD_BODY_TIMEOUT_MS")?,
             cooldowns,
             timeouts: Timeouts {
                 connect: positive_ms(s, "SWITCHYARD_CONNECT_TIMEOUT_MS")?,

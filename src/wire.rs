@@ -24,6 +24,8 @@ pub enum ErrorKind {
     RouteNotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    /// The request body stalled.
+    RequestTimeout,
     /// Every candidate is under a quota block.
     RateLimited,
     /// Every candidate is blocked, not all for quota; or the gateway is draining.
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::RateLimited => 429,
             ErrorKind::Unavailable => 503,
             ErrorKind::Upstream => 502,
@@ -57,6 +60,7 @@ impl ErrorKind {
             ErrorKind::RouteNotFound => ("invalid_request_error", Some("unknown_url")),
             ErrorKind::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
             ErrorKind::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
+            ErrorKind::RequestTimeout => ("invalid_request_error", Some("request_timeout")),
             ErrorKind::RateLimited => ("rate_limit_error", Some("rate_limit_exceeded")),
             ErrorKind::Unavailable => ("server_error", Some("service_unavailable")),
             ErrorKind::Upstream => ("server_error", Some("upstream_error")),
@@ -71,6 +75,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => "not_found_error",
             ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::RequestTimeout => "timeout_error",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Unavailable => "overloaded_error",
             ErrorKind::Upstream | ErrorKind::Internal => "api_error",
@@ -84,6 +89,7 @@ impl ErrorKind {
                 "INVALID_ARGUMENT"
             }
             ErrorKind::Unauthorized => "UNAUTHENTICATED",
+            ErrorKind::RequestTimeout => "DEADLINE_EXCEEDED",
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => "NOT_FOUND",
             ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
             ErrorKind::Unavailable => "UNAVAILABLE",

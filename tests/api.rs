@@ -382,3 +382,42 @@ async fn a_broken_edit_keeps_the_last_good_snapshot() {
     assert_eq!(gw.chat("m").await.status(), 200);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_body_that_stalls_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = gateway(
+        &[Cred::new("only", 0, &[("m", "up-m")])],
+        &[("SWITCHYARD_BODY_TIMEOUT_MS", "300")],
+    )
+    .await;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\"",
+        common::CLIENT_KEY
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    // The client sends nothing more; the guard only catches a hang.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the gateway answered");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(gw.mock.hits().is_empty());
+    gw.stop().await;
+}

@@ -49,7 +49,8 @@ async fn serve(
         Err(e) => return render(format, &e),
     };
     let limit = state.gateway.config().max_body_bytes;
-    let parsed = read_body(&headers, body, limit)
+    let stall = state.gateway.config().body_timeout;
+    let parsed = read_body(&headers, body, limit, stall)
         .await
         .and_then(|b| parse(&b, &headers, count));
     let request = match parsed {

@@ -42,7 +42,8 @@ pub async fn model_action(
         Err(e) => return render(format, &e),
     };
     let limit = state.gateway.config().max_body_bytes;
-    let parsed = read_body(&headers, body, limit)
+    let stall = state.gateway.config().body_timeout;
+    let parsed = read_body(&headers, body, limit, stall)
         .await
         .and_then(|b| parse(&b, model.clone(), action));
     let request = match parsed {

@@ -2,6 +2,7 @@
 //! client format.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -15,12 +16,16 @@ use super::{AppState, RequestLog};
 use crate::pipeline::{ClientRequest, GatewayError, Reply, Trace};
 use crate::wire::{ErrorKind, Format};
 
-/// Reads the body up to `limit` bytes; anything larger is a 413.
+/// Reads the body up to `limit` bytes; anything larger is a 413, and a body
+/// that sends nothing for `stall` is a 408 (a slow client holds no
+/// replica's memory and task forever).
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    stall: Duration,
 ) -> Result<Bytes, GatewayError> {
+    use http_body_util::BodyExt;
     let too_large = || {
         GatewayError::new(
             ErrorKind::PayloadTooLarge,
@@ -34,13 +39,34 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if e.into_inner().is::<http_body_util::LengthLimitError>() {
-            too_large()
-        } else {
-            GatewayError::new(ErrorKind::BadRequest, "could not read the request body")
+    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+    let mut out = bytes::BytesMut::with_capacity(capacity);
+    let mut body = body;
+    loop {
+        let frame = match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => {
+                return Err(GatewayError::new(
+                    ErrorKind::RequestTimeout,
+                    format!("the request body sent nothing for {} ms", stall.as_millis()),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(GatewayError::new(
+                    ErrorKind::BadRequest,
+                    "could not read the request body",
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
         }
-    })
+    }
+    Ok(out.freeze())
 }
 
 /// Serves one generation request of `format`: authenticates it, reads and
@@ -60,7 +86,8 @@ pub async fn generation(
         Err(e) => return render(format, &e),
     };
     let limit = state.gateway.config().max_body_bytes;
-    let request = match read_body(&headers, body, limit)
+    let stall = state.gateway.config().body_timeout;
+    let request = match read_body(&headers, body, limit, stall)
         .await
         .and_then(|b| parse(&b))
     {

@@ -205,6 +205,23 @@ fn blocks(content: &Value) -> Result<Vec<Part>, Untranslatable> {
                     _ => return untranslatable("an image source must be base64 or url"),
                 }));
             }
+            Some("document") => {
+                let src = &b["source"];
+                match src.get("type").and_then(Value::as_str) {
+                    Some("base64") => parts.push(Part::Document {
+                        media_type: text_of(src, "media_type"),
+                        data: text_of(src, "data"),
+                        name: b.get("title").and_then(Value::as_str).map(String::from),
+                    }),
+                    // A plain-text document is text.
+                    Some("text") => parts.push(Part::Text(text_of(src, "data"))),
+                    _ => {
+                        return untranslatable(
+                            "a document source must be base64 or text to be carried",
+                        );
+                    }
+                }
+            }
             Some("tool_use") => parts.push(Part::ToolCall {
                 id: b["id"].as_str().unwrap_or_default().to_string(),
                 name: b["name"].as_str().unwrap_or_default().to_string(),
@@ -353,6 +370,20 @@ fn block(p: &Part) -> Result<Value, Untranslatable> {
         }
         Part::Image(Image::Url(url)) => {
             json!({"type": "image", "source": {"type": "url", "url": url}})
+        }
+        Part::Document {
+            media_type,
+            data,
+            name,
+        } => {
+            if media_type != "application/pdf" {
+                return untranslatable(format!("Anthropic takes PDF documents, not {media_type}"));
+            }
+            let mut doc = json!({"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}});
+            if let Some(name) = name {
+                doc["title"] = json!(name);
+            }
+            doc
         }
         Part::ToolCall {
             id,

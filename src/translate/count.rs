@@ -25,7 +25,7 @@ pub fn estimate(req: &Request) -> u64 {
     fn part(p: &Part, chars: &mut usize, images: &mut u64) {
         match p {
             Part::Text(t) | Part::Thinking(t) => *chars += t.len(),
-            Part::Image(_) => *images += 1,
+            Part::Image(_) | Part::Document { .. } => *images += 1,
             Part::ToolCall {
                 name, arguments, ..
             } => *chars += name.len() + arguments.to_string().len(),

@@ -121,15 +121,22 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
             } else if let Some(t) = p.get("text").and_then(Value::as_str) {
                 parts.push(Part::Text(t.to_string()));
             } else if let Some(d) = p.get("inlineData").or_else(|| p.get("inline_data")) {
-                parts.push(Part::Image(Image::Base64 {
-                    media_type: d
-                        .get("mimeType")
-                        .or_else(|| d.get("mime_type"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("image/png")
-                        .to_string(),
-                    data: text_of(d, "data"),
-                }));
+                let media_type = d
+                    .get("mimeType")
+                    .or_else(|| d.get("mime_type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("image/png")
+                    .to_string();
+                let data = text_of(d, "data");
+                parts.push(if media_type.starts_with("image/") {
+                    Part::Image(Image::Base64 { media_type, data })
+                } else {
+                    Part::Document {
+                        media_type,
+                        data,
+                        name: None,
+                    }
+                });
             } else if let Some(d) = p.get("fileData").or_else(|| p.get("file_data")) {
                 parts.push(Part::Image(Image::Url(
                     d.get("fileUri")
@@ -378,7 +385,10 @@ pub fn build_request(req: &Request) -> Result<Value, Untranslatable> {
         for p in &m.parts {
             parts.push(match p {
                 Part::Text(t) => json!({"text": t}),
-                Part::Image(Image::Base64 { media_type, data }) => {
+                Part::Image(Image::Base64 { media_type, data })
+                | Part::Document {
+                    media_type, data, ..
+                } => {
                     json!({"inlineData": {"mimeType": media_type, "data": data}})
                 }
                 Part::Image(Image::Url(url)) => match media_type_of(url) {

@@ -144,6 +144,12 @@ pub enum Part {
         name: String,
         arguments: Value,
     },
+    /// A document (a PDF, plain text) given inline, base64.
+    Document {
+        media_type: String,
+        data: String,
+        name: Option<String>,
+    },
     /// The model's reasoning, in answers only: it is never carried into a
     /// request of another format.
     Thinking(String),
@@ -349,6 +355,13 @@ pub fn image_from_url(url: &str) -> Image {
         }
     }
     Image::Url(url.to_string())
+}
+
+/// A `data:` URL's media type and base64 payload.
+pub fn data_url(url: &str) -> Option<(String, String)> {
+    let (meta, data) = url.strip_prefix("data:")?.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    Some((media_type.to_string(), data.to_string()))
 }
 
 /// A guess at an image link's media type from its extension.

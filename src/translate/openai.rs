@@ -7,6 +7,7 @@ use super::ir::{
     Tool, ToolChoice, Untranslatable, Usage, arguments_from_text, f64_field, image_from_url,
     new_id, result_text, stream_json, text_of, u64_field, untranslatable,
 };
+use super::ir::data_url;
 use super::policy;
 use crate::sse::Event;
 use crate::wire::Format;
@@ -252,6 +253,20 @@ fn content_parts(c: &Value) -> Result<Vec<Part>, Untranslatable> {
                         .unwrap_or_default();
                     Ok(Part::Image(image_from_url(url)))
                 }
+                Some("file") => {
+                    let f = &p["file"];
+                    let data = f.get("file_data").and_then(Value::as_str);
+                    match data.and_then(data_url) {
+                        Some((media_type, data)) => Ok(Part::Document {
+                            media_type,
+                            data,
+                            name: f.get("filename").and_then(Value::as_str).map(String::from),
+                        }),
+                        None => untranslatable(
+                            "only inline files (file_data) can be carried to this model's provider",
+                        ),
+                    }
+                }
                 Some(other) => untranslatable(format!(
                     "content part `{other}` cannot be carried to this model's provider"
                 )),
@@ -428,6 +443,14 @@ fn user_part(p: &Part) -> Result<Value, Untranslatable> {
         Part::Image(Image::Base64 { media_type, data }) => {
             json!({"type": "image_url", "image_url": {"url": format!("data:{media_type};base64,{data}")}})
         }
+        Part::Document {
+            media_type,
+            data,
+            name,
+        } => json!({"type": "file", "file": {
+            "filename": name.clone().unwrap_or_else(|| "document.pdf".into()),
+            "file_data": format!("data:{media_type};base64,{data}"),
+        }}),
         _ => return untranslatable("a tool call cannot be part of a user message"),
     })
 }

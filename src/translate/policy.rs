@@ -98,6 +98,7 @@ pub const RULES: &[Rule] = &[
     rule(A, "container", "", r#"{"container":"c1"}"#, [D, To("container"), D]),
     rule(A, "mcp_servers", "", r#"{"mcp_servers":[{"type":"url","url":"https://mcp.example","name":"x"}]}"#, [L, To("mcp_servers"), L]),
     rule(A, "cache_control", "on system, message and tool blocks", r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}]}"#, [D, To("messages"), D]),
+    rule(A, "messages[].content[].type", "document (a PDF, base64)", r#"{"messages":[{"role":"user","content":[{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0="}},{"type":"text","text":"hi"}]}]}"#, [To("messages.0.content.0.file.file_data"), To("messages"), To("contents.0.parts.0.inlineData")]),
     // OpenAI chat completions.
     rule(O, "messages[].role", "system or developer, first", r#"{"messages":[{"role":"developer","content":"be brief"},{"role":"user","content":"a"}]}"#, [To("messages"), To("system"), To("systemInstruction")]),
     rule(O, "messages[].role", "system or developer, inside the conversation", r#"{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"system","content":"be brief"},{"role":"user","content":"c"}]}"#, [To("messages"), To("system"), To("systemInstruction")]),
@@ -132,6 +133,7 @@ pub const RULES: &[Rule] = &[
     rule(O, "prediction", "", r#"{"prediction":{"type":"content","content":"x"}}"#, [To("prediction"), D, D]),
     rule(O, "modalities", "text only", r#"{"modalities":["text"]}"#, [To("modalities"), D, D]),
     rule(O, "cache_control", "on content parts", r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}]}"#, [To("messages"), To("messages.0.content.0.cache_control"), D]),
+    rule(O, "messages[].content[].type", "file (inline file_data)", r#"{"messages":[{"role":"user","content":[{"type":"file","file":{"filename":"a.pdf","file_data":"data:application/pdf;base64,JVBERi0="}}]}]}"#, [To("messages"), To("messages.0.content.0.source.data"), To("contents.0.parts.0.inlineData")]),
     // OpenAI Responses (→ OpenAI: chat completions; a credential with
     // `responses_api` gets the request as is).
     rule(R, "instructions", "", r#"{"instructions":"be brief"}"#, [To("messages[].content"), To("system"), To("systemInstruction")]),
@@ -140,6 +142,7 @@ pub const RULES: &[Rule] = &[
     rule(R, "input[].type", "custom_tool_call and its output", r#"{"tools":[{"type":"custom","name":"apply_patch"}],"input":[{"role":"user","content":"hi"},{"type":"custom_tool_call","call_id":"c1","name":"apply_patch","input":"*** Begin Patch"},{"type":"custom_tool_call_output","call_id":"c1","output":"Done"}]}"#, [To("messages[].tool_calls"), To("messages[].content"), To("contents")]),
     rule(R, "input[].type", "reasoning, web_search_call", r#"{"input":[{"type":"reasoning","summary":[],"encrypted_content":"e"},{"type":"web_search_call","action":{"query":"q"}},{"role":"user","content":"hi"}]}"#, [D, D, D]),
     rule(R, "input[].type", "item_reference, built-in tool calls", r#"{"input":[{"type":"item_reference","id":"msg_1"},{"role":"user","content":"hi"}]}"#, [L, L, L]),
+    rule(R, "input[].content[].type", "input_file (inline file_data)", r#"{"input":[{"role":"user","content":[{"type":"input_file","filename":"a.pdf","file_data":"data:application/pdf;base64,JVBERi0="}]}]}"#, [To("messages.0.content.0.file.file_data"), To("messages.0.content.0.source.data"), To("contents.0.parts.0.inlineData")]),
     rule(R, "max_output_tokens", "", r#"{"max_output_tokens":77}"#, [To("max_completion_tokens"), To("max_tokens"), To("generationConfig.maxOutputTokens")]),
     rule(R, "temperature", "", r#"{"temperature":0.25}"#, [To("temperature"), To("temperature"), To("generationConfig.temperature")]),
     rule(R, "top_p", "", r#"{"top_p":0.75}"#, [To("top_p"), To("top_p"), To("generationConfig.topP")]),
@@ -167,6 +170,7 @@ pub const RULES: &[Rule] = &[
     rule(R, "background", "", r#"{"background":true}"#, [L, L, L]),
     // Gemini generateContent.
     rule(G, "systemInstruction", "", r#"{"systemInstruction":{"parts":[{"text":"be brief"}]}}"#, [To("messages[].content"), To("system"), To("systemInstruction")]),
+    rule(G, "contents[].parts[].inlineData", "a PDF", r#"{"contents":[{"role":"user","parts":[{"inlineData":{"mimeType":"application/pdf","data":"JVBERi0="}},{"text":"hi"}]}]}"#, [To("messages.0.content.0.file.file_data"), To("messages.0.content.0.source.data"), To("contents")]),
     rule(G, "generationConfig.maxOutputTokens", "", r#"{"generationConfig":{"maxOutputTokens":77}}"#, [To("max_completion_tokens"), To("max_tokens"), To("generationConfig.maxOutputTokens")]),
     rule(G, "generationConfig.temperature", "", r#"{"generationConfig":{"temperature":0.25}}"#, [To("temperature"), To("temperature"), To("generationConfig.temperature")]),
     rule(G, "generationConfig.topP", "", r#"{"generationConfig":{"topP":0.75}}"#, [To("top_p"), To("top_p"), To("generationConfig.topP")]),

@@ -238,6 +238,24 @@ fn content(c: &Value) -> Result<Vec<Part>, Untranslatable> {
         .map(|p| match p.get("type").and_then(Value::as_str) {
             Some("input_text" | "output_text" | "text") => Ok(Part::Text(text_of(p, "text"))),
             Some("refusal") => Ok(Part::Text(text_of(p, "refusal"))),
+            Some("input_file") => {
+                let data = p.get("file_data").and_then(Value::as_str);
+                // `file_data` is a data URL, or the bare base64 of a PDF.
+                let inline = data.and_then(|d| {
+                    super::ir::data_url(d)
+                        .or_else(|| Some(("application/pdf".into(), d.to_string())))
+                });
+                match inline {
+                    Some((media_type, data)) => Ok(Part::Document {
+                        media_type,
+                        data,
+                        name: p.get("filename").and_then(Value::as_str).map(String::from),
+                    }),
+                    None => untranslatable(
+                        "a file by id or URL is only served by credentials with the Responses API",
+                    ),
+                }
+            }
             Some("input_image") => match p.get("image_url").and_then(Value::as_str) {
                 Some(url) => Ok(Part::Image(image_from_url(url))),
                 None => untranslatable("an image by file id is only served by the Responses API"),

@@ -2,12 +2,12 @@
 
 use serde_json::{Map, Value, json};
 
+use super::ir::data_url;
 use super::ir::{
     Delta, Effort, Image, Message, Output, Part, Reasoning, Request, Response, Role, StopReason,
     Tool, ToolChoice, Untranslatable, Usage, arguments_from_text, f64_field, image_from_url,
     new_id, result_text, stream_json, text_of, u64_field, untranslatable,
 };
-use super::ir::data_url;
 use super::policy;
 use crate::sse::Event;
 use crate::wire::Format;

@@ -163,21 +163,6 @@ fn clients_bin() -> PathBuf {
     dir
 }
 
-/// The interpreter of the test virtual environment, with the SDKs.
-fn python() -> PathBuf {
-    let path = std::env::var_os("SWITCHYARD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python")
-        });
-    assert!(
-        path.exists(),
-        "no Python SDK environment at {}: run the test command (ops/test), which installs it",
-        path.display()
-    );
-    path
-}
-
 /// Runs `test` again, alone, in a fresh network namespace whose only
 /// interface is loopback, and fails unless it passed there. Returns true in
 /// that re-run, where the test does its work.
@@ -408,7 +393,7 @@ async fn gemini_cli(url: &str, scenario: Scenario, dirs: &Dirs) -> Run {
 /// The google-genai SDK with its default settings but the base URL.
 async fn google_genai(url: &str, scenario: Scenario, dirs: &Dirs) -> Run {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/google_genai.py");
-    let mut cmd = tokio::process::Command::new(python());
+    let mut cmd = tokio::process::Command::new(common::python());
     cmd.arg(script).arg(match scenario {
         Scenario::Text => "text",
         Scenario::Tool => "tool",
@@ -472,7 +457,7 @@ persistence = "none"
 /// The OpenAI SDK's Responses API with its default settings but the base URL.
 async fn openai_python(url: &str, scenario: Scenario, dirs: &Dirs) -> Run {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_responses.py");
-    let mut cmd = tokio::process::Command::new(python());
+    let mut cmd = tokio::process::Command::new(common::python());
     cmd.arg(script).arg(match scenario {
         Scenario::Text => "text",
         Scenario::Tool => "tool",

@@ -11,27 +11,11 @@ use std::path::PathBuf;
 use common::{CLIENT_KEY, Cred, Reply, gateway, key_of};
 use serde_json::{Value, json};
 
-/// The interpreter of the test virtual environment. A missing one fails the
-/// test: a skipped SDK test would hide a broken client.
-pub fn python() -> PathBuf {
-    let path = std::env::var_os("SWITCHYARD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python")
-        });
-    assert!(
-        path.exists(),
-        "no Python SDK environment at {}: run the test command (ops/test), which installs it",
-        path.display()
-    );
-    path
-}
-
 async fn run_script(script: &str, env: &[(&str, String)]) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sdk")
         .join(script);
-    let mut cmd = tokio::process::Command::new(python());
+    let mut cmd = tokio::process::Command::new(common::python());
     cmd.arg(&script).kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);

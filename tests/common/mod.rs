@@ -251,3 +251,19 @@ pub async fn eventually(what: &str, timeout: Duration, mut cond: impl AsyncFnMut
     }
     panic!("{what}: not within {timeout:?}");
 }
+
+/// The interpreter of the test virtual environment. A missing one fails the
+/// test: a skipped SDK test would hide a broken client.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("SWITCHYARD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "no Python SDK environment at {}: run the test command (ops/test), which installs it",
+        path.display()
+    );
+    path
+}

@@ -14,6 +14,8 @@
 
 mod patterns;
 
+pub use patterns::SAME_NAME;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;

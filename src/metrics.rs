@@ -91,6 +91,32 @@ pub enum Health {
     Down,
 }
 
+/// Why a Redis command did not do its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailure {
+    Timeout,
+    /// Refused or lost connection.
+    Connection,
+    /// Redis answered with an error: out of memory, read-only, MISCONF...
+    Refused,
+}
+
+impl RedisFailure {
+    const ALL: [RedisFailure; 3] = [
+        RedisFailure::Timeout,
+        RedisFailure::Connection,
+        RedisFailure::Refused,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RedisFailure::Timeout => "timeout",
+            RedisFailure::Connection => "connection",
+            RedisFailure::Refused => "refused",
+        }
+    }
+}
+
 pub struct Metrics {
     /// `SWITCHYARD_REPLICA_ID`, shown by `switchyard_info` (section 2).
     replica: String,
@@ -102,6 +128,10 @@ pub struct Metrics {
     wait_ms: AtomicU64,
     catalog_reloads: AtomicU64,
     redis: AtomicI64,
+    /// Failed Redis commands, by [`RedisFailure`].
+    redis_failures: [AtomicU64; 3],
+    /// Blocks and deletes this replica holds that Redis has not taken yet.
+    redis_unsynced: AtomicU64,
     postgres: AtomicI64,
     propagation: Histogram,
 }
@@ -124,6 +154,8 @@ impl Metrics {
             wait_ms: AtomicU64::new(0),
             catalog_reloads: AtomicU64::new(0),
             redis: AtomicI64::new(-1),
+            redis_failures: Default::default(),
+            redis_unsynced: AtomicU64::new(0),
             postgres: AtomicI64::new(-1),
             propagation: Histogram {
                 buckets: Default::default(),
@@ -163,6 +195,14 @@ impl Metrics {
 
     pub fn set_redis(&self, health: Health) {
         self.redis.store(gauge(health), Ordering::Relaxed);
+    }
+
+    pub fn redis_failure(&self, why: RedisFailure) {
+        self.redis_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_redis_unsynced(&self, n: usize) {
+        self.redis_unsynced.store(n as u64, Ordering::Relaxed);
     }
 
     pub fn set_postgres(&self, health: Health) {
@@ -255,10 +295,33 @@ impl Metrics {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
             }
         }
-        let degraded = i64::from(self.redis() == Health::Down);
+        if self.redis() != Health::NotConfigured {
+            let name = "switchyard_redis_failures_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Redis commands that did not do their work: timed out, connection refused or lost, or refused by Redis (out of memory, read-only, MISCONF).\n# TYPE {name} counter"
+            );
+            for why in RedisFailure::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{kind=\"{}\"}} {}",
+                    why.label(),
+                    self.redis_failures[why as usize].load(Ordering::Relaxed)
+                );
+            }
+            let name = "switchyard_redis_unsynced";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Blocks and deletes this replica honours that Redis has not taken yet; written as soon as Redis takes writes.\n# TYPE {name} gauge\n{name} {}",
+                self.redis_unsynced.load(Ordering::Relaxed)
+            );
+        }
+        let degraded = i64::from(
+            self.redis() == Health::Down || self.redis_unsynced.load(Ordering::Relaxed) > 0,
+        );
         let _ = writeln!(
             out,
-            "# HELP switchyard_learned_state_degraded 1 while this replica cannot reach the shared learned state.\n# TYPE switchyard_learned_state_degraded gauge\nswitchyard_learned_state_degraded {degraded}"
+            "# HELP switchyard_learned_state_degraded 1 while this replica cannot reach the shared learned state, or holds blocks Redis has not taken.\n# TYPE switchyard_learned_state_degraded gauge\nswitchyard_learned_state_degraded {degraded}"
         );
         let h = &self.propagation;
         let name = "switchyard_block_propagation_seconds";

@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::render;
+use crate::catalog::SAME_NAME;
 use crate::pipeline::GatewayError;
-use crate::state::{Block, Scope};
+use crate::state::{Block, Scope, View};
 use crate::wire::{ErrorKind, Format};
 
 /// Checks `Authorization: Bearer <admin key>` in constant time.
@@ -67,17 +68,69 @@ fn block_json(scope: &Scope, block: &Block, now_ms: i64) -> Value {
     })
 }
 
+/// Which learned state an answer comes from, for the operator reading it.
+fn view_json(view: View) -> Value {
+    let note = match view {
+        View::Memory => "this process's learned state (no Redis): the only one there is",
+        View::Shared { unsynced: 0 } => {
+            "the shared learned state in Redis, as every replica sees it"
+        }
+        View::Shared { .. } => {
+            "the shared learned state in Redis, with blocks this replica holds that Redis has not taken yet (it refuses writes)"
+        }
+        View::Local { .. } => {
+            "Redis does not answer: this replica's own learned state; other replicas may know other blocks"
+        }
+    };
+    json!({"view": view.as_str(), "unsynced": view.unsynced(), "note": note})
+}
+
+/// Every active block: the store's listing, plus the catalog's own
+/// credentials and pairs read directly, so a block written into Redis by hand
+/// (which no index names) is listed too.
+async fn all_blocks(state: &AppState) -> Result<(Vec<(Scope, Block)>, View), Response> {
+    let store = state.gateway.store();
+    let mut all = store.list().await.map_err(store_unavailable)?;
+    let catalog = state.gateway.catalog().load();
+    let known: Vec<Scope> = catalog
+        .credentials
+        .keys()
+        .map(|id| Scope::credential(id))
+        .chain(
+            catalog
+                .credential_models
+                .iter()
+                .filter(|m| m.upstream_model != SAME_NAME)
+                .map(|m| Scope::pair(&m.credential_id, &m.upstream_model)),
+        )
+        .filter(|s| !all.iter().any(|(listed, _)| listed == s))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let found = store.get(&known).await.map_err(store_unavailable)?;
+    all.extend(
+        known
+            .into_iter()
+            .zip(found)
+            .filter_map(|(s, b)| Some((s, b?))),
+    );
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((all, store.view()))
+}
+
 pub async fn blocks(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers) {
         return *r;
     }
-    match state.gateway.store().list().await {
-        Ok(all) => {
+    match all_blocks(&state).await {
+        Ok((all, view)) => {
             let now = state.gateway.now_ms();
             let blocks: Vec<Value> = all.iter().map(|(s, b)| block_json(s, b, now)).collect();
-            Json(json!({ "blocks": blocks })).into_response()
+            let mut body = view_json(view);
+            body["blocks"] = Value::Array(blocks);
+            Json(body).into_response()
         }
-        Err(e) => store_unavailable(e),
+        Err(r) => r,
     }
 }
 
@@ -106,7 +159,20 @@ async fn delete(state: &AppState, headers: &HeaderMap, scope: Scope) -> Response
     if let Err(r) = authorize(state, headers) {
         return *r;
     }
-    match state.gateway.store().remove(&scope).await {
+    let store = state.gateway.store();
+    let removed = store.remove(&scope).await;
+    let view = store.view();
+    match removed {
+        // Redis did not take the delete: this replica has lifted the block
+        // and passes the delete on when Redis is back, so it sticks.
+        Ok(known) if matches!(view, View::Local { .. }) => {
+            tracing::info!(scope = %scope, "block removed by the admin API on this replica; Redis gets the delete when it is back");
+            let mut body = view_json(view);
+            body["deleted"] = json!(scope.to_string());
+            body["known_here"] = json!(known);
+            body["pending"] = json!(true);
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
         Ok(true) => {
             tracing::info!(scope = %scope, "block removed by the admin API");
             StatusCode::NO_CONTENT.into_response()
@@ -124,9 +190,9 @@ pub async fn credentials(State(state): State<AppState>, headers: HeaderMap) -> R
         return *r;
     }
     let catalog = state.gateway.catalog().load();
-    let all = match state.gateway.store().list().await {
-        Ok(all) => all,
-        Err(e) => return store_unavailable(e),
+    let (all, view) = match all_blocks(&state).await {
+        Ok(listed) => listed,
+        Err(r) => return r,
     };
     let now = state.gateway.now_ms();
     let credentials: Vec<Value> = catalog
@@ -160,5 +226,7 @@ pub async fn credentials(State(state): State<AppState>, headers: HeaderMap) -> R
             })
         })
         .collect();
-    Json(json!({ "credentials": credentials })).into_response()
+    let mut body = view_json(view);
+    body["credentials"] = Value::Array(credentials);
+    Json(body).into_response()
 }

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Affinity, Block, LearnedStore, QuotaHit, Scope, StoreError};
+use super::{Affinity, Block, LearnedStore, QuotaHit, Scope, StoreError, View};
 use crate::clock::SharedClock;
 use crate::routing::cooldown;
 
@@ -169,6 +169,10 @@ impl LearnedStore for MemoryStore {
         }
         inner.affinity.insert(key.to_string(), (to.clone(), lapses));
         Ok(())
+    }
+
+    fn view(&self) -> View {
+        View::Memory
     }
 }
 

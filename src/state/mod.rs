@@ -163,6 +163,37 @@ impl Affinity {
     }
 }
 
+/// Which learned state a store answers from right now: what the admin API
+/// tells an operator it is looking at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// This process's memory, the only learned state there is (no Redis).
+    Memory,
+    /// Redis, shared by every replica; `unsynced` entries this replica holds
+    /// are not in Redis yet (Redis refused them) and are shown too.
+    Shared { unsynced: usize },
+    /// Redis does not answer: this replica's own learned state, which other
+    /// replicas do not see; `unsynced` entries wait to be written to Redis.
+    Local { unsynced: usize },
+}
+
+impl View {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            View::Memory => "memory",
+            View::Shared { .. } => "shared",
+            View::Local { .. } => "local",
+        }
+    }
+
+    pub fn unsynced(self) -> usize {
+        match self {
+            View::Memory => 0,
+            View::Shared { unsynced } | View::Local { unsynced } => unsynced,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("learned-state store unavailable: {0}")]
@@ -203,4 +234,7 @@ pub trait LearnedStore: Send + Sync + 'static {
 
     /// Records that `to` served conversation `key`, for `ttl_ms`.
     async fn set_affinity(&self, key: &str, to: &Affinity, ttl_ms: u64) -> Result<(), StoreError>;
+
+    /// Which learned state [`LearnedStore::list`] and the reads answer from now.
+    fn view(&self) -> View;
 }

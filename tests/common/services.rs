@@ -77,9 +77,17 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> Self {
         Self::with_settings(
-            ["--save", "", "--appendonly", "no"]
-                .map(String::from)
-                .to_vec(),
+            // DEBUG POPULATE fills it with millions of keys in a moment.
+            [
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ]
+            .map(String::from)
+            .to_vec(),
         )
     }
 
@@ -152,6 +160,16 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
+    }
+
+    /// Starts it again on the same port, empty, with `extra` settings from
+    /// its first answer on (`--maxmemory 1`, say).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill();
+        let plain = self.settings.clone();
+        self.settings.extend(extra.iter().map(|s| s.to_string()));
+        self.launch();
+        self.settings = plain;
     }
 
     /// Runs a command with redis-cli and returns its output.

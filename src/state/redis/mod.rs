@@ -1,0 +1,702 @@
+//! The Redis learned-state store of cluster mode: the contract's key layout,
+//! every write one atomic script on Redis' own clock, a short timeout on every
+//! call, and a local mirror that keeps the replica serving when Redis does not.
+//!
+//! Reads go to Redis on every request (one pipelined round trip for all of a
+//! route's keys), so a block written by any replica, or by hand, is seen by
+//! the next request anywhere. Each write is also applied to a local
+//! [`MemoryStore`], which pub/sub keeps in step with the other replicas'
+//! writes. A write Redis does not take, for whatever reason (unreachable,
+//! timed out, out of memory, read-only after a failover), is kept in the
+//! mirror and in an unsynced list: this replica honours it on every read, and
+//! writes it to Redis as soon as Redis takes writes again (see `sync`).
+//! Blocks are listed from an index (a sorted set under the prefix), never by
+//! scanning the keyspace.
+
+mod scripts;
+mod sync;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::{RedisError, Script, Value as RedisValue};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Affinity, Block, LearnedStore, MemoryStore, QuotaHit, Scope, StoreError, View};
+use crate::clock::SharedClock;
+use crate::metrics::{Health, Metrics, RedisFailure};
+use crate::routing::cooldown;
+use scripts::{present, stands};
+
+/// What replicas publish on every write, so each mirror follows.
+#[derive(Debug, Serialize, Deserialize)]
+struct Event {
+    key: String,
+    #[serde(default)]
+    ttl_ms: i64,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    deleted: bool,
+}
+
+/// Why a scope still has to be written to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsynced {
+    /// A block Redis has not taken; the mirror holds this replica's copy.
+    Block,
+    /// A delete asked for (by the admin API) while Redis did not answer, at
+    /// this replica's time `at_ms`: blocks that started after it are spared.
+    Delete { at_ms: i64 },
+}
+
+/// One unsynced scope; `seq` tells a write-back whether the entry changed
+/// while it was being written.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    seq: u64,
+    what: Unsynced,
+}
+
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: redis::Client,
+    /// The live connection; `None` while Redis is unreachable.
+    conn: ArcSwapOption<MultiplexedConnection>,
+    prefix: String,
+    channel: String,
+    /// The sorted set of block keys by end time: what listings read instead of a scan.
+    index: String,
+    timeout: Duration,
+    replica: String,
+    /// This replica's own view: follows Redis while it answers, stands in when it does not.
+    local: MemoryStore,
+    /// What Redis has not taken yet; kept until a write of it succeeds.
+    pending: Mutex<HashMap<Scope, Pending>>,
+    /// `pending.len()`, readable without the lock on every routing read.
+    pending_len: AtomicUsize,
+    next_seq: AtomicU64,
+    /// Pairs the last read found with neither block nor quota ladder: a
+    /// success on one of them has nothing to clear, so it costs no write.
+    /// Any write on a pair takes it out.
+    clean: Mutex<HashSet<Scope>>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    /// Wakes the health task when a call finds Redis gone.
+    lost: Notify,
+    put: Script,
+    quota: Script,
+    clear: Script,
+}
+
+impl RedisStore {
+    /// Builds the store and tries Redis once; an unreachable Redis is not an
+    /// error (the replica starts on its own learned state and keeps trying).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        replica: &str,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let invalid =
+            |e: RedisError| StoreError::Unavailable(format!("REDIS_URL is not valid: {e}"));
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid)?;
+        // Each request's read is a small command: send it at once, not held
+        // back by Nagle's algorithm behind the previous one's ACK.
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        let client = redis::Client::open(info.set_tcp_settings(tcp)).map_err(invalid)?;
+        let shared = Arc::new(Shared {
+            client,
+            conn: ArcSwapOption::empty(),
+            prefix: prefix.to_string(),
+            channel: format!("{prefix}blocks"),
+            index: format!("{prefix}index:blocks"),
+            timeout,
+            replica: replica.to_string(),
+            local: MemoryStore::new(clock.clone()),
+            pending: Mutex::default(),
+            pending_len: AtomicUsize::new(0),
+            next_seq: AtomicU64::new(0),
+            clean: Mutex::default(),
+            clock,
+            metrics,
+            lost: Notify::new(),
+            put: Script::new(scripts::PUT),
+            quota: Script::new(scripts::QUOTA),
+            clear: Script::new(scripts::CLEAR),
+        });
+        if let Err(e) = shared.reconnect().await {
+            tracing::warn!(error = %e, "Redis unreachable at start; serving on this replica's own learned state");
+            shared.metrics.set_redis(Health::Down);
+        }
+        Ok(Self { shared })
+    }
+
+    /// Starts the health and mirror tasks on `tasks`; they stop with `shutdown`.
+    pub fn spawn_tasks(&self, tasks: &TaskTracker, shutdown: CancellationToken) {
+        tasks.spawn(self.shared.clone().health(shutdown.clone()));
+        tasks.spawn(self.shared.clone().mirror(shutdown));
+    }
+
+    /// Whether Redis answered the last call.
+    pub fn is_connected(&self) -> bool {
+        self.shared.conn.load().is_some()
+    }
+
+    /// How many blocks and deletes this replica holds that Redis has not taken yet.
+    pub fn unsynced(&self) -> usize {
+        self.shared.pending_len.load(Ordering::Relaxed)
+    }
+}
+
+impl Shared {
+    fn key(&self, scope: &Scope) -> String {
+        match scope {
+            Scope::Credential { credential_id } => {
+                format!("{}block:cred:{credential_id}", self.prefix)
+            }
+            Scope::Pair {
+                credential_id,
+                upstream_model,
+            } => format!(
+                "{}block:model:{credential_id}:{upstream_model}",
+                self.prefix
+            ),
+        }
+    }
+
+    fn ladder_key(&self, scope: &Scope) -> String {
+        match scope {
+            Scope::Credential { credential_id } => format!("{}quota:{credential_id}", self.prefix),
+            Scope::Pair {
+                credential_id,
+                upstream_model,
+            } => format!("{}quota:{credential_id}:{upstream_model}", self.prefix),
+        }
+    }
+
+    fn scope_of(&self, key: &str) -> Option<Scope> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("block:")?;
+        if let Some(id) = rest.strip_prefix("cred:") {
+            return Some(Scope::credential(id));
+        }
+        let (id, upstream) = rest.strip_prefix("model:")?.split_once(':')?;
+        Some(Scope::pair(id, upstream))
+    }
+
+    /// Runs one call against Redis within the timeout. `None` means Redis did
+    /// not do it, for whatever reason; the caller falls back to the local
+    /// store (and keeps what it meant to write as unsynced).
+    async fn call<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let conn = self.conn.load_full()?;
+        match tokio::time::timeout(self.timeout, op((*conn).clone())).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.trouble(&e);
+                None
+            }
+            Err(_) => {
+                self.metrics.redis_failure(RedisFailure::Timeout);
+                self.lose("timed out");
+                None
+            }
+        }
+    }
+
+    /// Counts a failed command; a lost connection also switches to local state.
+    fn trouble(&self, e: &RedisError) {
+        if is_connection_error(e) {
+            self.metrics.redis_failure(if e.is_timeout() {
+                RedisFailure::Timeout
+            } else {
+                RedisFailure::Connection
+            });
+            self.lose(&e.to_string());
+        } else {
+            // OOM, READONLY, MISCONF...: Redis answers but refuses.
+            self.metrics.redis_failure(RedisFailure::Refused);
+            tracing::warn!(error = %e, "Redis refused a learned-state command; kept on this replica until Redis takes it");
+        }
+    }
+
+    fn lose(&self, why: &str) {
+        if self.conn.swap(None).is_some() {
+            tracing::warn!(
+                reason = why,
+                "Redis unreachable; serving on this replica's own learned state"
+            );
+            self.metrics.set_redis(Health::Down);
+            self.lost.notify_one();
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<Scope, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `scope` to be written to Redis later.
+    fn remember(&self, scope: &Scope, what: Unsynced) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut pending = self.pending();
+        pending.insert(scope.clone(), Pending { seq, what });
+        self.counted(pending.len());
+    }
+
+    /// Drops `scope` from the unsynced list if it is still the entry `seq`
+    /// (a newer one learned meanwhile stays).
+    fn settle(&self, scope: &Scope, seq: u64) {
+        let mut pending = self.pending();
+        if pending.get(scope).is_some_and(|p| p.seq == seq) {
+            pending.remove(scope);
+        }
+        self.counted(pending.len());
+    }
+
+    fn forget(&self, scope: &Scope) {
+        let mut pending = self.pending();
+        pending.remove(scope);
+        self.counted(pending.len());
+    }
+
+    fn counted(&self, n: usize) {
+        self.pending_len.store(n, Ordering::Relaxed);
+        self.metrics.set_redis_unsynced(n);
+    }
+
+    /// Redis' answer for `scopes`, with what this replica holds that Redis
+    /// has not taken yet laid over it: its own blocks are honoured, and a
+    /// delete it could not pass on still hides what it deleted.
+    async fn overlay(
+        &self,
+        scopes: &[Scope],
+        mut blocks: Vec<Option<Block>>,
+    ) -> Vec<Option<Block>> {
+        if self.pending_len.load(Ordering::Relaxed) == 0 {
+            return blocks;
+        }
+        let unsynced: Vec<(usize, Unsynced)> = {
+            let pending = self.pending();
+            scopes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| pending.get(s).map(|p| (i, p.what)))
+                .collect()
+        };
+        for (i, what) in unsynced {
+            match what {
+                Unsynced::Block => {
+                    let mine = self.local.get(std::slice::from_ref(&scopes[i])).await;
+                    if let Ok(mut mine) = mine
+                        && let Some(mine) = mine.pop().flatten()
+                    {
+                        blocks[i] = Some(match blocks[i].take() {
+                            Some(theirs) => theirs.merge(mine),
+                            None => mine,
+                        });
+                    }
+                }
+                Unsynced::Delete { at_ms } => {
+                    if blocks[i].as_ref().is_some_and(|b| b.since_ms < at_ms) {
+                        blocks[i] = None;
+                    }
+                }
+            }
+        }
+        blocks
+    }
+
+    /// The routing read: the blocks of `keys` with their TTLs, and whether
+    /// each of `ladders` exists, in one pipelined round trip. A key Redis
+    /// returns has not expired, so it blocks, for its TTL, whatever its value says.
+    async fn read_with(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[String],
+        ladders: &[String],
+    ) -> Result<(Vec<Option<Block>>, Vec<bool>), RedisError> {
+        if keys.is_empty() && ladders.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(keys).arg(ladders);
+        for k in keys {
+            pipe.cmd("PTTL").arg(k);
+        }
+        let mut answers: Vec<RedisValue> = pipe.query_async(conn).await?;
+        let ttls: Vec<i64> = answers
+            .drain(1.min(answers.len())..)
+            .map(|v| match v {
+                RedisValue::Int(t) => t,
+                _ => -2,
+            })
+            .collect();
+        let values: Vec<Option<Vec<u8>>> = match answers.pop() {
+            Some(v) => redis::from_redis_value(v)?,
+            None => Vec::new(),
+        };
+        let now = self.clock.now_ms();
+        let (blocks, exists) = values.split_at(keys.len().min(values.len()));
+        let blocks = blocks
+            .iter()
+            .zip(&ttls)
+            .map(|(v, ttl)| v.as_deref().and_then(|bytes| present(bytes, *ttl, now)))
+            .collect();
+        Ok((blocks, exists.iter().map(Option::is_some).collect()))
+    }
+
+    /// Every block the index names, with its TTL: what the admin API and the
+    /// mirror's reload show. Index entries whose key is gone (deleted by
+    /// hand) are dropped from the index on the way.
+    async fn read_index(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Vec<(Scope, Block)>, RedisError> {
+        let keys: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&self.index)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
+        }
+        let values: Vec<RedisValue> = pipe.query_async(conn).await?;
+        let now = self.clock.now_ms();
+        let mut gone = Vec::new();
+        let mut all = Vec::new();
+        for (key, pair) in keys.iter().zip(values.chunks(2)) {
+            let block = match pair {
+                [value, RedisValue::Int(ttl)] => scripts::block_of(value, *ttl, now),
+                _ => None,
+            };
+            match (self.scope_of(key), block) {
+                (Some(scope), Some(block)) => all.push((scope, block)),
+                _ => gone.push(key),
+            }
+        }
+        if !gone.is_empty() {
+            redis::cmd("ZREM")
+                .arg(&self.index)
+                .arg(gone)
+                .query_async::<i64>(conn)
+                .await?;
+        }
+        Ok(all)
+    }
+
+    fn dirty(&self, scope: &Scope) {
+        self.clean
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(scope);
+    }
+
+    fn is_clean(&self, scope: &Scope) -> bool {
+        self.clean
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(scope)
+    }
+
+    /// Writes one block with the PUT script; the block that stands, on this replica's clock.
+    async fn write_block(
+        &self,
+        conn: &mut MultiplexedConnection,
+        scope: &Scope,
+        block: &Block,
+        ttl_ms: i64,
+    ) -> Result<Option<Block>, RedisError> {
+        let result = self
+            .put
+            .key(self.key(scope))
+            .key(&self.index)
+            .arg(block.reason.as_str())
+            .arg(block.status)
+            .arg(&block.message)
+            .arg(&block.replica)
+            .arg(ttl_ms)
+            .arg(&self.channel)
+            .invoke_async::<RedisValue>(conn)
+            .await?;
+        Ok(stands(&result, self.clock.now_ms()))
+    }
+}
+
+fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+#[async_trait]
+impl LearnedStore for RedisStore {
+    async fn get(&self, scopes: &[Scope]) -> Result<Vec<Option<Block>>, StoreError> {
+        let s = &self.shared;
+        let keys: Vec<String> = scopes.iter().map(|sc| s.key(sc)).collect();
+        // The pairs' ladders ride along in the same round trip, so a success
+        // on a pair that has neither block nor ladder needs no write.
+        let pairs: Vec<&Scope> = scopes
+            .iter()
+            .filter(|sc| matches!(sc, Scope::Pair { .. }))
+            .collect();
+        let ladders: Vec<String> = pairs.iter().map(|sc| s.ladder_key(sc)).collect();
+        let read = s
+            .call(|mut c| async move { s.read_with(&mut c, &keys, &ladders).await })
+            .await;
+        match read {
+            Some((blocks, laddered)) => {
+                {
+                    let mut clean = s.clean.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut pair = 0;
+                    for (scope, block) in scopes.iter().zip(&blocks) {
+                        if matches!(scope, Scope::Pair { .. }) {
+                            if block.is_none() && !laddered.get(pair).copied().unwrap_or(true) {
+                                // Usually already known clean: no clone then.
+                                if !clean.contains(scope) {
+                                    clean.insert(scope.clone());
+                                }
+                            } else {
+                                clean.remove(scope);
+                            }
+                            pair += 1;
+                        }
+                    }
+                }
+                Ok(s.overlay(scopes, blocks).await)
+            }
+            None => s.local.get(scopes).await,
+        }
+    }
+
+    async fn put(&self, scope: &Scope, block: Block) -> Result<Block, StoreError> {
+        let s = &self.shared;
+        s.dirty(scope);
+        let ttl = block.until_ms - s.clock.now_ms();
+        if ttl <= 0 {
+            return Ok(block);
+        }
+        let written = s
+            .call(|mut c| {
+                let block = &block;
+                async move { s.write_block(&mut c, scope, block, ttl).await }
+            })
+            .await;
+        match written.flatten() {
+            Some(stood) => s.local.put(scope, stood).await,
+            None => {
+                let stood = s.local.put(scope, block).await;
+                s.remember(scope, Unsynced::Block);
+                stood
+            }
+        }
+    }
+
+    async fn quota(&self, pair: &Scope, hit: QuotaHit) -> Result<Block, StoreError> {
+        let s = &self.shared;
+        s.dirty(pair);
+        let h = hit.clone();
+        let written = s
+            .call(|mut c| async move {
+                s.quota
+                    .key(s.key(pair))
+                    .key(s.ladder_key(pair))
+                    .key(&s.index)
+                    .arg(h.base_ms)
+                    .arg(h.cap_ms)
+                    .arg(h.hint_ms.map_or(0, |ms| ms.min(cooldown::MAX_HINT_MS)))
+                    .arg(h.status)
+                    .arg(&h.message)
+                    .arg(&h.replica)
+                    .arg(&s.channel)
+                    .invoke_async::<RedisValue>(&mut c)
+                    .await
+            })
+            .await;
+        match written.and_then(|r| stands(&r, s.clock.now_ms())) {
+            Some(stood) => s.local.put(pair, stood).await,
+            None => {
+                let stood = s.local.quota(pair, hit).await;
+                s.remember(pair, Unsynced::Block);
+                stood
+            }
+        }
+    }
+
+    async fn succeed(&self, pair: &Scope, request_started_ms: i64) -> Result<(), StoreError> {
+        let s = &self.shared;
+        if s.is_clean(pair) {
+            return s.local.succeed(pair, request_started_ms).await;
+        }
+        // The request's age, not its start: Redis judges "started before" on its own clock.
+        let age = (s.clock.now_ms() - request_started_ms).max(0);
+        s.call(|mut c| async move {
+            s.clear
+                .key(s.key(pair))
+                .key(&s.index)
+                .key(s.ladder_key(pair))
+                .arg(age)
+                .arg(&s.channel)
+                .arg(0)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await;
+        s.local.succeed(pair, request_started_ms).await
+    }
+
+    async fn list(&self) -> Result<Vec<(Scope, Block)>, StoreError> {
+        let s = &self.shared;
+        match s
+            .call(|mut c| async move { s.read_index(&mut c).await })
+            .await
+        {
+            Some(listed) => {
+                let mut all: HashMap<Scope, Block> = listed.into_iter().collect();
+                // What this replica holds that Redis has not taken yet counts too.
+                let unsynced: Vec<Scope> = s.pending().keys().cloned().collect();
+                for scope in unsynced {
+                    let theirs = all.remove(&scope);
+                    let mut shown = s.overlay(std::slice::from_ref(&scope), vec![theirs]).await;
+                    if let Some(b) = shown.pop().flatten() {
+                        all.insert(scope, b);
+                    }
+                }
+                let mut all: Vec<_> = all.into_iter().collect();
+                all.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(all)
+            }
+            None => s.local.list().await,
+        }
+    }
+
+    async fn remove(&self, scope: &Scope) -> Result<bool, StoreError> {
+        let s = &self.shared;
+        let key = s.key(scope);
+        let event = serde_json::to_string(&Event {
+            key: key.clone(),
+            ttl_ms: 0,
+            value: None,
+            deleted: true,
+        })
+        .unwrap_or_default();
+        let removed = s
+            .call(|mut c| async move {
+                let (n, _, _): (i64, i64, i64) = redis::pipe()
+                    .cmd("DEL")
+                    .arg(&key)
+                    .cmd("ZREM")
+                    .arg(&s.index)
+                    .arg(&key)
+                    .cmd("PUBLISH")
+                    .arg(&s.channel)
+                    .arg(event)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(n > 0)
+            })
+            .await;
+        let local = s.local.remove(scope).await?;
+        match removed {
+            Some(removed) => {
+                s.forget(scope);
+                Ok(removed || local)
+            }
+            None => {
+                // Passed on to Redis when it takes writes again, so the
+                // reload that follows does not bring the block back.
+                s.remember(
+                    scope,
+                    Unsynced::Delete {
+                        at_ms: s.clock.now_ms(),
+                    },
+                );
+                Ok(local)
+            }
+        }
+    }
+
+    async fn quota_level(&self, pair: &Scope) -> Result<u32, StoreError> {
+        let s = &self.shared;
+        let key = s.ladder_key(pair);
+        match s
+            .call(|mut c| async move {
+                redis::cmd("GET")
+                    .arg(key)
+                    .query_async::<Option<u32>>(&mut c)
+                    .await
+            })
+            .await
+        {
+            Some(level) => Ok(level.unwrap_or(0)),
+            None => s.local.quota_level(pair).await,
+        }
+    }
+
+    async fn affinity(&self, key: &str) -> Result<Option<Affinity>, StoreError> {
+        let s = &self.shared;
+        let redis_key = format!("{}affinity:{key}", s.prefix);
+        match s
+            .call(|mut c| async move {
+                redis::cmd("GET")
+                    .arg(redis_key)
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            })
+            .await
+        {
+            Some(value) => Ok(value.as_deref().and_then(Affinity::decode)),
+            None => s.local.affinity(key).await,
+        }
+    }
+
+    async fn set_affinity(&self, key: &str, to: &Affinity, ttl_ms: u64) -> Result<(), StoreError> {
+        let s = &self.shared;
+        // Kept locally too: it answers while Redis does not.
+        s.local.set_affinity(key, to, ttl_ms).await?;
+        let redis_key = format!("{}affinity:{key}", s.prefix);
+        let value = to.encode();
+        s.call(|mut c| async move {
+            redis::cmd("SET")
+                .arg(redis_key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms.max(1))
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await;
+        Ok(())
+    }
+
+    fn view(&self) -> View {
+        if self.is_connected() {
+            View::Shared {
+                unsynced: self.unsynced(),
+            }
+        } else {
+            View::Local {
+                unsynced: self.unsynced(),
+            }
+        }
+    }
+}

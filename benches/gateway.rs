@@ -238,8 +238,14 @@ async fn seed_cluster(pg: &PgServer, mock: SocketAddr) {
          insert into credential_models values ('p', 'fast', 'fast'), ('p', 'stream', 'stream'), ('p', 'slow', 'slow');
          insert into credential_models select 'p', 'prop' || i, 'u' || i from generate_series(0, 199) i;
          insert into credential_models select 'q', 'prop' || i, 'u' || i from generate_series(0, 199) i;
+         insert into credentials (id, provider, base_url, api_key, priority)
+           select 'k' || i, 'openai', 'http://{mock}/v1', 'upstream-k' || i, 0 from generate_series(0, {last}) i;
+         insert into credential_models select 'k' || i, 'pool' || n, 'fast'
+           from unnest(array{pools:?}) n, generate_series(0, {last}) i where i < n;
          insert into api_keys (name, key_hash) values ('bench', '{}');",
-        switchyard::catalog::hash_key(CLIENT_KEY)
+        switchyard::catalog::hash_key(CLIENT_KEY),
+        last = POOLS[POOLS.len() - 1] - 1,
+        pools = POOLS,
     );
     sqlx::raw_sql(&seed).execute(&db).await.unwrap();
     db.close().await;
@@ -247,17 +253,76 @@ async fn seed_cluster(pg: &PgServer, mock: SocketAddr) {
 
 // --------------------------------------------------------- measurements
 
-fn wrk_script(dir: &Path) -> PathBuf {
-    let path = dir.join("post.lua");
+fn wrk_script(dir: &Path, model: &str) -> PathBuf {
+    let path = dir.join(format!("post-{model}.lua"));
     std::fs::write(
         &path,
         format!(
-            "wrk.method = \"POST\"\nwrk.body = '{{\"model\":\"fast\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n\
+            "wrk.method = \"POST\"\nwrk.body = '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n\
              wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {CLIENT_KEY}\"\n"
         ),
     )
     .unwrap();
     path
+}
+
+/// One chat completion with the bench's client key.
+async fn chat(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
+    client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Route sizes of the pool measurement: models `pool{n}` served by `n`
+/// credentials (`k0`...) of the same upstream.
+const POOLS: [usize; 4] = [1, 100, 1_000, 10_000];
+
+/// Throughput of one replica (cluster mode) per route size, one figure per
+/// run, and the Redis commands a successful request costs on the largest.
+async fn pools(url: &str, dir: &Path, redis: &RedisServer, opts: &Options) -> (Vec<Vec<f64>>, f64) {
+    let mut rps = vec![Vec::new(); POOLS.len()];
+    for run in 1..=opts.runs {
+        for (i, n) in POOLS.iter().enumerate() {
+            eprintln!("==> run {run}/{}: pool of {n}", opts.runs);
+            let script = wrk_script(dir, &format!("pool{n}"));
+            let _ = wrk(url, &script, 8, 1).await;
+            let (r, _, _, errors) = wrk(url, &script, 32, opts.seconds).await;
+            assert_eq!(errors, 0, "pool of {n}: failed requests");
+            rps[i].push(r);
+        }
+    }
+    let requests = 2_000;
+    let client = reqwest::Client::new();
+    let body = json!({"model": format!("pool{}", POOLS[POOLS.len() - 1]), "messages": [{"role": "user", "content": "hi"}]});
+    let _ = redis.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..requests {
+        let r = chat(&client, url, &body).await;
+        assert!(r.status().is_success());
+    }
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    // Health checks (PING, and the view's reconcile) run meanwhile: left in,
+    // they only raise the figure.
+    let calls: f64 = stats
+        .lines()
+        .filter(|l| {
+            l.starts_with("cmdstat_")
+                && !l.starts_with("cmdstat_info")
+                && !l.starts_with("cmdstat_config")
+        })
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum();
+    (rps, calls / f64::from(requests))
 }
 
 /// Runs wrk and returns (requests per second, p50 ms, p99 ms, non-2xx).
@@ -321,13 +386,7 @@ async fn stream_timing(url: &str, requests: usize) -> (f64, Vec<f64>) {
     let mut per_chunk: Vec<Vec<f64>> = vec![Vec::new(); STREAM_CHUNKS];
     for _ in 0..requests {
         let sent = Instant::now();
-        let r = client
-            .post(format!("{url}/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = chat(&client, url, &body).await;
         let mut s = r.bytes_stream();
         let mut buf = String::new();
         let mut seen = 0;
@@ -526,7 +585,7 @@ async fn main() {
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out_dir).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let script = wrk_script(tmp.path());
+    let script = wrk_script(tmp.path(), "fast");
     eprintln!("==> starting the mock upstream, nginx, Postgres, Redis and the gateways");
     let mock = start_mock();
     let floor = Nginx::start(&[mock]);
@@ -624,13 +683,16 @@ async fn main() {
         }
         return;
     }
+    let pool = pools(&format!("http://{}", a.addr), tmp.path(), &redis, &opts).await;
     eprintln!("==> cross-replica propagation");
     let (mut prop, violations) =
         propagation(&format!("http://{}", b.addr), &redis.url(), 200).await;
     if let Some((_, child)) = litellm.as_mut() {
         let _ = child.kill().await;
     }
-    report(&targets, &rows, &mut prop, violations, &opts, &out_dir);
+    report(
+        &targets, &rows, &mut prop, violations, &opts, &out_dir, &pool,
+    );
 }
 
 async fn start_litellm(mock: SocketAddr, dir: &Path) -> (String, tokio::process::Child) {
@@ -695,6 +757,7 @@ fn report(
     violations: usize,
     opts: &Options,
     out_dir: &Path,
+    pool: &(Vec<Vec<f64>>, f64),
 ) {
     let med = |v: &[f64]| median(&mut v.to_vec());
     let direct = &rows[0];
@@ -761,7 +824,22 @@ fn report(
         "cross-replica propagation ({} trials): block written -> other replica's routing honours it: p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms; requests that chose the blocked pair after the write: {violations}",
         prop.len()
     );
+    println!();
+    println!("one replica, cluster mode, req/s @32 by credentials on the model (ratio to 1):");
+    let one = med(&pool.0[0]);
+    let mut pool_rows = Vec::new();
+    for (n, runs) in POOLS.iter().zip(&pool.0) {
+        let r = med(runs);
+        println!("  {n:>6} credentials: {r:>8.0} req/s  {:.2}x", r / one);
+        pool_rows.push(json!({"credentials": n, "rps_32": r, "ratio_to_1": r / one, "runs": runs}));
+    }
+    println!(
+        "  Redis commands per successful request, {} credentials: {:.2}",
+        POOLS[POOLS.len() - 1],
+        pool.1
+    );
     let summary = json!({
+        "pools": pool_rows, "redis_commands_per_request": pool.1,
         "runs": opts.runs, "seconds_per_load": opts.seconds, "targets": json_rows,
         "propagation_ms": {"p50": p50, "p99": p99, "max": max, "trials": prop.len(), "violations": violations},
     });

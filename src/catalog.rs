@@ -170,6 +170,23 @@ pub struct Member {
     pub(crate) pool_cursor: AtomicU64,
 }
 
+/// What decides whether a credential can express a request: its protocol,
+/// and whether it also serves the Responses API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CredentialKind {
+    pub provider: Provider,
+    pub responses_api: bool,
+}
+
+impl Credential {
+    pub fn kind(&self) -> CredentialKind {
+        CredentialKind {
+            provider: self.provider,
+            responses_api: self.responses_api,
+        }
+    }
+}
+
 /// The credentials of one priority level.
 #[derive(Debug)]
 pub struct Tier {
@@ -187,13 +204,33 @@ pub struct Route {
     pub model: String,
     /// Tiers ordered from the highest priority down.
     pub tiers: Vec<Tier>,
-    /// Every scope whose block can affect this route, read in one batch.
+    /// Every scope whose block can affect this route; members name theirs by index.
     pub scopes: Vec<Scope>,
+    /// One credential of each kind in the route: a request is prepared once
+    /// per kind, never once per credential.
+    pub kinds: Vec<Arc<Credential>>,
+    /// Where each credential sits: (tier, member) by credential id.
+    index: HashMap<String, (usize, usize)>,
 }
 
 impl Route {
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.tiers.iter().flat_map(|t| t.members.iter())
+    }
+
+    /// The member of credential `id`, found in one lookup.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        let &(tier, member) = self.index.get(id)?;
+        self.tiers.get(tier)?.members.get(member)
+    }
+
+    /// How many credentials the route has.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
     }
 }
 
@@ -515,7 +552,13 @@ fn build_route(model: String, mut members: Vec<Share>) -> Route {
                 pool_cursor: AtomicU64::new(0),
             });
     }
-    let tiers = by_priority
+    let mut kinds: BTreeMap<CredentialKind, Arc<Credential>> = BTreeMap::new();
+    for m in by_priority.values().flatten() {
+        kinds
+            .entry(m.credential.kind())
+            .or_insert_with(|| m.credential.clone());
+    }
+    let tiers: Vec<Tier> = by_priority
         .into_iter()
         .rev()
         .map(|(priority, members)| {
@@ -528,10 +571,22 @@ fn build_route(model: String, mut members: Vec<Share>) -> Route {
             }
         })
         .collect();
+    let index = tiers
+        .iter()
+        .enumerate()
+        .flat_map(|(t, tier)| {
+            tier.members
+                .iter()
+                .enumerate()
+                .map(move |(i, m)| (m.credential.id.clone(), (t, i)))
+        })
+        .collect();
     Route {
         model,
         tiers,
         scopes,
+        kinds: kinds.into_values().collect(),
+        index,
     }
 }
 

@@ -69,6 +69,109 @@ async fn a_model_support_failure_on_one_replica_is_never_followed_by_another_sel
     assert_eq!(unique.len(), 1000);
 }
 
+/// The same check on one model with 1,000 credentials, in fill-first mode:
+/// the pair replica A blocks is exactly the one replica B would pick next,
+/// so a replica that chose from a stale view would show it at once.
+#[tokio::test]
+async fn on_a_model_with_1000_credentials_the_next_pick_never_lands_on_a_fresh_block() {
+    let mut c = Cluster::services().await;
+    let base = c.mock.base_url();
+    c.sql(&format!(
+        "insert into credentials (id, provider, base_url, api_key, priority)
+           select 'c' || lpad(i::text, 4, '0'), 'openai', '{base}', 'upstream-key-c' || lpad(i::text, 4, '0'), 0
+           from generate_series(0, 999) i;
+         insert into credential_models
+           select 'c' || lpad(i::text, 4, '0'), 'big', 'up-big' from generate_series(0, 999) i;"
+    ))
+    .await;
+    for _ in 0..2 {
+        c.add_replica(&[("SWITCHYARD_ROUTING", "fill-first")]).await;
+    }
+    let (a, b) = (c.replicas[0].url.clone(), c.replicas[1].url.clone());
+    let id = |i: usize| format!("c{i:04}");
+    for i in 0..999 {
+        c.mock.script(
+            &key_of(&id(i)),
+            [Reply::openai_error(
+                400,
+                "The requested model is not supported.",
+                "invalid_request_error",
+                Some("model_not_supported"),
+            )],
+        );
+        c.mock.clear_hits();
+        assert_eq!(c.chat(&a, "big").await.status(), 200, "sequence {i} on A");
+        assert_eq!(c.chat(&b, "big").await.status(), 200, "sequence {i} on B");
+        assert_eq!(
+            c.mock.keys(),
+            [key_of(&id(i)), key_of(&id(i + 1)), key_of(&id(i + 1))],
+            "sequence {i}: A blocked {} and fell back; B must go where A went",
+            id(i)
+        );
+    }
+}
+
+/// Headroom: a successful answer that says no requests are left until a
+/// reset makes every replica skip that pair until the reset, without a
+/// failed call, and the block shows in the admin API and the metrics.
+#[tokio::test]
+async fn a_credential_reporting_nothing_left_is_skipped_by_every_replica_until_its_reset() {
+    let c = seeded(2, primary_and_backup).await;
+    let (a, b) = (c.replicas[0].url.clone(), c.replicas[1].url.clone());
+    let answer = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up-m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "last one"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}});
+    c.mock.script(
+        &key_of("primary"),
+        [Reply::status_with(
+            200,
+            answer,
+            &[
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "2s"),
+                ("x-ratelimit-remaining-tokens", "39000"),
+            ],
+        )],
+    );
+    let r = c.chat(&a, "m").await;
+    assert_eq!(r.status(), 200);
+    let stored: Value =
+        serde_json::from_str(&c.redis.cli(&["GET", "switchyard:block:model:primary:up-m"]))
+            .unwrap();
+    assert_eq!(stored["reason"], "exhausted");
+    c.mock.clear_hits();
+    for base in [&a, &b, &a, &b] {
+        assert_eq!(c.chat(base, "m").await.status(), 200);
+    }
+    assert_eq!(
+        c.mock.keys(),
+        vec![key_of("backup"); 4],
+        "no replica spends a call on the exhausted pair"
+    );
+    let listed = c
+        .client
+        .get(format!("{b}/admin/blocks"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(listed["blocks"][0]["reason"], "exhausted", "{listed}");
+    assert_eq!(
+        c.replicas[0]
+            .metric("switchyard_blocks_total{reason=\"exhausted\",scope=\"model\"}")
+            .await,
+        Some(1.0)
+    );
+    // After the reset, primary serves again.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    c.mock.clear_hits();
+    assert_eq!(c.chat(&b, "m").await.status(), 200);
+    assert_eq!(c.mock.keys(), [key_of("primary")]);
+}
+
 #[tokio::test]
 async fn insert_update_delete_and_truncate_reach_every_replica_within_a_second() {
     let c = seeded(2, |_| String::new()).await;
@@ -250,13 +353,17 @@ async fn blocks_deleted_or_written_by_hand_take_effect_within_a_second() {
     assert!(ttl > 11 * 3_600_000 && ttl <= 12 * 3_600_000, "{ttl}");
 
     assert_eq!(c.redis.cli(&["DEL", key]), "1");
-    c.mock.clear_hits();
-    assert_eq!(c.chat(&b, "m").await.status(), 200);
-    assert_eq!(
-        c.mock.keys(),
-        [key_of("primary")],
-        "the deleted block no longer blocks"
-    );
+    // No event tells the replicas of a delete by hand: each finds out when
+    // it checks its view against Redis, within the contract's second.
+    for replica in [&a, &b] {
+        let mock = &c.mock;
+        common::eventually("the deleted block no longer blocks", SECOND, async || {
+            mock.clear_hits();
+            assert_eq!(c.chat(replica, "m").await.status(), 200);
+            mock.keys() == [key_of("primary")]
+        })
+        .await;
+    }
 
     // A block written by hand blocks every replica.
     let now = chrono::Utc::now().timestamp_millis();

@@ -96,6 +96,7 @@ impl Gateway {
             }
         };
         self.learn(at, &Outcome::Success, "").await;
+        self.headroom(at, &response).await;
         let response_id = (same && request.format == Format::Responses)
             .then(|| response_id(&answer))
             .flatten();
@@ -147,6 +148,7 @@ impl Gateway {
             }
         }
         self.learn(at, &Outcome::Success, "").await;
+        self.headroom(at, &response).await;
         let response_id = translator.response_id().map(String::from);
         let stream = relay::relay(
             self.clone(),
@@ -160,6 +162,33 @@ impl Gateway {
         AttemptEnd::Answered {
             reply: Reply::Stream(stream),
             response_id,
+        }
+    }
+
+    /// Headroom: a successful answer whose rate-limit headers say nothing is
+    /// left blocks its pair until the reset, as a quota block of reason
+    /// `exhausted`, so no replica spends a failed call on it.
+    async fn headroom(&self, at: &Attempted, response: &upstream::Response) {
+        let now = self.now_ms();
+        let Some((ms, header)) = hints::exhausted(|h| response.header(h), now) else {
+            return;
+        };
+        let cred = &at.pick.credential;
+        let pair = crate::state::Scope::pair(&cred.id, &at.pick.upstream_model);
+        let block = crate::state::Block {
+            reason: crate::state::Reason::Exhausted,
+            status: response.status,
+            message: format!("{header}: nothing left until the reset"),
+            replica: self.inner.config.replica_id.clone(),
+            since_ms: now,
+            until_ms: now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
+        };
+        match self.inner.store.put(&pair, block).await {
+            Ok(_) => {
+                self.inner.metrics.block("exhausted", pair.kind());
+                tracing::info!(credential = %cred.id, scope = %pair, block_ms = ms, header, "headroom used up");
+            }
+            Err(e) => tracing::warn!(credential = %cred.id, error = %e, "learning headroom failed"),
         }
     }
 

@@ -35,8 +35,9 @@ impl Gateway {
         // A count is cheap to estimate and never worth a wait.
         let mut plan = Plan::new(cfg.routing, cfg.request_retry, 0, started)
             .excluding(prepared.excluded.clone());
+        let mut seen = super::Confirmed::default();
         loop {
-            match self.next_step(&mut plan, &route).await {
+            match self.next_step(&mut plan, &route, &mut seen).await {
                 Step::Try(pick) => {
                     trace.attempt(&pick);
                     let at = Attempted {

@@ -260,8 +260,9 @@ impl Gateway {
         )
         .excluding(prepared.excluded.clone())
         .preferring(last.clone().map(|a| (a.credential_id, a.upstream_model)));
+        let mut seen = Confirmed::default();
         loop {
-            match self.next_step(&mut plan, &route).await {
+            match self.next_step(&mut plan, &route, &mut seen).await {
                 Step::Try(pick) => {
                     trace.attempt(&pick);
                     let attempted = Attempted {
@@ -302,8 +303,12 @@ impl Gateway {
                     retry_after_s,
                     all_quota,
                 } => {
-                    let blocks = self.read_blocks(&route).await;
-                    let why = why_blocked(&route, &blocks, self.now_ms());
+                    let view = Seen {
+                        route: &route,
+                        store: self.inner.store.as_ref(),
+                        confirmed: &seen,
+                    };
+                    let why = why_blocked(&route, &view, self.now_ms());
                     return give_up(&route, retry_after_s, all_quota, &why);
                 }
             }
@@ -363,25 +368,52 @@ impl Gateway {
         Ok((route, prepared))
     }
 
-    /// Reads the route's blocks now and asks the plan for the next step.
-    async fn next_step(&self, plan: &mut Plan, route: &Route) -> Step {
-        let blocks = self.read_blocks(route).await;
-        let view = View {
-            blocks: &blocks,
-            now_ms: self.now_ms(),
-        };
-        plan.next(route, view)
-    }
-
-    /// The route's blocks. A store that fails is treated as holding none, so
-    /// requests keep flowing; the failure is logged.
-    async fn read_blocks(&self, route: &Route) -> Vec<Option<Block>> {
-        match self.inner.store.get(&route.scopes).await {
-            Ok(blocks) => blocks,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading learned state failed; routing without it");
-                vec![None; route.scopes.len()]
+    /// Asks the plan for the next step on this replica's own view of the
+    /// blocks, then confirms a pick with the store (for Redis, one read of
+    /// just that credential's and pair's keys): a pick found blocked is taken
+    /// back and the plan asked again, now knowing. So a request's cost does
+    /// not grow with its route, and a block in the shared store is never
+    /// missed, however late this replica's view of it.
+    async fn next_step(&self, plan: &mut Plan, route: &Route, seen: &mut Confirmed) -> Step {
+        loop {
+            let step = {
+                let view = Seen {
+                    route,
+                    store: self.inner.store.as_ref(),
+                    confirmed: seen,
+                };
+                plan.next(
+                    route,
+                    View {
+                        blocks: &view,
+                        now_ms: self.now_ms(),
+                    },
+                )
+            };
+            let Step::Try(pick) = &step else {
+                return step;
+            };
+            let scopes = [pick.credential_scope, pick.pair_scope];
+            let keys = scopes.map(|i| route.scopes[i].clone());
+            match self.inner.store.get(&keys).await {
+                Ok(found) => {
+                    let now = self.now_ms();
+                    let blocked = found.iter().flatten().any(|b| b.is_active(now));
+                    for (i, b) in scopes.into_iter().zip(found) {
+                        seen.set(i, b);
+                    }
+                    if blocked {
+                        plan.retract(pick);
+                        continue;
+                    }
+                }
+                // A store that fails is treated as holding nothing, so
+                // requests keep flowing; the failure is logged.
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading learned state failed; routing without it");
+                }
             }
+            return step;
         }
     }
 
@@ -496,16 +528,47 @@ const CANDIDATES_NAMED: usize = 4;
 /// How much of a block's message a give-up quotes.
 const REASON_CHARS: usize = 80;
 
+/// What one request has read of the shared store: the blocks (or their
+/// absence) of the scopes it confirmed, which stand over this replica's view.
+#[derive(Default)]
+struct Confirmed(Vec<(usize, Option<Block>)>);
+
+impl Confirmed {
+    fn set(&mut self, scope: usize, block: Option<Block>) {
+        match self.0.iter_mut().find(|(i, _)| *i == scope) {
+            Some(entry) => entry.1 = block,
+            None => self.0.push((scope, block)),
+        }
+    }
+}
+
+/// A route's blocks as one request sees them: what it confirmed, else this
+/// replica's own view, looked up one scope at a time.
+struct Seen<'a> {
+    route: &'a Route,
+    store: &'a dyn LearnedStore,
+    confirmed: &'a Confirmed,
+}
+
+impl crate::routing::select::Blocks for Seen<'_> {
+    fn block(&self, scope: usize) -> Option<Block> {
+        if let Some((_, b)) = self.confirmed.0.iter().find(|(i, _)| *i == scope) {
+            return b.clone();
+        }
+        self.store.peek(self.route.scopes.get(scope)?)
+    }
+}
+
 /// Why each candidate is out, for the client: "openai-main: upstream_error
 /// (connection refused), 58 s left; ...". Credential ids and scrubbed
 /// upstream messages only: no secret was ever stored in a block.
-fn why_blocked(route: &Route, blocks: &[Option<Block>], now_ms: i64) -> String {
+fn why_blocked(route: &Route, blocks: &dyn crate::routing::select::Blocks, now_ms: i64) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let members: Vec<_> = route.members().collect();
-    for m in members.iter().take(CANDIDATES_NAMED) {
+    let members = route.len();
+    for m in route.members().take(CANDIDATES_NAMED) {
         let scopes = std::iter::once(m.credential_scope).chain(m.pair_scopes.iter().copied());
         let worst = scopes
-            .filter_map(|i| blocks.get(i).and_then(Option::as_ref))
+            .filter_map(|i| blocks.block(i))
             .filter(|b| b.is_active(now_ms))
             .max_by_key(|b| b.until_ms);
         let Some(b) = worst else {
@@ -530,8 +593,8 @@ fn why_blocked(route: &Route, blocks: &[Option<Block>], now_ms: i64) -> String {
             b.reason.as_str()
         ));
     }
-    if members.len() > CANDIDATES_NAMED {
-        parts.push(format!("and {} more", members.len() - CANDIDATES_NAMED));
+    if members > CANDIDATES_NAMED {
+        parts.push(format!("and {} more", members - CANDIDATES_NAMED));
     }
     parts.join("; ")
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use super::ClientRequest;
 use super::GatewayError;
-use crate::catalog::{Provider, Route};
+use crate::catalog::{CredentialKind, Provider, Route};
 use crate::translate::{self, ir};
 use crate::wire::ErrorKind;
 
@@ -12,8 +12,8 @@ use crate::wire::ErrorKind;
 pub(super) struct Prepared {
     /// The neutral form, when some candidate speaks another format.
     pub ir: Option<ir::Request>,
-    /// Credentials whose provider cannot express the request.
-    pub excluded: Vec<String>,
+    /// Kinds of credential whose provider cannot express the request.
+    pub excluded: Vec<CredentialKind>,
     /// The client's body mended for an upstream of its own format, when its
     /// history breaks that format's rules (thinking translated from another
     /// provider, see `translate::*::mend_history`).
@@ -33,16 +33,19 @@ impl Prepared {
 
     /// Translates the request for each foreign provider of the route once.
     /// A provider that cannot express it leaves its credentials out; when
-    /// that leaves no candidate, the client gets a 400 saying why.
+    /// that leaves no candidate, the client gets a 400 saying why. Works on
+    /// the route's kinds of credential, never on each credential.
     pub fn new(route: &Route, request: &ClientRequest) -> Result<Self, GatewayError> {
         let foreign: BTreeSet<Provider> = route
-            .members()
-            .filter(|m| !translate::speaks(&m.credential, request.format))
-            .map(|m| m.credential.provider)
+            .kinds
+            .iter()
+            .filter(|c| !translate::speaks(c, request.format))
+            .map(|c| c.provider)
             .collect();
         let own = route
-            .members()
-            .any(|m| translate::speaks(&m.credential, request.format))
+            .kinds
+            .iter()
+            .any(|c| translate::speaks(c, request.format))
             .then(|| translate::mend_history(request.format, &request.body))
             .flatten();
         if foreign.is_empty() {
@@ -76,15 +79,13 @@ impl Prepared {
                 None
             }
         };
-        let excluded: Vec<String> = route
-            .members()
-            .filter(|m| {
-                unusable.contains(&m.credential.provider)
-                    && !translate::speaks(&m.credential, request.format)
-            })
-            .map(|m| m.credential.id.clone())
+        let excluded: Vec<CredentialKind> = route
+            .kinds
+            .iter()
+            .filter(|c| unusable.contains(&c.provider) && !translate::speaks(c, request.format))
+            .map(|c| c.kind())
             .collect();
-        if excluded.len() == route.members().count() {
+        if excluded.len() == route.kinds.len() {
             let why = problem.map_or_else(String::new, |e| e.0);
             return Err(GatewayError::new(
                 ErrorKind::BadRequest,

@@ -1,4 +1,5 @@
-//! Quota hints: how long a provider asks us to stay away after a 429.
+//! Quota hints: how long a provider asks us to stay away after a 429, and
+//! headroom: a successful answer that says nothing is left until a reset.
 
 use serde_json::Value;
 
@@ -40,6 +41,92 @@ pub fn quota_hint<'a>(
     .into_iter()
     .filter_map(|h| header(h).and_then(|v| rfc3339_from_now(v, now_ms)));
     openai.chain(anthropic).max()
+}
+
+/// Headroom of a successful answer: when its rate-limit headers say nothing
+/// is left (OpenAI `x-ratelimit-remaining-{requests,tokens}` with their
+/// `x-ratelimit-reset-*`; Anthropic `anthropic-ratelimit-*-remaining` with
+/// `-reset`, and the unified `anthropic-ratelimit-unified[-window]-status`
+/// `rejected` with its `-reset` in epoch seconds), how long until the last
+/// of the exhausted limits resets, and which header said so. A limit with
+/// nothing left but no reset says nothing usable and is ignored.
+pub fn exhausted<'a>(
+    header: impl Fn(&str) -> Option<&'a str>,
+    now_ms: i64,
+) -> Option<(u64, &'static str)> {
+    let zero = |name: &str| {
+        header(name)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|left| left <= 0.0)
+    };
+    let mut longest: Option<(u64, &'static str)> = None;
+    let mut take = |ms: Option<u64>, why: &'static str| {
+        if let Some(ms) = ms
+            && longest.is_none_or(|(l, _)| ms > l)
+        {
+            longest = Some((ms, why));
+        }
+    };
+    for (left, reset) in [
+        (
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ] {
+        if zero(left) {
+            take(header(reset).and_then(go_duration_ms), left);
+        }
+    }
+    for (left, reset) in [
+        (
+            "anthropic-ratelimit-requests-remaining",
+            "anthropic-ratelimit-requests-reset",
+        ),
+        (
+            "anthropic-ratelimit-tokens-remaining",
+            "anthropic-ratelimit-tokens-reset",
+        ),
+        (
+            "anthropic-ratelimit-input-tokens-remaining",
+            "anthropic-ratelimit-input-tokens-reset",
+        ),
+        (
+            "anthropic-ratelimit-output-tokens-remaining",
+            "anthropic-ratelimit-output-tokens-reset",
+        ),
+    ] {
+        if zero(left) {
+            take(
+                header(reset).and_then(|v| rfc3339_from_now(v, now_ms)),
+                left,
+            );
+        }
+    }
+    for (status, reset) in [
+        (
+            "anthropic-ratelimit-unified-status",
+            "anthropic-ratelimit-unified-reset",
+        ),
+        (
+            "anthropic-ratelimit-unified-5h-status",
+            "anthropic-ratelimit-unified-5h-reset",
+        ),
+        (
+            "anthropic-ratelimit-unified-7d-status",
+            "anthropic-ratelimit-unified-7d-reset",
+        ),
+    ] {
+        if header(status).is_some_and(|v| v.trim().eq_ignore_ascii_case("rejected")) {
+            let at = header(reset).and_then(|v| v.trim().parse::<f64>().ok());
+            take(
+                at.and_then(|secs| u64::try_from((secs * 1_000.0) as i64 - now_ms).ok())
+                    .filter(|&ms| ms > 0),
+                status,
+            );
+        }
+    }
+    longest.map(|(ms, why)| (ms.min(super::cooldown::MAX_HINT_MS), why))
 }
 
 fn positive_ms(ms: f64) -> Option<u64> {
@@ -157,6 +244,80 @@ mod tests {
                 now
             ),
             Some(42_000)
+        );
+    }
+
+    fn left(headers: &[(&'static str, &'static str)], now: i64) -> Option<(u64, &'static str)> {
+        exhausted(
+            |name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v),
+            now,
+        )
+    }
+
+    #[test]
+    fn headroom_nothing_left_until_the_last_reset() {
+        // Something left: no headroom block.
+        assert_eq!(
+            left(
+                &[
+                    ("x-ratelimit-remaining-requests", "12"),
+                    ("x-ratelimit-reset-requests", "1s")
+                ],
+                0
+            ),
+            None
+        );
+        assert_eq!(
+            left(
+                &[
+                    ("x-ratelimit-remaining-requests", "0"),
+                    ("x-ratelimit-reset-requests", "1s"),
+                    ("x-ratelimit-remaining-tokens", "0"),
+                    ("x-ratelimit-reset-tokens", "6m0s"),
+                ],
+                0
+            ),
+            Some((360_000, "x-ratelimit-remaining-tokens"))
+        );
+        // Nothing left, but no reset to say when: ignored.
+        assert_eq!(left(&[("x-ratelimit-remaining-requests", "0")], 0), None);
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .map(|d| d.timestamp_millis())
+            .unwrap_or(0);
+        assert_eq!(
+            left(
+                &[
+                    ("anthropic-ratelimit-requests-remaining", "0"),
+                    ("anthropic-ratelimit-requests-reset", "2026-01-01T00:00:09Z"),
+                    ("anthropic-ratelimit-tokens-remaining", "5000"),
+                    ("anthropic-ratelimit-tokens-reset", "2026-01-01T00:01:00Z"),
+                ],
+                now
+            ),
+            Some((9_000, "anthropic-ratelimit-requests-remaining"))
+        );
+        // The unified limits of subscription plans: reset in epoch seconds.
+        let reset = (now / 1_000 + 3_600).to_string();
+        let reset: &'static str = Box::leak(reset.into_boxed_str());
+        assert_eq!(
+            left(
+                &[
+                    ("anthropic-ratelimit-unified-status", "rejected"),
+                    ("anthropic-ratelimit-unified-reset", reset),
+                ],
+                now
+            ),
+            Some((3_600_000, "anthropic-ratelimit-unified-status"))
+        );
+        assert_eq!(
+            left(
+                &[
+                    ("anthropic-ratelimit-unified-status", "allowed_warning"),
+                    ("anthropic-ratelimit-unified-reset", reset),
+                ],
+                now
+            ),
+            None
         );
     }
 

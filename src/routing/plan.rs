@@ -2,7 +2,7 @@
 //! candidates, waiting for the soonest block to end, and giving up.
 
 use super::select::{Availability, Pick, RoutingMode, View, availability, preferred, select};
-use crate::catalog::Route;
+use crate::catalog::{CredentialKind, Route};
 
 /// What the request does next.
 #[derive(Debug, Clone)]
@@ -28,8 +28,10 @@ pub struct Plan {
     rounds_started: u32,
     /// Credentials tried in the current round.
     tried: Vec<String>,
-    /// Credentials that cannot serve this request at all.
-    excluded: Vec<String>,
+    /// Kinds of credential that cannot serve this request at all.
+    excluded: Vec<CredentialKind>,
+    /// Whether the last pick started a round (undone with it by `retract`).
+    last_started_round: bool,
     /// The request never waits for blocks past this instant.
     wait_deadline_ms: i64,
     /// The (credential, upstream model) its conversation was served by last:
@@ -45,6 +47,7 @@ impl Plan {
             rounds_started: 0,
             tried: Vec::new(),
             excluded: Vec::new(),
+            last_started_round: false,
             wait_deadline_ms: now_ms.saturating_add(i64::try_from(max_wait_ms).unwrap_or(i64::MAX)),
             preferred: None,
         }
@@ -56,10 +59,22 @@ impl Plan {
         self
     }
 
-    /// Leaves these credentials out of every round (and of the wait).
-    pub fn excluding(mut self, credentials: Vec<String>) -> Self {
-        self.excluded = credentials;
+    /// Leaves credentials of these kinds out of every round (and of the wait).
+    pub fn excluding(mut self, kinds: Vec<CredentialKind>) -> Self {
+        self.excluded = kinds;
         self
+    }
+
+    /// Takes back the last pick, which turned out blocked before anything
+    /// was sent: as if it had never been made (the next step sees the block).
+    pub fn retract(&mut self, pick: &Pick) {
+        if self.tried.last() == Some(&pick.credential.id) {
+            self.tried.pop();
+            if self.last_started_round {
+                self.rounds_started -= 1;
+                self.last_started_round = false;
+            }
+        }
     }
 
     pub fn rounds_started(&self) -> u32 {
@@ -73,6 +88,7 @@ impl Plan {
             if self.rounds_started == 0 {
                 if let Some(pick) = preferred(route, view, &credential, &upstream, &self.excluded) {
                     self.rounds_started = 1;
+                    self.last_started_round = true;
                     self.tried.push(pick.credential.id.clone());
                     return Step::Try(pick);
                 }
@@ -80,6 +96,7 @@ impl Plan {
         }
         loop {
             if let Some(pick) = select(route, view, &self.tried, &self.excluded, self.mode) {
+                self.last_started_round = self.tried.is_empty();
                 if self.tried.is_empty() {
                     if self.rounds_started > self.extra_rounds {
                         return self.give_up(route, view);
@@ -153,8 +170,12 @@ mod tests {
 
     #[test]
     fn a_conversation_goes_back_to_its_candidate_while_it_is_unblocked() {
+        let b = crate::catalog::Credential {
+            provider: crate::catalog::Provider::Anthropic,
+            ..cred("b", 0, 1)
+        };
         let r = route_of(
-            vec![cred("a", 1, 1), cred("b", 0, 1)],
+            vec![cred("a", 1, 1), b],
             vec![cm("a", "m", "x"), cm("b", "m", "x")],
         );
         let none = blocks(&r, &[]);
@@ -180,7 +201,7 @@ mod tests {
         assert_eq!(try_id(plan.next(&r, v)), "a/x");
         // Gone from the route (or excluded), it is not chosen either.
         let mut plan = Plan::new(RoutingMode::FillFirst, 0, 30_000, 0)
-            .excluding(vec!["b".into()])
+            .excluding(vec![r.member("b").expect("b").credential.kind()])
             .preferring(Some(("b".into(), "x".into())));
         assert_eq!(try_id(plan.next(&r, v)), "a/x");
     }
@@ -416,5 +437,30 @@ mod tests {
                 all_quota: false
             }
         ));
+    }
+
+    #[test]
+    fn a_retracted_pick_is_as_if_never_made() {
+        let r = two();
+        let none = blocks(&r, &[]);
+        let v = View {
+            blocks: &none,
+            now_ms: 0,
+        };
+        let mut plan = Plan::new(RoutingMode::FillFirst, 0, 30_000, 0);
+        let Step::Try(first) = plan.next(&r, v) else {
+            panic!("a pick")
+        };
+        assert_eq!(first.credential.id, "a");
+        // Confirmed blocked before anything was sent: retracted, and seen.
+        plan.retract(&first);
+        assert_eq!(plan.rounds_started(), 0);
+        let blocked = blocks(&r, &[(Scope::pair("a", "x"), block(Reason::Quota, 5_000))]);
+        let v = View {
+            blocks: &blocked,
+            now_ms: 0,
+        };
+        assert_eq!(try_id(plan.next(&r, v)), "b/x");
+        assert_eq!(plan.rounds_started(), 1, "still the first round");
     }
 }

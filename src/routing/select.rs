@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::catalog::{Credential, Member, Route};
-use crate::state::{Block, Reason};
+use crate::catalog::{Credential, CredentialKind, Member, Route};
+use crate::state::Block;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RoutingMode {
@@ -34,20 +34,36 @@ impl std::str::FromStr for RoutingMode {
 pub struct Pick {
     pub credential: Arc<Credential>,
     pub upstream_model: String,
+    /// Indices into [`Route::scopes`] of the credential's scope and the pair's.
+    pub credential_scope: usize,
+    pub pair_scope: usize,
 }
 
-/// The blocks of a route's scopes (aligned with [`Route::scopes`]) at one instant.
-#[derive(Debug, Clone, Copy)]
+/// Where a selection looks up the block of a route's scope (by its index in
+/// [`Route::scopes`]). A selection looks up only the candidates it
+/// considers, so its cost does not grow with the route.
+pub trait Blocks {
+    fn block(&self, scope: usize) -> Option<Block>;
+}
+
+/// Every scope's block read up front, aligned with [`Route::scopes`].
+impl Blocks for Vec<Option<Block>> {
+    fn block(&self, scope: usize) -> Option<Block> {
+        self.get(scope).cloned().flatten()
+    }
+}
+
+/// The blocks of a route's scopes at one instant.
+#[derive(Clone, Copy)]
 pub struct View<'a> {
-    pub blocks: &'a [Option<Block>],
+    pub blocks: &'a dyn Blocks,
     pub now_ms: i64,
 }
 
 impl View<'_> {
-    fn active(&self, index: usize) -> Option<&Block> {
+    fn active(&self, index: usize) -> Option<Block> {
         self.blocks
-            .get(index)
-            .and_then(Option::as_ref)
+            .block(index)
             .filter(|b| b.is_active(self.now_ms))
     }
 
@@ -80,12 +96,15 @@ impl View<'_> {
         std::iter::once(member.credential_scope)
             .chain(member.pair_scopes.iter().copied())
             .filter_map(|i| self.active(i))
-            .all(|b| b.reason == Reason::Quota)
+            .all(|b| b.reason.is_quota())
     }
 }
 
 /// Picks the next candidate among credentials not yet `tried` this round
-/// and not `excluded` from the request (their provider cannot express it).
+/// and not of a kind `excluded` from the request (their provider cannot
+/// express it). It looks at candidates in the order it would take them and
+/// stops at the first usable one: its cost is that of the candidates it
+/// passes over, not of the route.
 ///
 /// Only the highest tier with a usable untried credential is considered; in
 /// it, round-robin follows the tier's weighted schedule and fill-first takes
@@ -95,12 +114,11 @@ pub fn select(
     route: &Route,
     view: View<'_>,
     tried: &[String],
-    excluded: &[String],
+    excluded: &[CredentialKind],
     mode: RoutingMode,
 ) -> Option<Pick> {
     let untried = |m: &Member| {
-        !tried.iter().any(|t| *t == m.credential.id)
-            && !excluded.iter().any(|t| *t == m.credential.id)
+        !tried.iter().any(|t| *t == m.credential.id) && !excluded.contains(&m.credential.kind())
     };
     for tier in &route.tiers {
         let eligible = |i: usize| {
@@ -124,10 +142,7 @@ pub fn select(
             let slot = (0..n)
                 .map(|k| (offset + k) % n)
                 .find(|&p| view.pair_free_at(member, p) <= view.now_ms)?;
-            return Some(Pick {
-                credential: member.credential.clone(),
-                upstream_model: member.pool[slot].clone(),
-            });
+            return Some(pick_of(member, slot));
         }
     }
     None
@@ -141,17 +156,23 @@ pub fn preferred(
     view: View<'_>,
     credential_id: &str,
     upstream_model: &str,
-    excluded: &[String],
+    excluded: &[CredentialKind],
 ) -> Option<Pick> {
-    if excluded.iter().any(|e| e == credential_id) {
+    let member = route.member(credential_id)?;
+    if excluded.contains(&member.credential.kind()) {
         return None;
     }
-    let member = route.members().find(|m| m.credential.id == credential_id)?;
     let slot = member.pool.iter().position(|u| u == upstream_model)?;
-    (view.pair_free_at(member, slot) <= view.now_ms).then(|| Pick {
+    (view.pair_free_at(member, slot) <= view.now_ms).then(|| pick_of(member, slot))
+}
+
+fn pick_of(member: &Member, slot: usize) -> Pick {
+    Pick {
         credential: member.credential.clone(),
         upstream_model: member.pool[slot].clone(),
-    })
+        credential_scope: member.credential_scope,
+        pair_scope: member.pair_scopes[slot],
+    }
 }
 
 /// Whether anything in the route can be used now, and if not, when.
@@ -166,11 +187,13 @@ pub enum Availability {
     },
 }
 
-pub fn availability(route: &Route, view: View<'_>, excluded: &[String]) -> Availability {
+/// Whether anything in the route can be used now. Only asked when a
+/// selection found nothing, so walking the route is the failure path's cost.
+pub fn availability(route: &Route, view: View<'_>, excluded: &[CredentialKind]) -> Availability {
     let members = || {
         route
             .members()
-            .filter(|m| !excluded.iter().any(|e| *e == m.credential.id))
+            .filter(|m| !excluded.contains(&m.credential.kind()))
     };
     if members().any(|m| view.usable(m)) {
         return Availability::Open;
@@ -191,7 +214,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::catalog::tests::{cm, cred};
     use crate::catalog::{Catalog, CredentialModel, OperatorData};
-    use crate::state::Scope;
+    use crate::state::{Reason, Scope};
 
     pub fn route_of(creds: Vec<Credential>, models: Vec<CredentialModel>) -> Arc<Route> {
         let cat = Catalog::build(OperatorData {
@@ -225,7 +248,7 @@ pub(crate) mod tests {
 
     fn picks(
         route: &Route,
-        b: &[Option<Block>],
+        b: &Vec<Option<Block>>,
         now: i64,
         mode: RoutingMode,
         n: usize,
@@ -343,8 +366,12 @@ pub(crate) mod tests {
 
     #[test]
     fn tried_credentials_are_skipped_within_a_round() {
+        let a = Credential {
+            provider: crate::catalog::Provider::Anthropic,
+            ..cred("a", 0, 1)
+        };
         let r = route_of(
-            vec![cred("a", 0, 1), cred("b", 0, 1)],
+            vec![a, cred("b", 0, 1)],
             vec![cm("a", "m", "x"), cm("b", "m", "x")],
         );
         let none = blocks(&r, &[]);
@@ -365,7 +392,8 @@ pub(crate) mod tests {
             .is_none()
         );
         // An excluded credential is never picked, in any round.
-        let p = select(&r, v, &[], &["a".into()], RoutingMode::FillFirst).expect("b");
+        let kind = r.member("a").expect("a").credential.kind();
+        let p = select(&r, v, &[], &[kind], RoutingMode::FillFirst).expect("b");
         assert_eq!(p.credential.id, "b");
     }
 

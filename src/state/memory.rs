@@ -174,6 +174,15 @@ impl LearnedStore for MemoryStore {
     fn view(&self) -> View {
         View::Memory
     }
+
+    fn peek(&self, scope: &Scope) -> Option<Block> {
+        let now = self.clock.now_ms();
+        self.lock()
+            .blocks
+            .get(scope)
+            .filter(|b| b.is_active(now))
+            .cloned()
+    }
 }
 
 #[cfg(test)]

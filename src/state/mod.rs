@@ -82,10 +82,18 @@ pub enum Reason {
     PaymentRequired,
     Forbidden,
     Quota,
+    /// A successful answer's rate-limit headers said nothing is left until
+    /// a reset (headroom): a quota block learned without a failed call.
+    Exhausted,
     UpstreamError,
 }
 
 impl Reason {
+    /// Quota blocks (a 429, or headroom used up): a request they all stop gets 429.
+    pub fn is_quota(self) -> bool {
+        matches!(self, Reason::Quota | Reason::Exhausted)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::ModelNotSupported => "model_not_supported",
@@ -94,6 +102,7 @@ impl Reason {
             Reason::PaymentRequired => "payment_required",
             Reason::Forbidden => "forbidden",
             Reason::Quota => "quota",
+            Reason::Exhausted => "exhausted",
             Reason::UpstreamError => "upstream_error",
         }
     }
@@ -237,4 +246,9 @@ pub trait LearnedStore: Send + Sync + 'static {
 
     /// Which learned state [`LearnedStore::list`] and the reads answer from now.
     fn view(&self) -> View;
+
+    /// The active block of one scope in this replica's own view, without
+    /// I/O: what a selection looks at before it confirms its pick with
+    /// [`LearnedStore::get`].
+    fn peek(&self, scope: &Scope) -> Option<Block>;
 }

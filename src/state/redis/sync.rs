@@ -19,6 +19,9 @@ use crate::state::LearnedStore;
 /// and a lost one retried.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The most blocks one reconcile checks.
+const RECONCILE_BATCH: usize = 10_000;
+
 impl Shared {
     pub(super) async fn reconnect(&self) -> Result<(), RedisError> {
         let config = AsyncConnectionConfig::new()
@@ -140,8 +143,34 @@ impl Shared {
         Ok(())
     }
 
-    /// Keeps the connection healthy: pings it, retries unsynced writes, and
-    /// reconnects after a loss.
+    /// Drops from this replica's view the blocks Redis no longer holds
+    /// (deleted by hand, with no event to say so), so such a delete lifts the
+    /// block here within a health interval. Costs one MGET of the blocks this
+    /// replica knows, not of the keyspace.
+    async fn reconcile(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+        let mine = self.local.list().await.unwrap_or_default();
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let mine: Vec<_> = mine.into_iter().take(RECONCILE_BATCH).collect();
+        let keys: Vec<String> = mine.iter().map(|(s, _)| self.key(s)).collect();
+        let mut mget = redis::cmd("MGET");
+        mget.arg(&keys);
+        let held = bounded(self.timeout, mget.query_async::<Vec<Option<Vec<u8>>>>(conn)).await?;
+        let unsynced: Vec<_> = {
+            let pending = self.pending();
+            mine.iter().map(|(s, _)| pending.contains_key(s)).collect()
+        };
+        for (((scope, _), held), unsynced) in mine.iter().zip(held).zip(unsynced) {
+            if held.is_none() && !unsynced {
+                let _ = self.local.remove(scope).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the connection healthy: pings it, retries unsynced writes,
+    /// reconciles this replica's view, and reconnects after a loss.
     pub(super) async fn health(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
@@ -158,13 +187,16 @@ impl Shared {
                 if ok.is_none() {
                     continue; // `call` noted the loss; the next turn reconnects.
                 }
+                let mut c = (*conn).clone();
                 let pending = self.pending_len.load(std::sync::atomic::Ordering::Relaxed);
-                if pending > 0 {
-                    let mut c = (*conn).clone();
-                    match self.write_back(&mut c).await {
-                        Ok(()) => {}
-                        Err(e) => self.trouble(&e),
-                    }
+                if pending > 0
+                    && let Err(e) = self.write_back(&mut c).await
+                {
+                    self.trouble(&e);
+                    continue;
+                }
+                if let Err(e) = self.reconcile(&mut c).await {
+                    self.trouble(&e);
                 }
                 continue;
             }

@@ -238,14 +238,8 @@ async fn seed_cluster(pg: &PgServer, mock: SocketAddr) {
          insert into credential_models values ('p', 'fast', 'fast'), ('p', 'stream', 'stream'), ('p', 'slow', 'slow');
          insert into credential_models select 'p', 'prop' || i, 'u' || i from generate_series(0, 199) i;
          insert into credential_models select 'q', 'prop' || i, 'u' || i from generate_series(0, 199) i;
-         insert into credentials (id, provider, base_url, api_key, priority)
-           select 'k' || i, 'openai', 'http://{mock}/v1', 'upstream-k' || i, 0 from generate_series(0, {last}) i;
-         insert into credential_models select 'k' || i, 'pool' || n, 'fast'
-           from unnest(array{pools:?}) n, generate_series(0, {last}) i where i < n;
          insert into api_keys (name, key_hash) values ('bench', '{}');",
         switchyard::catalog::hash_key(CLIENT_KEY),
-        last = POOLS[POOLS.len() - 1] - 1,
-        pools = POOLS,
     );
     sqlx::raw_sql(&seed).execute(&db).await.unwrap();
     db.close().await;
@@ -281,9 +275,51 @@ async fn chat(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Res
 /// credentials (`k0`...) of the same upstream.
 const POOLS: [usize; 4] = [1, 100, 1_000, 10_000];
 
-/// Throughput of one replica (cluster mode) per route size, one figure per
-/// run, and the Redis commands a successful request costs on the largest.
-async fn pools(url: &str, dir: &Path, redis: &RedisServer, opts: &Options) -> (Vec<Vec<f64>>, f64) {
+/// The pool measurement's figures.
+struct Pools {
+    /// Requests per second at 32 connections, per route size, per run.
+    rps: Vec<Vec<f64>>,
+    /// Redis commands per successful request on the largest route.
+    redis_commands: f64,
+    /// From the commit of the pool rows (some 21,000: credentials and their
+    /// models) until the replica served the largest route.
+    rows: usize,
+    served_after_ms: f64,
+}
+
+/// Adds the pools' credentials (after the other rows were measured, so they
+/// do not weigh on those), times until the replica serves them, then
+/// measures throughput per route size and Redis commands per request.
+async fn pools(
+    url: &str,
+    dir: &Path,
+    pg: &PgServer,
+    redis: &RedisServer,
+    mock: SocketAddr,
+    opts: &Options,
+) -> Pools {
+    let last = POOLS[POOLS.len() - 1] - 1;
+    let seed = format!(
+        "insert into credentials (id, provider, base_url, api_key, priority)
+           select 'k' || i, 'openai', 'http://{mock}/v1', 'upstream-k' || i, 0 from generate_series(0, {last}) i;
+         insert into credential_models select 'k' || i, 'pool' || n, 'fast'
+           from unnest(array{POOLS:?}) n, generate_series(0, {last}) i where i < n;"
+    );
+    let rows = POOLS[POOLS.len() - 1] + POOLS.iter().sum::<usize>();
+    let db = sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap();
+    let client = reqwest::Client::new();
+    let largest = json!({"model": format!("pool{}", last + 1), "messages": [{"role": "user", "content": "hi"}]});
+    let committed = Instant::now();
+    sqlx::raw_sql(&seed).execute(&db).await.unwrap();
+    let committed_at = committed.elapsed();
+    while !chat(&client, url, &largest).await.status().is_success() {
+        assert!(
+            committed.elapsed() < Duration::from_secs(60),
+            "the pools never arrived"
+        );
+    }
+    let served_after_ms = (committed.elapsed() - committed_at).as_secs_f64() * 1_000.0;
+    db.close().await;
     let mut rps = vec![Vec::new(); POOLS.len()];
     for run in 1..=opts.runs {
         for (i, n) in POOLS.iter().enumerate() {
@@ -296,11 +332,9 @@ async fn pools(url: &str, dir: &Path, redis: &RedisServer, opts: &Options) -> (V
         }
     }
     let requests = 2_000;
-    let client = reqwest::Client::new();
-    let body = json!({"model": format!("pool{}", POOLS[POOLS.len() - 1]), "messages": [{"role": "user", "content": "hi"}]});
     let _ = redis.cli(&["CONFIG", "RESETSTAT"]);
     for _ in 0..requests {
-        let r = chat(&client, url, &body).await;
+        let r = chat(&client, url, &largest).await;
         assert!(r.status().is_success());
     }
     let stats = redis.cli(&["INFO", "commandstats"]);
@@ -322,7 +356,12 @@ async fn pools(url: &str, dir: &Path, redis: &RedisServer, opts: &Options) -> (V
                 .ok()
         })
         .sum();
-    (rps, calls / f64::from(requests))
+    Pools {
+        rps,
+        redis_commands: calls / f64::from(requests),
+        rows,
+        served_after_ms,
+    }
 }
 
 /// Runs wrk and returns (requests per second, p50 ms, p99 ms, non-2xx).
@@ -683,7 +722,15 @@ async fn main() {
         }
         return;
     }
-    let pool = pools(&format!("http://{}", a.addr), tmp.path(), &redis, &opts).await;
+    let pool = pools(
+        &format!("http://{}", a.addr),
+        tmp.path(),
+        &pg,
+        &redis,
+        mock,
+        &opts,
+    )
+    .await;
     eprintln!("==> cross-replica propagation");
     let (mut prop, violations) =
         propagation(&format!("http://{}", b.addr), &redis.url(), 200).await;
@@ -757,7 +804,7 @@ fn report(
     violations: usize,
     opts: &Options,
     out_dir: &Path,
-    pool: &(Vec<Vec<f64>>, f64),
+    pool: &Pools,
 ) {
     let med = |v: &[f64]| median(&mut v.to_vec());
     let direct = &rows[0];
@@ -826,9 +873,9 @@ fn report(
     );
     println!();
     println!("one replica, cluster mode, req/s @32 by credentials on the model (ratio to 1):");
-    let one = med(&pool.0[0]);
+    let one = med(&pool.rps[0]);
     let mut pool_rows = Vec::new();
-    for (n, runs) in POOLS.iter().zip(&pool.0) {
+    for (n, runs) in POOLS.iter().zip(&pool.rps) {
         let r = med(runs);
         println!("  {n:>6} credentials: {r:>8.0} req/s  {:.2}x", r / one);
         pool_rows.push(json!({"credentials": n, "rps_32": r, "ratio_to_1": r / one, "runs": runs}));
@@ -836,10 +883,15 @@ fn report(
     println!(
         "  Redis commands per successful request, {} credentials: {:.2}",
         POOLS[POOLS.len() - 1],
-        pool.1
+        pool.redis_commands
+    );
+    println!(
+        "  {} operator rows committed -> served by the replica: {:.0} ms",
+        pool.rows, pool.served_after_ms
     );
     let summary = json!({
-        "pools": pool_rows, "redis_commands_per_request": pool.1,
+        "pools": pool_rows, "redis_commands_per_request": pool.redis_commands,
+        "pool_rows": pool.rows, "pool_rows_served_after_ms": pool.served_after_ms,
         "runs": opts.runs, "seconds_per_load": opts.seconds, "targets": json_rows,
         "propagation_ms": {"p50": p50, "p99": p99, "max": max, "trials": prop.len(), "violations": violations},
     });

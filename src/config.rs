@@ -23,6 +23,9 @@ pub struct Config {
     pub max_retry_wait_ms: u64,
     /// How long a conversation stays with the candidate that served it last.
     pub affinity_ttl_ms: u64,
+    /// How long a probe's claim lasts when its request never settles it
+    /// (its replica died): the next request probes after that.
+    pub probe_ttl_ms: u64,
     pub routing: RoutingMode,
     pub admin_key: Option<Secret>,
     pub max_body_bytes: usize,
@@ -108,6 +111,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("SWITCHYARD_REQUEST_RETRY", "3"),
     ("SWITCHYARD_MAX_RETRY_WAIT_MS", "30000"),
     ("SWITCHYARD_AFFINITY_TTL_MS", "3600000"),
+    ("SWITCHYARD_PROBE_TTL_MS", "15000"),
     ("SWITCHYARD_BODY_TIMEOUT_MS", "30000"),
     ("SWITCHYARD_ROUTING", "round-robin"),
     ("SWITCHYARD_ADMIN_KEY", ""),
@@ -275,6 +279,7 @@ impl Config {
             request_retry: parse(s, "SWITCHYARD_REQUEST_RETRY")?,
             max_retry_wait_ms: millis(s, "SWITCHYARD_MAX_RETRY_WAIT_MS")?,
             affinity_ttl_ms: millis(s, "SWITCHYARD_AFFINITY_TTL_MS")?,
+            probe_ttl_ms: millis(s, "SWITCHYARD_PROBE_TTL_MS")?,
             routing: parse(s, "SWITCHYARD_ROUTING")?,
             admin_key: s.get("SWITCHYARD_ADMIN_KEY").map(Secret::new),
             max_body_bytes,

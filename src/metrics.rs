@@ -124,6 +124,9 @@ pub struct Metrics {
     upstream: Counter2,
     blocks: Counter2,
     fallbacks: AtomicU64,
+    /// Probe claims won, and picks that found another request's probe in flight.
+    probes: AtomicU64,
+    probe_holds: AtomicU64,
     waits: AtomicU64,
     wait_ms: AtomicU64,
     catalog_reloads: AtomicU64,
@@ -150,6 +153,8 @@ impl Metrics {
             upstream: Counter2::new(["provider", "outcome"]),
             blocks: Counter2::new(["reason", "scope"]),
             fallbacks: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            probe_holds: AtomicU64::new(0),
             waits: AtomicU64::new(0),
             wait_ms: AtomicU64::new(0),
             catalog_reloads: AtomicU64::new(0),
@@ -182,6 +187,14 @@ impl Metrics {
 
     pub fn fallback(&self) {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn probe(&self) {
+        self.probes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn probe_held(&self) {
+        self.probe_holds.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn wait(&self, ms: u64) {
@@ -271,6 +284,18 @@ impl Metrics {
             out,
             "# HELP switchyard_wait_seconds_total Time spent waiting for blocks to end.\n# TYPE switchyard_wait_seconds_total counter\nswitchyard_wait_seconds_total {}",
             self.wait_ms.load(Ordering::Relaxed) as f64 / 1_000.0
+        );
+        counter(
+            &mut out,
+            "switchyard_probes_total",
+            "Probes this replica made: the one request that tries a pair whose long block ended.",
+            &self.probes,
+        );
+        counter(
+            &mut out,
+            "switchyard_probe_holds_total",
+            "Picks that found another request probing the pair, and went elsewhere or waited.",
+            &self.probe_holds,
         );
         counter(
             &mut out,

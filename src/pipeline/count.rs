@@ -48,7 +48,9 @@ impl Gateway {
                     if at.pick.credential.provider == Provider::Openai {
                         return local_count(&request, &prepared);
                     }
-                    match self.count_attempt(&at, &request, &prepared).await {
+                    let end = self.count_attempt(&at, &request, &prepared).await;
+                    drop(seen.probe.take());
+                    match end {
                         AttemptEnd::Done(reply) | AttemptEnd::Answered { reply, .. } => {
                             return reply;
                         }

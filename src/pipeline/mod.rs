@@ -35,7 +35,7 @@ use crate::routing::{
 };
 use crate::secret::scrub;
 use crate::source::CatalogHandle;
-use crate::state::{Affinity, Block, LearnedStore, QuotaHit, Scope};
+use crate::state::{Affinity, Block, LearnedStore, Probe, QuotaHit, Reason, Scope};
 use crate::upstream::Upstream;
 use crate::wire::{ErrorKind, Format};
 
@@ -270,7 +270,10 @@ impl Gateway {
                         request_started_ms: started,
                         purpose: Purpose::Generate,
                     };
-                    match self.attempt(&attempted, &request, &prepared).await {
+                    let end = self.attempt(&attempted, &request, &prepared).await;
+                    // A probe's answer is known now: its claim goes back.
+                    drop(seen.probe.take());
+                    match end {
                         AttemptEnd::Done(reply) => return reply,
                         AttemptEnd::Answered { reply, response_id } => {
                             let conv = conversation.as_deref();
@@ -393,19 +396,43 @@ impl Gateway {
             let Step::Try(pick) = &step else {
                 return step;
             };
-            let scopes = [pick.credential_scope, pick.pair_scope];
-            let keys = scopes.map(|i| route.scopes[i].clone());
-            match self.inner.store.get(&keys).await {
-                Ok(found) => {
+            let (cred_scope, pair_scope) = (pick.credential_scope, pick.pair_scope);
+            let store = &self.inner.store;
+            let confirmed = store
+                .confirm(
+                    &route.scopes[cred_scope],
+                    &route.scopes[pair_scope],
+                    self.inner.config.probe_ttl_ms,
+                )
+                .await;
+            match confirmed {
+                Ok(c) => {
                     let now = self.now_ms();
-                    let blocked = found.iter().flatten().any(|b| b.is_active(now));
-                    for (i, b) in scopes.into_iter().zip(found) {
-                        seen.set(i, b);
+                    let blocked = [&c.credential, &c.pair]
+                        .into_iter()
+                        .flatten()
+                        .any(|b| b.is_active(now));
+                    seen.set(cred_scope, c.credential);
+                    seen.set(pair_scope, c.pair);
+                    match c.probe {
+                        _ if blocked => {}
+                        Probe::None => return step,
+                        Probe::Claimed(claim) => {
+                            self.inner.metrics.probe();
+                            tracing::info!(credential = %pick.credential.id, upstream_model = %pick.upstream_model, "probing a pair whose block ended");
+                            seen.probe = Some(ProbeGuard {
+                                store: store.clone(),
+                                claim: Some(claim),
+                            });
+                            return step;
+                        }
+                        Probe::Held { reason } => {
+                            self.inner.metrics.probe_held();
+                            seen.hold(pair_scope, reason, &self.inner.config.replica_id, now);
+                        }
                     }
-                    if blocked {
-                        plan.retract(pick);
-                        continue;
-                    }
+                    plan.retract(pick);
+                    continue;
                 }
                 // A store that fails is treated as holding nothing, so
                 // requests keep flowing; the failure is logged.
@@ -528,16 +555,60 @@ const CANDIDATES_NAMED: usize = 4;
 /// How much of a block's message a give-up quotes.
 const REASON_CHARS: usize = 80;
 
+/// How often a request that waits for another request's probe looks again.
+const PROBE_POLL_MS: i64 = 100;
+
 /// What one request has read of the shared store: the blocks (or their
-/// absence) of the scopes it confirmed, which stand over this replica's view.
+/// absence) of the scopes it confirmed, which stand over this replica's
+/// view; the scopes it found held by another request's probe; and its own
+/// probe claim, if it is the probe.
 #[derive(Default)]
-struct Confirmed(Vec<(usize, Option<Block>)>);
+struct Confirmed {
+    blocks: Vec<(usize, Option<Block>)>,
+    held: Vec<usize>,
+    probe: Option<ProbeGuard>,
+}
 
 impl Confirmed {
     fn set(&mut self, scope: usize, block: Option<Block>) {
-        match self.0.iter_mut().find(|(i, _)| *i == scope) {
+        self.held.retain(|&i| i != scope);
+        match self.blocks.iter_mut().find(|(i, _)| *i == scope) {
             Some(entry) => entry.1 = block,
-            None => self.0.push((scope, block)),
+            None => self.blocks.push((scope, block)),
+        }
+    }
+
+    /// Another request probes `scope`: out of reach until a short look
+    /// later, and its tier waits for the probe.
+    fn hold(&mut self, scope: usize, reason: Reason, replica: &str, now_ms: i64) {
+        self.set(
+            scope,
+            Some(Block {
+                reason,
+                status: 0,
+                message: "its block ended and another request is probing it".into(),
+                replica: replica.to_string(),
+                since_ms: now_ms,
+                until_ms: now_ms + PROBE_POLL_MS,
+            }),
+        );
+        self.held.push(scope);
+    }
+}
+
+/// This request's probe claim: given back when the request is done with it
+/// (its answer was learned, or its client left and the future was dropped).
+/// A success or a new block has settled the claim already; the release then
+/// finds nothing of this request's left to give back.
+struct ProbeGuard {
+    store: Arc<dyn LearnedStore>,
+    claim: Option<crate::state::Claim>,
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            self.store.release(claim);
         }
     }
 }
@@ -552,10 +623,14 @@ struct Seen<'a> {
 
 impl crate::routing::select::Blocks for Seen<'_> {
     fn block(&self, scope: usize) -> Option<Block> {
-        if let Some((_, b)) = self.confirmed.0.iter().find(|(i, _)| *i == scope) {
+        if let Some((_, b)) = self.confirmed.blocks.iter().find(|(i, _)| *i == scope) {
             return b.clone();
         }
         self.store.peek(self.route.scopes.get(scope)?)
+    }
+
+    fn held(&self, scope: usize) -> bool {
+        self.confirmed.held.contains(&scope)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The attempt loop of one request, as a pure state machine: rounds over the
 //! candidates, waiting for the soonest block to end, and giving up.
 
-use super::select::{Availability, Pick, RoutingMode, View, availability, preferred, select};
+use super::select::{Availability, Pick, RoutingMode, View, availability, held, preferred, select};
 use crate::catalog::{CredentialKind, Route};
 
 /// What the request does next.
@@ -111,6 +111,18 @@ impl Plan {
             }
             // The round is over: every usable credential has been tried once.
             self.tried.clear();
+        }
+        // A probe of the highest tier in play is in flight: wait for its
+        // answer (within the request's wait budget), never a lower tier.
+        if let Some(free_at_ms) = held(route, view, &self.tried, &self.excluded) {
+            let ms = u64::try_from(free_at_ms - view.now_ms).unwrap_or(0).max(1);
+            if free_at_ms <= self.wait_deadline_ms {
+                return Step::Wait { ms };
+            }
+            return Step::GiveUp {
+                retry_after_s: ms.div_ceil(1_000).max(1),
+                all_quota: false,
+            };
         }
         // Nothing is usable: every candidate is blocked.
         match availability(route, view, &self.excluded) {

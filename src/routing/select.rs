@@ -44,6 +44,13 @@ pub struct Pick {
 /// considers, so its cost does not grow with the route.
 pub trait Blocks {
     fn block(&self, scope: usize) -> Option<Block>;
+
+    /// Whether the scope waits for the answer of a probe another request is
+    /// making (it came out of a long block): its tier is not left for a
+    /// lower one meanwhile.
+    fn held(&self, _scope: usize) -> bool {
+        false
+    }
 }
 
 /// Every scope's block read up front, aligned with [`Route::scopes`].
@@ -91,6 +98,13 @@ impl View<'_> {
         self.member_free_at(member) <= self.now_ms
     }
 
+    /// A member whose credential or one of whose pairs waits for a probe in flight.
+    fn held(&self, member: &Member) -> bool {
+        std::iter::once(member.credential_scope)
+            .chain(member.pair_scopes.iter().copied())
+            .any(|i| self.blocks.held(i))
+    }
+
     /// Whether every block in the way of this member is a quota block.
     fn only_quota(&self, member: &Member) -> bool {
         std::iter::once(member.credential_scope)
@@ -135,6 +149,11 @@ pub fn select(
                     .find(|&i| eligible(i))
             }
         };
+        if chosen.is_none() && tier.members.iter().any(|m| untried(m) && view.held(m)) {
+            // A probe of this tier is in flight: wait for its answer rather
+            // than send this request to a lower tier.
+            return None;
+        }
         if let Some(i) = chosen {
             let member = &tier.members[i];
             let offset = member.next_pool_offset();
@@ -173,6 +192,38 @@ fn pick_of(member: &Member, slot: usize) -> Pick {
         credential_scope: member.credential_scope,
         pair_scope: member.pair_scopes[slot],
     }
+}
+
+/// When the request must wait for a probe: the highest tier still in play
+/// (a member neither excluded nor tried this round) has nothing usable and
+/// a member whose probe another request is making. Returns when to look
+/// again. Only asked when a selection found nothing.
+pub fn held(
+    route: &Route,
+    view: View<'_>,
+    tried: &[String],
+    excluded: &[CredentialKind],
+) -> Option<i64> {
+    for tier in &route.tiers {
+        let mut in_play = tier.members.iter().filter(|m| {
+            !excluded.contains(&m.credential.kind()) && !tried.iter().any(|t| *t == m.credential.id)
+        });
+        let mut next = None;
+        for m in in_play.by_ref() {
+            if view.usable(m) {
+                return None;
+            }
+            if view.held(m) {
+                next = Some(next.map_or(view.member_free_at(m), |n: i64| {
+                    n.min(view.member_free_at(m))
+                }));
+            }
+        }
+        if next.is_some() {
+            return next;
+        }
+    }
+    None
 }
 
 /// Whether anything in the route can be used now, and if not, when.

@@ -5,7 +5,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Affinity, Block, LearnedStore, QuotaHit, Scope, StoreError, View};
+use super::{
+    Affinity, Block, Claim, Confirmation, LearnedStore, PROBATION_MS, PROBE_AFTER_MS, Probe,
+    QuotaHit, Reason, Scope, StoreError, View,
+};
 use crate::clock::SharedClock;
 use crate::routing::cooldown;
 
@@ -23,6 +26,11 @@ struct Inner {
     ladders: HashMap<Scope, (u32, i64)>,
     /// Conversation affinity and when it lapses, per (hashed) key; bounded.
     affinity: HashMap<String, (Affinity, i64)>,
+    /// Scopes that came out of a long block and await their probe: the
+    /// block's reason, and when the wait for a probe lapses.
+    probation: HashMap<Scope, (Reason, i64)>,
+    /// Probe claims: the claiming request's token, and when the claim lapses.
+    claims: HashMap<Scope, (String, i64)>,
 }
 
 /// The most conversations one replica remembers without Redis.
@@ -54,6 +62,28 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// After `block` was written on `scope`: a long one is followed by a
+    /// probe, and a probe that ended in it is over.
+    fn blocked(&mut self, scope: &Scope, block: &Block) {
+        self.claims.remove(scope);
+        if block.until_ms - block.since_ms >= PROBE_AFTER_MS {
+            let until = block.until_ms.saturating_add(PROBATION_MS);
+            let entry = self
+                .probation
+                .entry(scope.clone())
+                .or_insert((block.reason, until));
+            if entry.1 <= until {
+                *entry = (block.reason, until);
+            }
+        }
+    }
+
+    /// A scope that served: it awaits no probe.
+    fn served(&mut self, scope: &Scope) {
+        self.probation.remove(scope);
+        self.claims.remove(scope);
+    }
+
     fn active(&mut self, scope: &Scope, now_ms: i64) -> Option<&Block> {
         if self.blocks.get(scope).is_some_and(|b| !b.is_active(now_ms)) {
             self.blocks.remove(scope);
@@ -82,6 +112,7 @@ impl LearnedStore for MemoryStore {
         };
         if stands.is_active(now) {
             inner.blocks.insert(scope.clone(), stands.clone());
+            inner.blocked(scope, &stands);
         }
         Ok(stands)
     }
@@ -99,6 +130,7 @@ impl LearnedStore for MemoryStore {
             .ladders
             .insert(pair.clone(), (step.level, now + step.ladder_ttl_ms as i64));
         inner.blocks.insert(pair.clone(), step.block.clone());
+        inner.blocked(pair, &step.block);
         Ok(step.block)
     }
 
@@ -111,6 +143,14 @@ impl LearnedStore for MemoryStore {
             .is_some_and(|b| b.since_ms < request_started_ms)
         {
             inner.blocks.remove(pair);
+        }
+        let now = self.clock.now_ms();
+        if inner.active(pair, now).is_none() {
+            inner.served(pair);
+            let credential = Scope::credential(pair.credential_id());
+            if inner.active(&credential, now).is_none() {
+                inner.served(&credential);
+            }
         }
         Ok(())
     }
@@ -133,6 +173,8 @@ impl LearnedStore for MemoryStore {
         let mut inner = self.lock();
         let was_active = inner.active(scope, now).is_some();
         inner.blocks.remove(scope);
+        // Lifted by hand: no probe is owed either.
+        inner.served(scope);
         Ok(was_active)
     }
 
@@ -173,6 +215,62 @@ impl LearnedStore for MemoryStore {
 
     fn view(&self) -> View {
         View::Memory
+    }
+
+    async fn confirm(
+        &self,
+        credential: &Scope,
+        pair: &Scope,
+        claim_ttl_ms: u64,
+    ) -> Result<Confirmation, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let blocks = [credential, pair].map(|s| inner.active(s, now).cloned());
+        let [credential_block, pair_block] = blocks;
+        let mut probe = Probe::None;
+        if credential_block.is_none() && pair_block.is_none() {
+            let awaiting: Vec<(&Scope, Reason)> = [credential, pair]
+                .into_iter()
+                .filter_map(|s| {
+                    let &(reason, until) = inner.probation.get(s)?;
+                    (until > now).then_some((s, reason))
+                })
+                .collect();
+            if let Some(&(_, reason)) = awaiting
+                .iter()
+                .find(|(s, _)| inner.claims.get(*s).is_some_and(|(_, until)| *until > now))
+            {
+                probe = Probe::Held { reason };
+            } else if !awaiting.is_empty() {
+                let token = uuid::Uuid::new_v4().to_string();
+                let until = now.saturating_add(i64::try_from(claim_ttl_ms).unwrap_or(i64::MAX));
+                for (s, _) in &awaiting {
+                    inner.claims.insert((*s).clone(), (token.clone(), until));
+                }
+                probe = Probe::Claimed(Claim {
+                    scopes: awaiting.iter().map(|(s, _)| (*s).clone()).collect(),
+                    token,
+                });
+            }
+        }
+        Ok(Confirmation {
+            credential: credential_block,
+            pair: pair_block,
+            probe,
+        })
+    }
+
+    fn release(&self, claim: Claim) {
+        let mut inner = self.lock();
+        for scope in &claim.scopes {
+            if inner
+                .claims
+                .get(scope)
+                .is_some_and(|(t, _)| *t == claim.token)
+            {
+                inner.claims.remove(scope);
+            }
+        }
     }
 
     fn peek(&self, scope: &Scope) -> Option<Block> {
@@ -272,5 +370,49 @@ mod tests {
         // The level lapses a cap's length after its last block ended.
         clock.advance_ms(1_800_000);
         assert_eq!(store.quota_level(&pair).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_long_block_is_followed_by_one_probe() {
+        let (clock, store) = store_at(0);
+        let (cred, pair) = (Scope::credential("c"), Scope::pair("c", "m"));
+        store.put(&pair, block(0, 60_000)).await.unwrap();
+        let during = store.confirm(&cred, &pair, 5_000).await.unwrap();
+        assert!(during.pair.is_some() && matches!(during.probe, Probe::None));
+        clock.set_ms(60_001);
+        let first = store.confirm(&cred, &pair, 5_000).await.unwrap();
+        let Probe::Claimed(claim) = first.probe else {
+            panic!("the first request after the block probes it: {first:?}")
+        };
+        assert!(matches!(
+            store.confirm(&cred, &pair, 5_000).await.unwrap().probe,
+            Probe::Held { .. }
+        ));
+        // Given back (its client left): the next request probes.
+        store.release(claim);
+        let again = store.confirm(&cred, &pair, 5_000).await.unwrap();
+        assert!(matches!(again.probe, Probe::Claimed(_)));
+        // A claim whose request never settles it lapses.
+        clock.advance_ms(5_001);
+        assert!(matches!(
+            store.confirm(&cred, &pair, 5_000).await.unwrap().probe,
+            Probe::Claimed(_)
+        ));
+        // The probe served: nothing is owed any more.
+        store.succeed(&pair, clock.now_ms()).await.unwrap();
+        assert!(matches!(
+            store.confirm(&cred, &pair, 5_000).await.unwrap().probe,
+            Probe::None
+        ));
+        // A short block owes no probe.
+        store
+            .put(&pair, block(clock.now_ms(), clock.now_ms() + 59_999))
+            .await
+            .unwrap();
+        clock.advance_ms(60_000);
+        assert!(matches!(
+            store.confirm(&cred, &pair, 5_000).await.unwrap().probe,
+            Probe::None
+        ));
     }
 }

@@ -150,6 +150,41 @@ pub struct QuotaHit {
     pub cap_ms: u64,
 }
 
+/// A block at least this long is followed by one probe when it ends.
+pub const PROBE_AFTER_MS: i64 = 60_000;
+/// How long after its block a scope still awaits its probe; a scope nobody
+/// asks for meanwhile is simply free again.
+pub const PROBATION_MS: i64 = 600_000;
+
+/// What confirming a pick found, besides its blocks: whether it awaits the
+/// one probe that follows a long block.
+#[derive(Debug)]
+pub enum Probe {
+    /// Nothing to probe: the pick is an ordinary request.
+    None,
+    /// This request won the claim: it is the probe. Dropping the claim
+    /// releases it (the answer, or the client's leaving, ends a probe).
+    Claimed(Claim),
+    /// Another request (on any replica) is probing it: its answer is not known yet.
+    Held { reason: Reason },
+}
+
+/// One won probe claim: the scopes it holds and the token that proves it is
+/// this request's (so a late release never lifts another request's claim).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub scopes: Vec<Scope>,
+    pub token: String,
+}
+
+/// The blocks of a pick's credential and pair, and its probe state.
+#[derive(Debug)]
+pub struct Confirmation {
+    pub credential: Option<Block>,
+    pub pair: Option<Block>,
+    pub probe: Probe,
+}
+
 /// The candidate that served a conversation last (affinity).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Affinity {
@@ -248,7 +283,23 @@ pub trait LearnedStore: Send + Sync + 'static {
     fn view(&self) -> View;
 
     /// The active block of one scope in this replica's own view, without
-    /// I/O: what a selection looks at before it confirms its pick with
-    /// [`LearnedStore::get`].
+    /// I/O: what a selection looks at before it confirms its pick.
     fn peek(&self, scope: &Scope) -> Option<Block>;
+
+    /// Confirms a pick against the shared state: the blocks of its
+    /// credential and pair, and, when one of them came out of a long block
+    /// and awaits its probe, whether this request claims the probe (for
+    /// `claim_ttl_ms`: a probe whose replica dies is released by the TTL) or
+    /// another already holds it. A claimed probe ends with the pair's next
+    /// outcome: a success lifts the probation, a failure blocks again.
+    async fn confirm(
+        &self,
+        credential: &Scope,
+        pair: &Scope,
+        claim_ttl_ms: u64,
+    ) -> Result<Confirmation, StoreError>;
+
+    /// Gives a probe claim back (its request ended without settling it, or
+    /// its client left). Never waits: the store releases it soon after.
+    fn release(&self, claim: Claim);
 }

@@ -31,7 +31,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Affinity, Block, LearnedStore, MemoryStore, QuotaHit, Scope, StoreError, View};
+use super::{
+    Affinity, Block, Claim, Confirmation, LearnedStore, MemoryStore, PROBATION_MS, Probe, QuotaHit,
+    Reason, Scope, StoreError, View,
+};
 use crate::clock::SharedClock;
 use crate::metrics::{Health, Metrics, RedisFailure};
 use crate::routing::cooldown;
@@ -94,11 +97,15 @@ struct Shared {
     clean: Mutex<HashSet<Scope>>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
-    /// Wakes the health task when a call finds Redis gone.
+    /// Wakes the health task when a call finds Redis gone, or a probe claim
+    /// waits to be released.
     lost: Notify,
+    /// Probe claims given back, released by the health task.
+    releases: Mutex<Vec<Claim>>,
     put: Script,
     quota: Script,
     clear: Script,
+    release: Script,
 }
 
 impl RedisStore {
@@ -135,9 +142,11 @@ impl RedisStore {
             clock,
             metrics,
             lost: Notify::new(),
+            releases: Mutex::default(),
             put: Script::new(scripts::PUT),
             quota: Script::new(scripts::QUOTA),
             clear: Script::new(scripts::CLEAR),
+            release: Script::new(scripts::RELEASE),
         });
         if let Err(e) = shared.reconnect().await {
             tracing::warn!(error = %e, "Redis unreachable at start; serving on this replica's own learned state");
@@ -177,6 +186,18 @@ impl Shared {
                 self.prefix
             ),
         }
+    }
+
+    /// The key of a scope's probation (it came out of a long block and
+    /// awaits its probe) or of its probe claim: the block key's suffix under
+    /// `probation:` or `probe:`.
+    fn side_key(&self, kind: &str, scope: &Scope) -> String {
+        let block = self.key(scope);
+        let suffix = block
+            .strip_prefix(&self.prefix)
+            .and_then(|k| k.strip_prefix("block:"))
+            .unwrap_or(&block);
+        format!("{}{kind}:{suffix}", self.prefix)
     }
 
     fn ladder_key(&self, scope: &Scope) -> String {
@@ -411,6 +432,77 @@ impl Shared {
         Ok(all)
     }
 
+    /// Records whether a pair was found with nothing to clear (no block,
+    /// ladder, probation or claim): a success on it then writes nothing.
+    fn note_clean(&self, pair: &Scope, clean: bool) {
+        let mut set = self.clean.lock().unwrap_or_else(|p| p.into_inner());
+        if clean {
+            if !set.contains(pair) {
+                set.insert(pair.clone());
+            }
+        } else {
+            set.remove(pair);
+        }
+    }
+
+    /// Claims the probe of the `awaiting` scopes (indices into `scopes`)
+    /// for this request, unless another request holds a claim.
+    async fn claim(
+        &self,
+        scopes: &[&Scope; 2],
+        awaiting: &[usize],
+        found: &[bool],
+        side: &[String],
+        ttl_ms: u64,
+    ) -> Probe {
+        // side: [probation cred, probation pair, probe cred, probe pair]
+        let held = Probe::Held {
+            reason: Reason::UpstreamError,
+        };
+        if awaiting.iter().any(|&i| found.get(3 + i) == Some(&true)) {
+            return held;
+        }
+        let token = format!("{}/{}", self.replica, uuid::Uuid::new_v4());
+        let claims: Vec<&String> = awaiting.iter().map(|&i| &side[2 + i]).collect();
+        let won = self
+            .call(|mut c| {
+                let token = &token;
+                let claims = &claims;
+                async move {
+                    let mut pipe = redis::pipe();
+                    for k in claims {
+                        pipe.cmd("SET")
+                            .arg(*k)
+                            .arg(token)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(ttl_ms.max(1));
+                    }
+                    let answers: Vec<Option<String>> = pipe.query_async(&mut c).await?;
+                    Ok(answers.iter().all(Option::is_some))
+                }
+            })
+            .await;
+        let claim = Claim {
+            scopes: awaiting.iter().map(|&i| scopes[i].clone()).collect(),
+            token,
+        };
+        match won {
+            Some(true) => Probe::Claimed(claim),
+            Some(false) => {
+                // Another request won one of them first: give back what we got.
+                self.releases
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(claim);
+                self.lost.notify_one();
+                held
+            }
+            // Redis did not answer: route as an ordinary request.
+            None => Probe::None,
+        }
+    }
+
     fn dirty(&self, scope: &Scope) {
         self.clean
             .lock()
@@ -437,12 +529,16 @@ impl Shared {
             .put
             .key(self.key(scope))
             .key(&self.index)
+            .key(self.side_key("probation", scope))
+            .key(self.side_key("probe", scope))
             .arg(block.reason.as_str())
             .arg(block.status)
             .arg(&block.message)
             .arg(&block.replica)
             .arg(ttl_ms)
             .arg(&self.channel)
+            .arg(PROBATION_MS)
+            .arg(block.until_ms.saturating_sub(block.since_ms))
             .invoke_async::<RedisValue>(conn)
             .await?;
         Ok(stands(&result, self.clock.now_ms()))
@@ -458,35 +554,11 @@ impl LearnedStore for RedisStore {
     async fn get(&self, scopes: &[Scope]) -> Result<Vec<Option<Block>>, StoreError> {
         let s = &self.shared;
         let keys: Vec<String> = scopes.iter().map(|sc| s.key(sc)).collect();
-        // The pairs' ladders ride along in the same round trip, so a success
-        // on a pair that has neither block nor ladder needs no write.
-        let pairs: Vec<&Scope> = scopes
-            .iter()
-            .filter(|sc| matches!(sc, Scope::Pair { .. }))
-            .collect();
-        let ladders: Vec<String> = pairs.iter().map(|sc| s.ladder_key(sc)).collect();
         let read = s
-            .call(|mut c| async move { s.read_with(&mut c, &keys, &ladders).await })
+            .call(|mut c| async move { s.read_with(&mut c, &keys, &[]).await })
             .await;
         match read {
-            Some((blocks, laddered)) => {
-                {
-                    let mut clean = s.clean.lock().unwrap_or_else(|p| p.into_inner());
-                    let mut pair = 0;
-                    for (scope, block) in scopes.iter().zip(&blocks) {
-                        if matches!(scope, Scope::Pair { .. }) {
-                            if block.is_none() && !laddered.get(pair).copied().unwrap_or(true) {
-                                // Usually already known clean: no clone then.
-                                if !clean.contains(scope) {
-                                    clean.insert(scope.clone());
-                                }
-                            } else {
-                                clean.remove(scope);
-                            }
-                            pair += 1;
-                        }
-                    }
-                }
+            Some((blocks, _)) => {
                 // What Redis holds that this replica's view lacks (a key
                 // written by hand: no event told of it) joins the view.
                 for (scope, block) in scopes.iter().zip(&blocks) {
@@ -535,6 +607,8 @@ impl LearnedStore for RedisStore {
                     .key(s.key(pair))
                     .key(s.ladder_key(pair))
                     .key(&s.index)
+                    .key(s.side_key("probation", pair))
+                    .key(s.side_key("probe", pair))
                     .arg(h.base_ms)
                     .arg(h.cap_ms)
                     .arg(h.hint_ms.map_or(0, |ms| ms.min(cooldown::MAX_HINT_MS)))
@@ -542,6 +616,7 @@ impl LearnedStore for RedisStore {
                     .arg(&h.message)
                     .arg(&h.replica)
                     .arg(&s.channel)
+                    .arg(PROBATION_MS)
                     .invoke_async::<RedisValue>(&mut c)
                     .await
             })
@@ -563,11 +638,17 @@ impl LearnedStore for RedisStore {
         }
         // The request's age, not its start: Redis judges "started before" on its own clock.
         let age = (s.clock.now_ms() - request_started_ms).max(0);
+        let credential = Scope::credential(pair.credential_id());
         s.call(|mut c| async move {
             s.clear
                 .key(s.key(pair))
                 .key(&s.index)
+                .key(s.side_key("probation", pair))
+                .key(s.side_key("probe", pair))
                 .key(s.ladder_key(pair))
+                .key(s.key(&credential))
+                .key(s.side_key("probation", &credential))
+                .key(s.side_key("probe", &credential))
                 .arg(age)
                 .arg(&s.channel)
                 .arg(0)
@@ -615,9 +696,13 @@ impl LearnedStore for RedisStore {
         .unwrap_or_default();
         let removed = s
             .call(|mut c| async move {
-                let (n, _, _): (i64, i64, i64) = redis::pipe()
+                let (n, _, _, _): (i64, i64, i64, i64) = redis::pipe()
                     .cmd("DEL")
                     .arg(&key)
+                    // Lifted by hand: no probe is owed either.
+                    .cmd("DEL")
+                    .arg(s.side_key("probation", scope))
+                    .arg(s.side_key("probe", scope))
                     .cmd("ZREM")
                     .arg(&s.index)
                     .arg(&key)
@@ -704,6 +789,70 @@ impl LearnedStore for RedisStore {
 
     fn peek(&self, scope: &Scope) -> Option<Block> {
         self.shared.local.peek(scope)
+    }
+
+    async fn confirm(
+        &self,
+        credential: &Scope,
+        pair: &Scope,
+        claim_ttl_ms: u64,
+    ) -> Result<Confirmation, StoreError> {
+        let s = &self.shared;
+        let scopes = [credential, pair];
+        let keys: Vec<String> = scopes.iter().map(|sc| s.key(sc)).collect();
+        // One MGET: both blocks, the pair's ladder, both probations and both claims.
+        let side: Vec<String> = ["probation", "probe"]
+            .iter()
+            .flat_map(|kind| scopes.iter().map(|sc| s.side_key(kind, sc)))
+            .collect();
+        let mut extra = vec![s.ladder_key(pair)];
+        extra.extend(side.iter().cloned());
+        let read = s
+            .call(|mut c| async move {
+                let (blocks, found) = s.read_with(&mut c, &keys, &extra).await?;
+                Ok((blocks, found))
+            })
+            .await;
+        let Some((blocks, found)) = read else {
+            return s.local.confirm(credential, pair, claim_ttl_ms).await;
+        };
+        let blocks = s.overlay(&[credential.clone(), pair.clone()], blocks).await;
+        s.note_clean(
+            pair,
+            blocks.get(1).is_some_and(Option::is_none) && found.iter().all(|f| !f),
+        );
+        for (scope, block) in scopes.iter().zip(&blocks) {
+            if let Some(block) = block
+                && s.local.peek(scope).is_none()
+            {
+                let _ = s.local.put(scope, block.clone()).await;
+            }
+        }
+        let (credential_block, pair_block) = (blocks[0].clone(), blocks[1].clone());
+        let mut probe = Probe::None;
+        // found: [ladder, probation cred, probation pair, probe cred, probe pair]
+        let awaiting: Vec<usize> = (0..2)
+            .filter(|&i| found.get(1 + i) == Some(&true))
+            .collect();
+        if credential_block.is_none() && pair_block.is_none() && !awaiting.is_empty() {
+            probe = s
+                .claim(&scopes, &awaiting, &found, &side, claim_ttl_ms)
+                .await;
+        }
+        Ok(Confirmation {
+            credential: credential_block,
+            pair: pair_block,
+            probe,
+        })
+    }
+
+    fn release(&self, claim: Claim) {
+        let s = &self.shared;
+        s.releases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(claim);
+        s.lost.notify_one();
     }
 
     fn view(&self) -> View {

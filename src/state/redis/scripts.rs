@@ -17,15 +17,48 @@ macro_rules! redis_now {
     };
 }
 
+/// After a block of `ttl` ms was written on KEYS[1] (index KEYS[idx],
+/// probation KEYS[idx + 1], probe claim KEYS[idx + 2]): a long block is
+/// followed by one probe, so its scope stays on probation past its end;
+/// and a probe that ended in this block is over.
+macro_rules! after_block {
+    ($idx:literal) => {
+        concat!(
+            "local function after_block(ttl, length, reason, window)\n",
+            "  redis.call('DEL', KEYS[",
+            $idx,
+            " + 2])\n",
+            "  if length >= ",
+            "60000",
+            " then\n",
+            "    local left = redis.call('PTTL', KEYS[",
+            $idx,
+            " + 1])\n",
+            "    if left < ttl + window then redis.call('SET', KEYS[",
+            $idx,
+            " + 1], reason, 'PX', ttl + window) end\n",
+            "  end\n",
+            "end\n"
+        )
+    };
+}
+
+// The Lua above spells `PROBE_AFTER_MS` as a literal.
+const _: () = assert!(crate::state::PROBE_AFTER_MS == 60_000);
+
 /// Writes a block unless the key already lasts as long (or has no TTL): a
-/// block is only ever extended. KEYS: block, index. ARGV: reason, status,
-/// message, replica, ttl ms, channel. Returns the value that stands and its TTL.
+/// block is only ever extended. KEYS: block, index, probation, probe claim.
+/// ARGV: reason, status, message, replica, ttl ms, channel, probation window
+/// ms, the block's whole length ms (its TTL is what is left of it). Returns
+/// the value that stands and its TTL.
 pub(super) const PUT: &str = concat!(
     redis_now!(),
+    after_block!(2),
     r"
 local ttl = tonumber(ARGV[5])
 local cur = redis.call('PTTL', KEYS[1])
 if cur == -1 or cur >= ttl then
+  redis.call('DEL', KEYS[4])
   return {redis.call('GET', KEYS[1]), cur}
 end
 local value = cjson.encode({reason = ARGV[1], status = tonumber(ARGV[2]), message = ARGV[3],
@@ -33,16 +66,18 @@ local value = cjson.encode({reason = ARGV[1], status = tonumber(ARGV[2]), messag
 redis.call('SET', KEYS[1], value, 'PX', ttl)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZADD', KEYS[2], now + ttl, KEYS[1])
+after_block(ttl, tonumber(ARGV[8]), ARGV[1], tonumber(ARGV[7]))
 redis.call('PUBLISH', ARGV[6], cjson.encode({key = KEYS[1], ttl_ms = ttl, value = value}))
 return {value, ttl}
 "
 );
 
 /// One 429 on a pair: the same rules as `routing::cooldown::quota_step`,
-/// applied atomically. KEYS: block, ladder, index. ARGV: base, cap, hint,
-/// status, message, replica, channel.
+/// applied atomically. KEYS: block, ladder, index, probation, probe claim.
+/// ARGV: base, cap, hint, status, message, replica, channel, probation window.
 pub(super) const QUOTA: &str = concat!(
     redis_now!(),
+    after_block!(3),
     r"
 local base = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
@@ -74,7 +109,10 @@ if not (cur and (cur_ttl == -1 or cur_ttl >= len)) then
   redis.call('SET', KEYS[1], value, 'PX', len)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   redis.call('ZADD', KEYS[3], now + len, KEYS[1])
+  after_block(len, len, 'quota', tonumber(ARGV[8]))
   redis.call('PUBLISH', ARGV[7], cjson.encode({key = KEYS[1], ttl_ms = len, value = value}))
+else
+  redis.call('DEL', KEYS[5])
 end
 local keep = cap
 if ttl > 0 then keep = ttl + cap end
@@ -86,28 +124,47 @@ return {value, ttl}
 /// Removes a block if it started before a moment given as an age (`ARGV[1]`
 /// ms before Redis' now), so no two clocks are compared: a success clears
 /// only blocks older than its request, and a delete made while Redis was
-/// away spares blocks learned after it. KEYS: block, index, and optionally the
-/// pair's ladder (reset unconditionally). ARGV: age ms, channel, and `1` when
-/// a value that is not switchyard's JSON counts as older.
+/// away spares blocks learned after it. A scope left without a block awaits
+/// no probe: its probation and probe claim go too. KEYS: block, index,
+/// probation, probe claim, and for a success also the pair's ladder (reset
+/// unconditionally) and the credential's block, probation and claim (lifted
+/// when the credential has no block). ARGV: age ms, channel, and `1` when a
+/// value that is not switchyard's JSON counts as older.
 pub(super) const CLEAR: &str = concat!(
     redis_now!(),
     r"
-if KEYS[3] then redis.call('DEL', KEYS[3]) end
+if KEYS[5] then redis.call('DEL', KEYS[5]) end
 local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-local started = now - tonumber(ARGV[1])
-local older = ARGV[3] == '1'
-local ok, b = pcall(cjson.decode, cur)
-if ok and type(b) == 'table' and tonumber(b['since_ms']) then
-  older = tonumber(b['since_ms']) < started
+local cleared = 0
+if cur then
+  local started = now - tonumber(ARGV[1])
+  local older = ARGV[3] == '1'
+  local ok, b = pcall(cjson.decode, cur)
+  if ok and type(b) == 'table' and tonumber(b['since_ms']) then
+    older = tonumber(b['since_ms']) < started
+  end
+  if not older then return 0 end
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], KEYS[1])
+  redis.call('PUBLISH', ARGV[2], cjson.encode({key = KEYS[1], deleted = true}))
+  cleared = 1
 end
-if not older then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], KEYS[1])
-redis.call('PUBLISH', ARGV[2], cjson.encode({key = KEYS[1], deleted = true}))
-return 1
+redis.call('DEL', KEYS[3], KEYS[4])
+if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 0 then
+  redis.call('DEL', KEYS[7], KEYS[8])
+end
+return cleared
 "
 );
+
+/// Gives a probe claim back if it is still the claimer's. KEYS: the
+/// claims. ARGV: the claimer's token.
+pub(super) const RELEASE: &str = r"
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+end
+return 0
+";
 
 /// How long a block lasts when Redis holds it without a TTL.
 const NO_TTL_MS: i64 = i64::MAX / 4;

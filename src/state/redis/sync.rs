@@ -65,7 +65,13 @@ impl Shared {
                 Unsynced::Delete { at_ms } => {
                     let age = (self.clock.now_ms() - at_ms).max(0);
                     let mut clear = self.clear.key(self.key(&scope));
-                    clear.key(&self.index).arg(age).arg(&self.channel).arg(1);
+                    clear
+                        .key(&self.index)
+                        .key(self.side_key("probation", &scope))
+                        .key(self.side_key("probe", &scope))
+                        .arg(age)
+                        .arg(&self.channel)
+                        .arg(1);
                     bounded(self.timeout, clear.invoke_async::<i64>(conn))
                         .await
                         .map(|_| ())
@@ -143,6 +149,22 @@ impl Shared {
         Ok(())
     }
 
+    /// Releases the probe claims given back since the last turn; a claim
+    /// Redis does not take back now lapses with its TTL.
+    async fn give_back(&self, conn: &mut MultiplexedConnection) {
+        let claims = std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()));
+        for claim in claims {
+            let mut release = self.release.prepare_invoke();
+            for scope in &claim.scopes {
+                release.key(self.side_key("probe", scope));
+            }
+            release.arg(&claim.token);
+            if let Err(e) = bounded(self.timeout, release.invoke_async::<i64>(conn)).await {
+                tracing::debug!(error = %e, "a probe claim was not released; it lapses with its TTL");
+            }
+        }
+    }
+
     /// Drops from this replica's view the blocks Redis no longer holds
     /// (deleted by hand, with no event to say so), so such a delete lifts the
     /// block here within a health interval. Costs one MGET of the blocks this
@@ -188,6 +210,7 @@ impl Shared {
                     continue; // `call` noted the loss; the next turn reconnects.
                 }
                 let mut c = (*conn).clone();
+                self.give_back(&mut c).await;
                 let pending = self.pending_len.load(std::sync::atomic::Ordering::Relaxed);
                 if pending > 0
                     && let Err(e) = self.write_back(&mut c).await

@@ -799,7 +799,47 @@ impl LearnedStore for RedisStore {
         .await;
         Ok(())
     }
+
+    async fn withdraw(&self, scope: &Scope, written: &Block) -> Result<bool, StoreError> {
+        let s = &self.shared;
+        let key = s.key(scope);
+        let withdrawn = s
+            .call(|mut c| async move {
+                let script = Script::new(WITHDRAW);
+                script
+                    .key(key)
+                    .arg(written.reason.as_str())
+                    .arg(written.status)
+                    .arg(&written.message)
+                    .arg(&written.replica)
+                    .arg(&s.channel)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        // This replica's view follows at once; the others by the event.
+        let local = s.local.withdraw(scope, written).await?;
+        Ok(withdrawn.map_or(local, |n| n > 0))
+    }
 }
+
+/// Withdraws a block only while it is still the verdict a request wrote
+/// (same reason, status, message and replica; its times are not compared),
+/// and tells the mirrors as `remove` does. KEYS: block. ARGV: reason,
+/// status, message, replica, channel.
+const WITHDRAW: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local ok, b = pcall(cjson.decode, cur)
+if not ok or type(b) ~= 'table' then return 0 end
+if b['reason'] ~= ARGV[1] or tonumber(b['status']) ~= tonumber(ARGV[2])
+  or b['message'] ~= ARGV[3] or b['replica'] ~= ARGV[4] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[5], cjson.encode({key = KEYS[1], deleted = true}))
+return 1
+";
 
 #[cfg(test)]
 mod tests {

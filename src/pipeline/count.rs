@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::prepare::Prepared;
-use super::{AttemptEnd, Attempted, ClientRequest, Gateway, Reply, Trace};
+use super::{AttemptEnd, Attempted, ClientRequest, Gateway, Refusals, Reply, Trace};
 use crate::catalog::Provider;
 use crate::routing::{Failure, Outcome, Plan, Purpose, Step};
 use crate::translate::{self, count, ir};
@@ -35,6 +35,7 @@ impl Gateway {
         // A count is cheap to estimate and never worth a wait.
         let mut plan = Plan::new(cfg.routing, cfg.request_retry, 0, started)
             .excluding(prepared.excluded.clone());
+        let mut refusals = Refusals::default();
         loop {
             match self.next_step(&mut plan, &route).await {
                 Step::Try(pick) => {
@@ -51,11 +52,18 @@ impl Gateway {
                         AttemptEnd::Done(reply) | AttemptEnd::Answered { reply, .. } => {
                             return reply;
                         }
-                        AttemptEnd::Next => {}
+                        AttemptEnd::Next(refused) => {
+                            refusals.record(&at.pick.credential.id, refused);
+                        }
                     }
                 }
-                // Every candidate blocked or failing: the estimate still answers.
-                Step::Wait { .. } | Step::GiveUp { .. } => return local_count(&request, &prepared),
+                // Every candidate blocked or failing: the estimate still
+                // answers, and blocks a request refused everywhere the same
+                // way wrote are lifted as for any request.
+                Step::Wait { .. } | Step::GiveUp { .. } => {
+                    let _ = self.lift(refusals).await;
+                    return local_count(&request, &prepared);
+                }
             }
         }
     }
@@ -83,7 +91,7 @@ impl Gateway {
                 } else {
                     match ir_request() {
                         Some(b) => b,
-                        None => return AttemptEnd::Next,
+                        None => return AttemptEnd::Next(None),
                     }
                 };
                 if let Value::Object(map) = &mut body {
@@ -103,7 +111,7 @@ impl Gateway {
                 } else {
                     match ir_request() {
                         Some(b) => b,
-                        None => return AttemptEnd::Next,
+                        None => return AttemptEnd::Next(None),
                     }
                 };
                 inner["model"] = json!(format!(
@@ -113,7 +121,7 @@ impl Gateway {
                 let body = json!({ "generateContentRequest": inner });
                 gemini::count_tokens(cred, model, Bytes::from(body.to_string()))
             }
-            Provider::Openai => return AttemptEnd::Next,
+            Provider::Openai => return AttemptEnd::Next(None),
         };
         let mut response = match self.inner.upstream.post(sent).await {
             Ok(r) => r,

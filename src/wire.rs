@@ -151,8 +151,71 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The text an upstream error is classified by: message, type, code and
-/// status of the usual error shapes, or the raw body.
+/// An upstream error body with its fields kept apart. The classifier reads
+/// the provider's structured code before any text, and must never take a
+/// message that quotes a client's value (`invalid value 'model_not_found'`)
+/// for the code itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamError {
+    /// What the upstream says in words: `message`, FastAPI's `detail`, a bare
+    /// `error` string, or the body itself when it is not JSON.
+    pub message: String,
+    /// The error's type: OpenAI's and Anthropic's `type`, Gemini's `status`.
+    pub kind: Option<String>,
+    /// A string `code` (OpenAI, Azure, most compatible servers). Numeric
+    /// codes only repeat the HTTP status and are left out.
+    pub code: Option<String>,
+    /// The request field the error is about (OpenAI's `param`).
+    pub param: Option<String>,
+}
+
+impl UpstreamError {
+    pub fn parse(body: &[u8]) -> Self {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(json) => Self::from_json(&json),
+            Err(_) => Self {
+                message: String::from_utf8_lossy(&body[..body.len().min(2_000)]).into_owned(),
+                ..Self::default()
+            },
+        }
+    }
+
+    /// Reads the usual shapes: `{"error": {...}}` (OpenAI, Anthropic, Gemini),
+    /// fields at the top (vLLM, FastAPI), a bare `{"error": "..."}`, and
+    /// Gemini's stream form, an array around the object.
+    pub fn from_json(json: &Value) -> Self {
+        let json = match json {
+            Value::Array(items) => items.first().unwrap_or(json),
+            other => other,
+        };
+        let err = json.get("error").filter(|e| e.is_object()).unwrap_or(json);
+        let field = |key: &str| err.get(key).or_else(|| json.get(key));
+        let text = |key: &str| {
+            field(key)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+        };
+        let message = text("message")
+            .or_else(|| match field("detail") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(v @ (Value::Array(_) | Value::Object(_))) => Some(v.to_string()),
+                _ => None,
+            })
+            .or_else(|| json.get("error").and_then(Value::as_str).map(String::from))
+            .unwrap_or_default();
+        Self {
+            message,
+            kind: text("type").or_else(|| text("status")),
+            code: text("code").filter(|c| !c.bytes().all(|b| b.is_ascii_digit())),
+            param: text("param"),
+        }
+    }
+}
+
+/// The text an upstream error is shown and stored by: message, type, code
+/// and status of the usual error shapes, or the raw body.
 pub fn error_text(body: &[u8]) -> String {
     let Ok(json) = serde_json::from_slice::<Value>(body) else {
         return String::from_utf8_lossy(&body[..body.len().min(2_000)]).into_owned();
@@ -190,6 +253,41 @@ mod tests {
         let fastapi = br#"{"detail":"Model not supported"}"#;
         assert_eq!(error_text(fastapi), "Model not supported");
         assert_eq!(error_text(b"upstream exploded"), "upstream exploded");
+    }
+
+    #[test]
+    fn upstream_errors_keep_code_type_and_message_apart() {
+        let openai = br#"{"error":{"message":"Invalid value 'model_not_found' for field 'user'","type":"invalid_request_error","param":"user","code":null}}"#;
+        let e = UpstreamError::parse(openai);
+        assert_eq!(
+            e.message,
+            "Invalid value 'model_not_found' for field 'user'"
+        );
+        assert_eq!(e.kind.as_deref(), Some("invalid_request_error"));
+        assert_eq!((e.code, e.param.as_deref()), (None, Some("user")));
+        let gemini =
+            br#"[{"error":{"code":404,"message":"models/x is not found","status":"NOT_FOUND"}}]"#;
+        let e = UpstreamError::parse(gemini);
+        assert_eq!((e.kind.as_deref(), e.code), (Some("NOT_FOUND"), None));
+        assert_eq!(e.message, "models/x is not found");
+        let anthropic =
+            br#"{"type":"error","error":{"type":"not_found_error","message":"model: claude-9"}}"#;
+        assert_eq!(
+            UpstreamError::parse(anthropic).kind.as_deref(),
+            Some("not_found_error")
+        );
+        let vllm = br#"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","param":null,"code":404}"#;
+        let e = UpstreamError::parse(vllm);
+        assert_eq!((e.kind.as_deref(), e.code), (Some("NotFoundError"), None));
+        assert_eq!(
+            UpstreamError::parse(br#"{"error":"model_not_found"}"#).message,
+            "model_not_found"
+        );
+        assert_eq!(
+            UpstreamError::parse(br#"{"detail":"Model not supported"}"#).message,
+            "Model not supported"
+        );
+        assert_eq!(UpstreamError::parse(b"Bad Gateway").message, "Bad Gateway");
     }
 
     #[test]

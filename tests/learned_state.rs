@@ -226,6 +226,59 @@ pub async fn remove_and_list(store: Arc<dyn LearnedStore>) {
     assert!(store.get(&[pair("x")]).await.unwrap()[0].is_none());
 }
 
+pub async fn withdraw_removes_only_the_block_the_request_wrote(store: Arc<dyn LearnedStore>) {
+    let ours = block(Reason::NotFound, 10_000, "The model does not exist");
+    store.put(&pair("a"), ours.clone()).await.unwrap();
+    // Another verdict, or another replica's, is not ours to withdraw.
+    for other in [
+        Block {
+            message: "another message".into(),
+            ..ours.clone()
+        },
+        Block {
+            reason: Reason::Forbidden,
+            ..ours.clone()
+        },
+        Block {
+            status: 404,
+            ..ours.clone()
+        },
+        Block {
+            replica: "r2".into(),
+            ..ours.clone()
+        },
+    ] {
+        assert!(!store.withdraw(&pair("a"), &other).await.unwrap());
+        assert!(store.get(&[pair("a")]).await.unwrap()[0].is_some());
+    }
+    // Times are not compared: a store may stamp them itself.
+    let restamped = Block {
+        since_ms: ours.since_ms - 5,
+        until_ms: ours.until_ms + 5,
+        ..ours.clone()
+    };
+    assert!(store.withdraw(&pair("a"), &restamped).await.unwrap());
+    assert!(store.get(&[pair("a")]).await.unwrap()[0].is_none());
+    assert!(!store.withdraw(&pair("a"), &ours).await.unwrap());
+    // A longer block written over ours since then stands.
+    store.put(&pair("b"), ours.clone()).await.unwrap();
+    let longer = block(Reason::UpstreamError, 20_000, "down");
+    store.put(&pair("b"), longer.clone()).await.unwrap();
+    assert!(!store.withdraw(&pair("b"), &ours).await.unwrap());
+    assert_eq!(
+        store.get(&[pair("b")]).await.unwrap()[0].as_ref(),
+        Some(&longer)
+    );
+    assert!(
+        store
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(s, _)| *s != pair("a"))
+    );
+}
+
 /// Runs every contract against the stores `$make` builds (one fresh store per test).
 macro_rules! contract_suite {
     ($name:ident, $make:expr) => {
@@ -243,6 +296,7 @@ macro_rules! contract_suite {
                 a_success_clears_only_blocks_older_than_its_request,
                 a_success_resets_the_ladder_and_spares_credential_blocks,
                 remove_and_list,
+                withdraw_removes_only_the_block_the_request_wrote,
             );
         }
     };

@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::prepare::Prepared;
 use super::{
-    AttemptEnd, Attempted, ClientRequest, ERROR_BODY_LIMIT, Gateway, Reply, contains, error_text,
-    relay,
+    AttemptEnd, Attempted, ClientRequest, ERROR_BODY_LIMIT, Gateway, Refused, Reply, contains,
+    error_text, relay,
 };
 use crate::catalog::Provider;
 use crate::routing::{Failure, Next, Outcome, hints};
@@ -18,7 +18,7 @@ use crate::translate::{
     stream::{Rename, StreamSpec, StreamTranslator},
 };
 use crate::upstream::{self, anthropic, gemini, openai};
-use crate::wire::{self, ErrorKind, Format};
+use crate::wire::{self, ErrorKind, Format, UpstreamError};
 
 /// The largest upstream answer read whole.
 const ANSWER_LIMIT: usize = 64 * 1024 * 1024;
@@ -36,7 +36,7 @@ impl Gateway {
         let sent = match build(at, request, prepared, same) {
             Some(s) => s,
             // Excluded before routing; reaching here would be a bug, not a client error.
-            None => return AttemptEnd::Next,
+            None => return AttemptEnd::Next(None),
         };
         let mut response = match self.inner.upstream.post(sent).await {
             Ok(r) => r,
@@ -207,16 +207,33 @@ impl Gateway {
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         let hint_ms = hints::quota_hint(|h| response.header(h), json.as_ref(), self.now_ms());
         let text = error_text(&body);
+        let error = match &json {
+            Some(v) => UpstreamError::from_json(v),
+            None => UpstreamError::parse(&body),
+        };
         let outcome = Outcome::Status {
             status: response.status,
-            error_text: &text,
+            error: &error,
+            upstream_model: &at.pick.upstream_model,
             hint_ms,
         };
-        match self.learn(at, &outcome, &text).await {
+        let learned = self.learn(at, &outcome, &text).await;
+        match learned.next {
             Next::ReturnToClient | Next::Answer => {
                 AttemptEnd::Done(relay_error(at, &response, body, &text, format))
             }
-            Next::NextCandidate | Next::Stop => AttemptEnd::Next,
+            Next::NextCandidate | Next::Stop => {
+                // Kept for the request's end: should every candidate refuse it
+                // like this, the client gets this error.
+                let refused = learned.signature.map(|signature| {
+                    Box::new(Refused {
+                        signature,
+                        written: learned.written,
+                        reply: relay_error(at, &response, body, &text, format),
+                    })
+                });
+                AttemptEnd::Next(refused)
+            }
         }
     }
 }

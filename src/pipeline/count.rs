@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::prepare::Prepared;
-use super::{AttemptEnd, Attempted, ClientRequest, Gateway, Reply, Trace};
+use super::{AttemptEnd, Attempted, ClientRequest, Gateway, Refusals, Reply, Trace};
 use crate::catalog::Provider;
 use crate::routing::{Failure, Outcome, Plan, Purpose, Step};
 use crate::translate::{self, count, ir};
@@ -36,6 +36,7 @@ impl Gateway {
         let mut plan = Plan::new(cfg.routing, cfg.request_retry, 0, started)
             .excluding(prepared.excluded.clone());
         let mut seen = super::Confirmed::default();
+        let mut refusals = Refusals::default();
         loop {
             match self.next_step(&mut plan, &route, &mut seen).await {
                 Step::Try(pick) => {
@@ -54,11 +55,18 @@ impl Gateway {
                         AttemptEnd::Done(reply) | AttemptEnd::Answered { reply, .. } => {
                             return reply;
                         }
-                        AttemptEnd::Next => {}
+                        AttemptEnd::Next(refused) => {
+                            refusals.record(&at.pick.credential.id, refused);
+                        }
                     }
                 }
-                // Every candidate blocked or failing: the estimate still answers.
-                Step::Wait { .. } | Step::GiveUp { .. } => return local_count(&request, &prepared),
+                // Every candidate blocked or failing: the estimate still
+                // answers, and blocks a request refused everywhere the same
+                // way wrote are lifted as for any request.
+                Step::Wait { .. } | Step::GiveUp { .. } => {
+                    let _ = self.lift(refusals).await;
+                    return local_count(&request, &prepared);
+                }
             }
         }
     }
@@ -86,7 +94,7 @@ impl Gateway {
                 } else {
                     match ir_request() {
                         Some(b) => b,
-                        None => return AttemptEnd::Next,
+                        None => return AttemptEnd::Next(None),
                     }
                 };
                 if let Value::Object(map) = &mut body {
@@ -106,7 +114,7 @@ impl Gateway {
                 } else {
                     match ir_request() {
                         Some(b) => b,
-                        None => return AttemptEnd::Next,
+                        None => return AttemptEnd::Next(None),
                     }
                 };
                 inner["model"] = json!(format!(
@@ -116,7 +124,7 @@ impl Gateway {
                 let body = json!({ "generateContentRequest": inner });
                 gemini::count_tokens(cred, model, Bytes::from(body.to_string()))
             }
-            Provider::Openai => return AttemptEnd::Next,
+            Provider::Openai => return AttemptEnd::Next(None),
         };
         let mut response = match self.inner.upstream.post(sent).await {
             Ok(r) => r,

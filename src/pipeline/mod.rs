@@ -12,9 +12,11 @@
 mod affinity;
 mod attempt;
 mod count;
+mod lift;
 mod prepare;
 mod relay;
 
+use lift::{Refusals, Refused};
 use prepare::Prepared;
 
 use std::sync::Arc;
@@ -30,8 +32,8 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::routing::{
-    Failure, Learn, Next, Outcome, Pick, Plan, Purpose, ScopeKind, Step, Verdict, classify,
-    select::View,
+    Failure, Learn, Next, Outcome, Pick, Plan, Purpose, ScopeKind, Signature, Step, Verdict,
+    classify, select::View,
 };
 use crate::secret::scrub;
 use crate::source::CatalogHandle;
@@ -192,7 +194,18 @@ enum AttemptEnd {
         reply: Reply,
         response_id: Option<String>,
     },
-    Next,
+    /// On to the next candidate; a failure the identical-failure rule may
+    /// lift says what it wrote.
+    Next(Option<Box<Refused>>),
+}
+
+/// What learning an outcome did.
+struct Learned {
+    next: Next,
+    /// The block the outcome wrote, when it stands as written.
+    written: Option<(Scope, Block)>,
+    /// The failure's signature, when the identical-failure rule may lift it.
+    signature: Option<Signature>,
 }
 
 impl Gateway {
@@ -261,6 +274,7 @@ impl Gateway {
         .excluding(prepared.excluded.clone())
         .preferring(last.clone().map(|a| (a.credential_id, a.upstream_model)));
         let mut seen = Confirmed::default();
+        let mut refusals = Refusals::default();
         loop {
             match self.next_step(&mut plan, &route, &mut seen).await {
                 Step::Try(pick) => {
@@ -287,7 +301,9 @@ impl Gateway {
                             .await;
                             return reply;
                         }
-                        AttemptEnd::Next => {}
+                        AttemptEnd::Next(refused) => {
+                            refusals.record(&attempted.pick.credential.id, refused);
+                        }
                     }
                     self.inner.metrics.fallback();
                 }
@@ -306,6 +322,9 @@ impl Gateway {
                     retry_after_s,
                     all_quota,
                 } => {
+                    if let Some(own_fault) = self.lift(refusals).await {
+                        return own_fault;
+                    }
                     let view = Seen {
                         route: &route,
                         store: self.inner.store.as_ref(),
@@ -449,17 +468,26 @@ impl Gateway {
     }
 
     async fn failed_with(&self, at: &Attempted, failure: Failure, message: &str) -> AttemptEnd {
-        match self.learn(at, &Outcome::Transport(failure), message).await {
+        match self
+            .learn(at, &Outcome::Transport(failure), message)
+            .await
+            .next
+        {
             Next::Stop => AttemptEnd::Done(Reply::error(ErrorKind::Upstream, failure.describe())),
-            _ => AttemptEnd::Next,
+            _ => AttemptEnd::Next(None),
         }
     }
 
     /// Classifies an outcome and writes what it teaches, before the request
     /// moves on: the block is stored before any answer leaves the gateway.
-    async fn learn(&self, at: &Attempted, outcome: &Outcome<'_>, message: &str) -> Next {
+    async fn learn(&self, at: &Attempted, outcome: &Outcome<'_>, message: &str) -> Learned {
         let cfg = &self.inner.config;
         let verdict = classify(outcome, at.purpose, &cfg.cooldowns);
+        let mut learned = Learned {
+            next: verdict.next,
+            written: None,
+            signature: Signature::of(outcome, &verdict),
+        };
         let cred = &at.pick.credential;
         self.inner
             .metrics
@@ -473,7 +501,7 @@ impl Gateway {
         let now = self.now_ms();
         let store = &self.inner.store;
         let written = match verdict.learn {
-            Learn::Nothing => return verdict.next,
+            Learn::Nothing => return learned,
             Learn::Clear => store
                 .succeed(&pair, at.request_started_ms)
                 .await
@@ -495,7 +523,14 @@ impl Gateway {
                     since_ms: now,
                     until_ms: now.saturating_add(i64::try_from(length_ms).unwrap_or(i64::MAX)),
                 };
-                store.put(&scope, block).await.map(|b| Some((scope, b)))
+                let stands = store.put(&scope, block.clone()).await;
+                // A longer block that was there already is not ours to withdraw.
+                if let Ok(stood) = &stands
+                    && stood.same_verdict(&block)
+                {
+                    learned.written = Some((scope.clone(), stood.clone()));
+                }
+                stands.map(|b| Some((scope, b)))
             }
             Learn::Quota { hint_ms } => {
                 let hit = QuotaHit {
@@ -527,7 +562,7 @@ impl Gateway {
             Ok(None) => {}
             Err(e) => tracing::warn!(credential = %cred.id, error = %e, "learning failed"),
         }
-        verdict.next
+        learned
     }
 }
 

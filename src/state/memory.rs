@@ -178,6 +178,18 @@ impl LearnedStore for MemoryStore {
         Ok(was_active)
     }
 
+    async fn withdraw(&self, scope: &Scope, written: &Block) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let ours = inner
+            .active(scope, now)
+            .is_some_and(|b| b.same_verdict(written));
+        if ours {
+            inner.blocks.remove(scope);
+        }
+        Ok(ours)
+    }
+
     async fn quota_level(&self, pair: &Scope) -> Result<u32, StoreError> {
         let now = self.clock.now_ms();
         let inner = self.lock();

@@ -4,8 +4,10 @@
 //! The shape follows the contract's Redis layout: a block has a scope, a
 //! reason, the status and message that caused it, the replica that learned it
 //! and `since_ms`/`until_ms`. Two rules hold in every implementation: a block is
-//! only ever extended, never shortened; and the quota ladder's level is kept
-//! apart from the block, so it outlives the block it produced.
+//! only ever extended, never shortened (removed early only by an operator, a
+//! later success, or the request that wrote it withdrawing its own verdict);
+//! and the quota ladder's level is kept apart from the block, so it outlives
+//! the block it produced.
 
 mod memory;
 mod redis;
@@ -124,6 +126,15 @@ pub struct Block {
 impl Block {
     pub fn is_active(&self, now_ms: i64) -> bool {
         self.until_ms > now_ms
+    }
+
+    /// Whether `other` records the same verdict: reason, status, message and
+    /// replica. Its times are left out: a store may stamp them itself.
+    pub fn same_verdict(&self, other: &Block) -> bool {
+        self.reason == other.reason
+            && self.status == other.status
+            && self.message == other.message
+            && self.replica == other.replica
     }
 
     /// Extend-never-shorten: the block that should stand when `new` is written over `self`.
@@ -269,6 +280,14 @@ pub trait LearnedStore: Send + Sync + 'static {
 
     /// Removes a block; false when there was none.
     async fn remove(&self, scope: &Scope) -> Result<bool, StoreError>;
+
+    /// Withdraws the block a request wrote, and only that one: removes the
+    /// scope's block if it is still `written` (the same verdict, see
+    /// [`Block::same_verdict`]), so a block another request wrote since
+    /// stands. The one case where a request takes back a verdict: the
+    /// identical-failure rule found the failure was the request's own. False
+    /// when nothing was removed.
+    async fn withdraw(&self, scope: &Scope, written: &Block) -> Result<bool, StoreError>;
 
     /// The current quota ladder level of a pair (0 when none).
     async fn quota_level(&self, pair: &Scope) -> Result<u32, StoreError>;

@@ -111,6 +111,8 @@ struct State {
     script: HashMap<String, VecDeque<Reply>>,
     /// A reply given every time, per key, after the queue is empty.
     always: HashMap<String, Reply>,
+    /// Replies given, per key, to requests whose body contains a needle.
+    when: HashMap<String, Vec<(String, Reply)>>,
     hits: Vec<Hit>,
 }
 
@@ -160,6 +162,19 @@ impl Mock {
             .unwrap()
             .always
             .insert(key.to_string(), reply);
+    }
+
+    /// Answers requests made with `key` whose JSON body contains `needle`
+    /// with `reply`, before anything queued: an upstream that refuses one
+    /// kind of content and serves everything else.
+    pub fn when(&self, key: &str, needle: &str, reply: Reply) {
+        self.state
+            .lock()
+            .unwrap()
+            .when
+            .entry(key.to_string())
+            .or_default()
+            .push((needle.to_string(), reply));
     }
 
     pub fn hits(&self) -> Vec<Hit> {
@@ -260,7 +275,14 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
             body: body.clone(),
         });
         // What the real provider refuses comes first, whatever is scripted.
-        let queued = s.script.get_mut(&key).and_then(VecDeque::pop_front);
+        let text = body.to_string();
+        let matched = s.when.get(&key).and_then(|rules| {
+            rules
+                .iter()
+                .find(|(needle, _)| text.contains(needle.as_str()))
+                .map(|(_, r)| r.clone())
+        });
+        let queued = matched.or_else(|| s.script.get_mut(&key).and_then(VecDeque::pop_front));
         let queued = super::provider_rules::refusal(kind_name(kind), &model, &body).or(queued);
         queued
             .or_else(|| s.always.get(&key).cloned())

@@ -106,6 +106,7 @@ struct Shared {
     quota: Script,
     clear: Script,
     release: Script,
+    withdraw: Script,
 }
 
 impl RedisStore {
@@ -147,6 +148,7 @@ impl RedisStore {
             quota: Script::new(scripts::QUOTA),
             clear: Script::new(scripts::CLEAR),
             release: Script::new(scripts::RELEASE),
+            withdraw: Script::new(scripts::WITHDRAW),
         });
         if let Err(e) = shared.reconnect().await {
             tracing::warn!(error = %e, "Redis unreachable at start; serving on this replica's own learned state");
@@ -844,6 +846,29 @@ impl LearnedStore for RedisStore {
             pair: pair_block,
             probe,
         })
+    }
+
+    async fn withdraw(&self, scope: &Scope, written: &Block) -> Result<bool, StoreError> {
+        let s = &self.shared;
+        let withdrawn = s
+            .call(|mut c| async move {
+                s.withdraw
+                    .key(s.key(scope))
+                    .key(&s.index)
+                    .key(s.side_key("probation", scope))
+                    .key(s.side_key("probe", scope))
+                    .arg(written.reason.as_str())
+                    .arg(written.status)
+                    .arg(&written.message)
+                    .arg(&written.replica)
+                    .arg(&s.channel)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        // This replica's view follows at once; the others by the event.
+        let local = s.local.withdraw(scope, written).await?;
+        Ok(withdrawn.map_or(local, |n| n > 0))
     }
 
     fn release(&self, claim: Claim) {

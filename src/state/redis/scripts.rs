@@ -157,6 +157,26 @@ return cleared
 "
 );
 
+/// Withdraws a block only while it is still the verdict a request wrote
+/// (same reason, status, message and replica; its times are not compared),
+/// with its probation: a verdict withdrawn owes no probe. Tells the mirrors
+/// as a delete does. KEYS: block, index, probation, probe claim. ARGV:
+/// reason, status, message, replica, channel.
+pub(super) const WITHDRAW: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local ok, b = pcall(cjson.decode, cur)
+if not ok or type(b) ~= 'table' then return 0 end
+if b['reason'] ~= ARGV[1] or tonumber(b['status']) ~= tonumber(ARGV[2])
+  or b['message'] ~= ARGV[3] or b['replica'] ~= ARGV[4] then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[2], KEYS[1])
+redis.call('PUBLISH', ARGV[5], cjson.encode({key = KEYS[1], deleted = true}))
+return 1
+";
+
 /// Gives a probe claim back if it is still the claimer's. KEYS: the
 /// claims. ARGV: the claimer's token.
 pub(super) const RELEASE: &str = r"

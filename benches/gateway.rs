@@ -156,7 +156,20 @@ struct Replica {
 /// Starts the release binary, with its default logging (to a file), and
 /// waits for it to be ready.
 async fn replica(env: &[(&str, String)], log: &Path) -> Replica {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    replica_under(&[], env, log).await
+}
+
+/// [`replica`], run by `wrapper` (a profiler, say).
+async fn replica_under(wrapper: &[&str], env: &[(&str, String)], log: &Path) -> Replica {
+    let binary = env!("CARGO_BIN_EXE_switchyard");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+        None => tokio::process::Command::new(binary),
+    };
     // One worker thread, as the nginx floor runs one worker process: on a
     // small machine shared with the load generator and the mock, more
     // threads than cores only trade tail latency for throughput.
@@ -184,13 +197,13 @@ async fn replica(env: &[(&str, String)], log: &Path) -> Replica {
             break v["addr"].as_str().unwrap().parse().unwrap();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < Duration::from_secs(120),
             "the gateway did not start: {text}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let client = reqwest::Client::new();
-    for _ in 0..200 {
+    for _ in 0..2_000 {
         if client
             .get(format!("http://{addr}/readyz"))
             .send()
@@ -271,6 +284,88 @@ async fn chat(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Res
         .unwrap()
 }
 
+/// Requests counted by callgrind, after as many again to warm up.
+const COUNTED: u32 = 1_000;
+
+/// User-space instructions per request of the process `pid` (run under
+/// callgrind, writing its dumps to `dir`): counters zeroed after a warm-up,
+/// then `COUNTED` requests one after another on one keep-alive connection,
+/// then a dump. A figure the machine's load cannot move.
+async fn instructions(url: &str, pid: u32, dir: &Path) -> f64 {
+    let client = reqwest::Client::new();
+    let body = json!({"model": "fast", "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..COUNTED {
+        assert!(chat(&client, url, &body).await.status().is_success());
+    }
+    let control = |arg: &str| {
+        let ok = std::process::Command::new("callgrind_control")
+            .args([arg, &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .expect("callgrind_control runs (valgrind installs it)");
+        assert!(ok.success(), "callgrind_control {arg} {pid}");
+    };
+    control("-z");
+    for _ in 0..COUNTED {
+        assert!(chat(&client, url, &body).await.status().is_success());
+    }
+    control("-d");
+    let newest = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains(&format!("cg.{pid}"))
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .expect("a callgrind dump");
+    let text = std::fs::read_to_string(newest.path()).unwrap();
+    let total: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("a callgrind total");
+    total / f64::from(COUNTED)
+}
+
+/// Instructions per request of the nginx floor, switchyard embedded and
+/// switchyard in cluster mode, each under callgrind in this run.
+async fn instruction_counts(
+    mock: SocketAddr,
+    config: &str,
+    cluster_env: &[(&str, String)],
+    dir: &Path,
+) -> Vec<(&'static str, f64)> {
+    let out = format!("--callgrind-out-file={}/cg.%p", dir.display());
+    let wrapper = ["valgrind", "--tool=callgrind", out.as_str()];
+    eprintln!("==> instructions per request (callgrind): nginx");
+    let floor = Nginx::start_under(&[mock], &wrapper);
+    let nginx = instructions(&floor.url(), floor.pid(), dir).await;
+    drop(floor);
+    eprintln!("==> instructions per request (callgrind): switchyard embedded");
+    let env = [("SWITCHYARD_CONFIG", config.to_string())];
+    let mut embedded = replica_under(&wrapper, &env, &dir.join("cg-embedded.log")).await;
+    let url = format!("http://{}", embedded.addr);
+    let pid = embedded.child.id().unwrap();
+    let alone = instructions(&url, pid, dir).await;
+    let _ = embedded.child.kill().await;
+    eprintln!("==> instructions per request (callgrind): switchyard cluster");
+    let mut replica = replica_under(&wrapper, cluster_env, &dir.join("cg-cluster.log")).await;
+    let url = format!("http://{}", replica.addr);
+    let pid = replica.child.id().unwrap();
+    let cluster = instructions(&url, pid, dir).await;
+    let _ = replica.child.kill().await;
+    vec![
+        ("nginx proxy_pass (floor)", nginx),
+        ("switchyard embedded", alone),
+        ("switchyard cluster, 1 replica", cluster),
+    ]
+}
+
 /// Route sizes of the pool measurement: models `pool{n}` served by `n`
 /// credentials (`k0`...) of the same upstream.
 const POOLS: [usize; 4] = [1, 100, 1_000, 10_000];
@@ -285,6 +380,28 @@ struct Pools {
     /// models) until the replica served the largest route.
     rows: usize,
     served_after_ms: f64,
+    /// Requests per second on one credential before and after 100,000 more
+    /// client keys, per run, and resident memory with the pools and the keys.
+    keys_before: Vec<f64>,
+    keys_after: Vec<f64>,
+    rss_mb: f64,
+}
+
+/// Client keys added for the key-count measurement.
+const EXTRA_KEYS: usize = 100_000;
+
+/// How many catalog snapshots the replica at `url` has published.
+async fn reloads(url: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchyard_catalog_reloads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Adds the pools' credentials (after the other rows were measured, so they
@@ -296,6 +413,7 @@ async fn pools(
     pg: &PgServer,
     redis: &RedisServer,
     mock: SocketAddr,
+    pid: u32,
     opts: &Options,
 ) -> Pools {
     let last = POOLS[POOLS.len() - 1] - 1;
@@ -356,11 +474,43 @@ async fn pools(
                 .ok()
         })
         .sum();
+    // 100,000 client keys: a key is one hash lookup, so throughput should not move.
+    let fast = wrk_script(dir, "fast");
+    let mut keys_before = Vec::new();
+    for _ in 0..opts.runs {
+        keys_before.push(wrk(url, &fast, 32, opts.seconds).await.0);
+    }
+    let seen = reloads(url).await;
+    let db = sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "insert into api_keys (name, key_hash)
+           select 'user' || i, encode(sha256(i::text::bytea), 'hex') from generate_series(1, {EXTRA_KEYS}) i;"
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    let waited = Instant::now();
+    while reloads(url).await <= seen {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the keys never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = wrk(url, &fast, 8, 1).await;
+    let mut keys_after = Vec::new();
+    for _ in 0..opts.runs {
+        keys_after.push(wrk(url, &fast, 32, opts.seconds).await.0);
+    }
     Pools {
         rps,
         redis_commands: calls / f64::from(requests),
         rows,
         served_after_ms,
+        keys_before,
+        keys_after,
+        rss_mb: rss_mb(pid),
     }
 }
 
@@ -630,7 +780,7 @@ async fn main() {
     let floor = Nginx::start(&[mock]);
     let config = embedded_config(tmp.path(), mock).display().to_string();
     let embedded = replica(
-        &[("SWITCHYARD_CONFIG", config)],
+        &[("SWITCHYARD_CONFIG", config.clone())],
         &tmp.path().join("embedded.log"),
     )
     .await;
@@ -728,9 +878,12 @@ async fn main() {
         &pg,
         &redis,
         mock,
+        a.child.id().unwrap(),
         &opts,
     )
     .await;
+    let counts =
+        instruction_counts(mock, &config, &cluster_env("bench-callgrind"), tmp.path()).await;
     eprintln!("==> cross-replica propagation");
     let (mut prop, violations) =
         propagation(&format!("http://{}", b.addr), &redis.url(), 200).await;
@@ -738,7 +891,13 @@ async fn main() {
         let _ = child.kill().await;
     }
     report(
-        &targets, &rows, &mut prop, violations, &opts, &out_dir, &pool,
+        &targets,
+        &rows,
+        &mut prop,
+        violations,
+        &opts,
+        &out_dir,
+        (&pool, &counts),
     );
 }
 
@@ -804,7 +963,7 @@ fn report(
     violations: usize,
     opts: &Options,
     out_dir: &Path,
-    pool: &Pools,
+    (pool, counts): (&Pools, &[(&str, f64)]),
 ) {
     let med = |v: &[f64]| median(&mut v.to_vec());
     let direct = &rows[0];
@@ -889,9 +1048,28 @@ fn report(
         "  {} operator rows committed -> served by the replica: {:.0} ms",
         pool.rows, pool.served_after_ms
     );
+    let (before, after) = (med(&pool.keys_before), med(&pool.keys_after));
+    println!(
+        "  {EXTRA_KEYS} more client keys: {before:.0} -> {after:.0} req/s ({:.2}x); RSS with them and the pools: {:.0} MB",
+        after / before,
+        pool.rss_mb
+    );
+    println!();
+    println!(
+        "user-space instructions per request (callgrind, {COUNTED} requests on one connection):"
+    );
+    let floor = counts.first().map_or(f64::NAN, |c| c.1);
+    let mut count_rows = Vec::new();
+    for (name, n) in counts {
+        println!("  {name:<34} {n:>10.0}  {:.2}x", n / floor);
+        count_rows.push(json!({"target": name, "instructions": n, "ratio_to_nginx": n / floor}));
+    }
     let summary = json!({
+        "instructions_per_request": count_rows,
         "pools": pool_rows, "redis_commands_per_request": pool.redis_commands,
         "pool_rows": pool.rows, "pool_rows_served_after_ms": pool.served_after_ms,
+        "extra_keys": EXTRA_KEYS, "keys_rps_before": pool.keys_before, "keys_rps_after": pool.keys_after,
+        "rss_mb_with_pools_and_keys": pool.rss_mb,
         "runs": opts.runs, "seconds_per_load": opts.seconds, "targets": json_rows,
         "propagation_ms": {"p50": p50, "p99": p99, "max": max, "trials": prop.len(), "violations": violations},
     });

@@ -384,6 +384,11 @@ pub fn repo_file(path: &str) -> PathBuf {
 
 impl Nginx {
     pub fn start(upstreams: &[SocketAddr]) -> Self {
+        Self::start_under(upstreams, &[])
+    }
+
+    /// nginx as one process (no master) run by `wrapper` (a profiler, say).
+    pub fn start_under(upstreams: &[SocketAddr], wrapper: &[&str]) -> Self {
         let dir = temp_dir("nginx");
         let port = free_port();
         let servers: String = upstreams
@@ -401,17 +406,30 @@ impl Nginx {
             );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(nginx_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(nginx_bin());
+                c
+            }
+            None => Command::new(nginx_bin()),
+        };
+        let globals = if wrapper.is_empty() {
+            "daemon off;"
+        } else {
+            "daemon off; master_process off;"
+        };
+        let child = cmd
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
             .arg(&conf_path)
-            .args(["-g", "daemon off;"])
+            .args(["-g", globals])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx runs (the test command installs it)");
-        wait_until("nginx listens", Duration::from_secs(10), || {
+        wait_until("nginx listens", Duration::from_secs(60), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         Self {
@@ -423,6 +441,10 @@ impl Nginx {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

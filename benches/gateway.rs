@@ -872,6 +872,10 @@ async fn main() {
         }
         return;
     }
+    // Before the pools and the extra keys: one request's cost on the
+    // ordinary catalog.
+    let counts =
+        instruction_counts(mock, &config, &cluster_env("bench-callgrind"), tmp.path()).await;
     let pool = pools(
         &format!("http://{}", a.addr),
         tmp.path(),
@@ -882,8 +886,6 @@ async fn main() {
         &opts,
     )
     .await;
-    let counts =
-        instruction_counts(mock, &config, &cluster_env("bench-callgrind"), tmp.path()).await;
     eprintln!("==> cross-replica propagation");
     let (mut prop, violations) =
         propagation(&format!("http://{}", b.addr), &redis.url(), 200).await;

@@ -130,6 +130,8 @@ pub struct Metrics {
     waits: AtomicU64,
     wait_ms: AtomicU64,
     catalog_reloads: AtomicU64,
+    /// Full reads of the operator data (published or not).
+    catalog_loads: AtomicU64,
     redis: AtomicI64,
     /// Failed Redis commands, by [`RedisFailure`].
     redis_failures: [AtomicU64; 3],
@@ -158,6 +160,7 @@ impl Metrics {
             waits: AtomicU64::new(0),
             wait_ms: AtomicU64::new(0),
             catalog_reloads: AtomicU64::new(0),
+            catalog_loads: AtomicU64::new(0),
             redis: AtomicI64::new(-1),
             redis_failures: Default::default(),
             redis_unsynced: AtomicU64::new(0),
@@ -200,6 +203,10 @@ impl Metrics {
     pub fn wait(&self, ms: u64) {
         self.waits.fetch_add(1, Ordering::Relaxed);
         self.wait_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    pub fn catalog_load(&self) {
+        self.catalog_loads.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn catalog_reload(&self) {
@@ -302,6 +309,12 @@ impl Metrics {
             "switchyard_catalog_reloads_total",
             "Credential snapshots published.",
             &self.catalog_reloads,
+        );
+        counter(
+            &mut out,
+            "switchyard_catalog_loads_total",
+            "Full reads of the operator data: on a change, a reconnect, or a backstop check that found the version moved.",
+            &self.catalog_loads,
         );
         for (name, value, help) in [
             (

@@ -213,6 +213,33 @@ async fn insert_update_delete_and_truncate_reach_every_replica_within_a_second()
     }
 }
 
+/// The periodic backstop reads the operator data's version, not the data:
+/// with nothing changed it loads nothing, however often it runs, and a
+/// change is loaded once.
+#[tokio::test]
+async fn the_backstop_loads_the_operator_data_only_when_it_changed() {
+    let mut c = Cluster::services().await;
+    c.sql(&primary_and_backup(&c)).await;
+    c.add_replica(&[("SWITCHYARD_RECONCILE_INTERVAL_MS", "100")])
+        .await;
+    let r = &c.replicas[0];
+    let loads = async || r.metric("switchyard_catalog_loads_total").await.unwrap();
+    let before = loads().await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await; // Ten backstop checks.
+    assert_eq!(loads().await, before, "nothing changed, nothing loaded");
+    c.sql("update credentials set weight = 3 where id = 'backup'")
+        .await;
+    common::eventually("the change is loaded", SECOND, async || {
+        loads().await > before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        loads().await - before <= 2.0,
+        "loaded on the change, not on every check"
+    );
+}
+
 #[tokio::test]
 async fn an_update_still_propagates_after_the_listener_connection_is_killed() {
     let c = seeded(2, |c| c.credential_sql("a", 0, &[("m1", "x")])).await;

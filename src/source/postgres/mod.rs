@@ -63,10 +63,25 @@ impl Postgres {
 
     /// Reads all operator data in one consistent snapshot.
     pub async fn load(&self) -> Result<OperatorData, sqlx::Error> {
+        Ok(self.load_versioned().await?.0)
+    }
+
+    /// The operator data's version: it moves with every change.
+    pub async fn version(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("select version from switchyard_catalog_version")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// All operator data and its version, in one consistent snapshot.
+    pub async fn load_versioned(&self) -> Result<(OperatorData, i64), sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         sqlx::query("set transaction isolation level repeatable read, read only")
             .execute(&mut *tx)
+            .await?;
+        let version: i64 = sqlx::query_scalar("select version from switchyard_catalog_version")
+            .fetch_one(&mut *tx)
             .await?;
         let credentials = sqlx::query(
             "select id, provider, base_url, api_key, priority, weight, enabled, headers, responses_api \
@@ -128,7 +143,7 @@ impl Postgres {
                 expires_at: row.try_get::<Option<DateTime<Utc>>, _>("expires_at")?,
             });
         }
-        Ok(data)
+        Ok((data, version))
     }
 
     /// Stores a new client key's hash under `name`.
@@ -172,6 +187,7 @@ pub async fn follow(
         handle,
         metrics,
         last: None,
+        version: None,
     };
     loop {
         let ready = async {
@@ -199,12 +215,16 @@ pub async fn follow(
     );
     let reloader = async {
         loop {
-            tokio::select! {
+            let told = tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = changed.notified() => {}
-                () = tokio::time::sleep(reconcile) => {}
+                () = changed.notified() => true,
+                () = tokio::time::sleep(reconcile) => false,
+            };
+            // The backstop asks for the version first: a full reload only
+            // when something changed that no notification reported.
+            if told || follower.moved().await {
+                follower.reload().await;
             }
-            follower.reload().await;
         }
     };
     tokio::join!(listener, reloader);
@@ -216,13 +236,41 @@ struct Follower {
     metrics: Arc<Metrics>,
     /// The data of the snapshot last published: an unchanged reload publishes nothing.
     last: Option<OperatorData>,
+    /// The version that data was read at.
+    version: Option<i64>,
 }
 
 impl Follower {
+    /// Whether the operator data changed since the last load. A Postgres
+    /// that does not answer has not: the last snapshot keeps serving.
+    async fn moved(&self) -> bool {
+        match self.pg.version().await {
+            Ok(v) => {
+                if self.metrics.postgres() != Health::Up {
+                    return true; // Back: reload, which also says so.
+                }
+                self.version != Some(v)
+            }
+            Err(e) => {
+                self.down(&e);
+                false
+            }
+        }
+    }
+
+    fn down(&self, e: &sqlx::Error) {
+        if self.metrics.postgres() != Health::Down {
+            tracing::warn!(error = %e, "Postgres unreachable; serving the last snapshot");
+        }
+        self.metrics.set_postgres(Health::Down);
+    }
+
     /// Loads and publishes if anything changed. False when Postgres failed.
     async fn reload(&mut self) -> bool {
-        match self.pg.load().await {
-            Ok(data) => {
+        match self.pg.load_versioned().await {
+            Ok((data, version)) => {
+                self.metrics.catalog_load();
+                self.version = Some(version);
                 if self.metrics.postgres() != Health::Up {
                     tracing::info!("Postgres answers; credentials loaded");
                 }
@@ -245,10 +293,7 @@ impl Follower {
                 true
             }
             Err(e) => {
-                if self.metrics.postgres() != Health::Down {
-                    tracing::warn!(error = %e, "Postgres unreachable; serving the last snapshot");
-                }
-                self.metrics.set_postgres(Health::Down);
+                self.down(&e);
                 false
             }
         }

@@ -39,6 +39,8 @@ struct Options {
     litellm: bool,
     /// Only the memory figures (for working on them).
     memory_only: bool,
+    /// Only the instruction counts (for working on them).
+    instructions_only: bool,
 }
 
 fn options() -> Options {
@@ -51,11 +53,17 @@ fn options() -> Options {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if flag("--quick") { 1 } else { 3 });
     let memory_only = flag("--memory-only");
+    let instructions_only = flag("--instructions-only");
     Options {
-        runs: if memory_only { 0 } else { runs },
+        runs: if memory_only || instructions_only {
+            0
+        } else {
+            runs
+        },
         seconds: if flag("--quick") { 2 } else { 5 },
         litellm: flag("--litellm"),
         memory_only,
+        instructions_only,
     }
 }
 
@@ -775,6 +783,10 @@ async fn main() {
     std::fs::create_dir_all(&out_dir).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let script = wrk_script(tmp.path(), "fast");
+    // Callgrind's dumps are kept, for `callgrind_annotate`.
+    let callgrind_dir = out_dir.join("callgrind");
+    let _ = std::fs::remove_dir_all(&callgrind_dir);
+    std::fs::create_dir_all(&callgrind_dir).unwrap();
     eprintln!("==> starting the mock upstream, nginx, Postgres, Redis and the gateways");
     let mock = start_mock();
     let floor = Nginx::start(&[mock]);
@@ -853,6 +865,19 @@ async fn main() {
             row.errors += e1 + e2;
         }
     }
+    if opts.instructions_only {
+        let counts = instruction_counts(
+            mock,
+            &config,
+            &cluster_env("bench-callgrind"),
+            &callgrind_dir,
+        )
+        .await;
+        for (name, n) in &counts {
+            println!("{name}: {n:.0} instructions a request");
+        }
+        return;
+    }
     for (t, row) in targets.iter().zip(rows.iter_mut()) {
         if let Some(pid) = t.pid {
             eprintln!("==> memory: {}", t.name);
@@ -874,8 +899,13 @@ async fn main() {
     }
     // Before the pools and the extra keys: one request's cost on the
     // ordinary catalog.
-    let counts =
-        instruction_counts(mock, &config, &cluster_env("bench-callgrind"), tmp.path()).await;
+    let counts = instruction_counts(
+        mock,
+        &config,
+        &cluster_env("bench-callgrind"),
+        &callgrind_dir,
+    )
+    .await;
     let pool = pools(
         &format!("http://{}", a.addr),
         tmp.path(),

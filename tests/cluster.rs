@@ -224,7 +224,16 @@ async fn the_backstop_loads_the_operator_data_only_when_it_changed() {
         .await;
     let r = &c.replicas[0];
     let loads = async || r.metric("switchyard_catalog_loads_total").await.unwrap();
-    let before = loads().await;
+    // At start a replica loads, then loads again when its listener connects.
+    let mut before = loads().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = loads().await;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     tokio::time::sleep(Duration::from_millis(1_000)).await; // Ten backstop checks.
     assert_eq!(loads().await, before, "nothing changed, nothing loaded");
     c.sql("update credentials set weight = 3 where id = 'backup'")

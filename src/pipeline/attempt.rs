@@ -169,6 +169,9 @@ impl Gateway {
     /// left blocks its pair until the reset, as a quota block of reason
     /// `exhausted`, so no replica spends a failed call on it.
     async fn headroom(&self, at: &Attempted, response: &upstream::Response) {
+        if !response.has_header_starting(&["x-ratelimit-remaining", "anthropic-ratelimit"]) {
+            return;
+        }
         let now = self.now_ms();
         let Some((ms, header)) = hints::exhausted(|h| response.header(h), now) else {
             return;

@@ -136,13 +136,20 @@ impl LearnedStore for MemoryStore {
 
     async fn succeed(&self, pair: &Scope, request_started_ms: i64) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        inner.ladders.remove(pair);
-        if inner
-            .blocks
-            .get(pair)
-            .is_some_and(|b| b.since_ms < request_started_ms)
+        // Most successes have nothing to clear: no lookups then.
+        if !inner.ladders.is_empty() {
+            inner.ladders.remove(pair);
+        }
+        if !inner.blocks.is_empty()
+            && inner
+                .blocks
+                .get(pair)
+                .is_some_and(|b| b.since_ms < request_started_ms)
         {
             inner.blocks.remove(pair);
+        }
+        if inner.probation.is_empty() && inner.claims.is_empty() {
+            return Ok(());
         }
         let now = self.clock.now_ms();
         if inner.active(pair, now).is_none() {

@@ -291,6 +291,15 @@ impl Response {
         self.inner.headers().get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// Whether any header's name starts with one of `prefixes`: one pass
+    /// over the headers before many lookups that would mostly miss.
+    pub fn has_header_starting(&self, prefixes: &[&str]) -> bool {
+        self.inner
+            .headers()
+            .keys()
+            .any(|k| prefixes.iter().any(|p| k.as_str().starts_with(p)))
+    }
+
     pub fn content_type(&self) -> Option<&str> {
         self.header("content-type")
     }

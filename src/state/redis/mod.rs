@@ -176,39 +176,59 @@ impl RedisStore {
 
 impl Shared {
     fn key(&self, scope: &Scope) -> String {
+        self.keyed("block", scope)
+    }
+
+    /// `{prefix}{kind}:cred:{id}` or `{prefix}{kind}:model:{id}:{upstream}`:
+    /// a scope's block, probation (it came out of a long block and awaits
+    /// its probe) or probe claim.
+    fn keyed(&self, kind: &str, scope: &Scope) -> String {
+        let mut key = String::with_capacity(64);
+        self.write_key(&mut key, kind, scope);
+        key
+    }
+
+    /// [`Shared::keyed`] into `buf`, built by hand: keys are made on every
+    /// request, and `format!` costs several times as much.
+    fn write_key(&self, buf: &mut String, kind: &str, scope: &Scope) {
+        buf.clear();
+        buf.push_str(&self.prefix);
+        buf.push_str(kind);
         match scope {
             Scope::Credential { credential_id } => {
-                format!("{}block:cred:{credential_id}", self.prefix)
+                buf.push_str(":cred:");
+                buf.push_str(credential_id);
             }
             Scope::Pair {
                 credential_id,
                 upstream_model,
-            } => format!(
-                "{}block:model:{credential_id}:{upstream_model}",
-                self.prefix
-            ),
+            } => {
+                buf.push_str(":model:");
+                buf.push_str(credential_id);
+                buf.push(':');
+                buf.push_str(upstream_model);
+            }
         }
     }
 
-    /// The key of a scope's probation (it came out of a long block and
-    /// awaits its probe) or of its probe claim: the block key's suffix under
-    /// `probation:` or `probe:`.
     fn side_key(&self, kind: &str, scope: &Scope) -> String {
-        let block = self.key(scope);
-        let suffix = block
-            .strip_prefix(&self.prefix)
-            .and_then(|k| k.strip_prefix("block:"))
-            .unwrap_or(&block);
-        format!("{}{kind}:{suffix}", self.prefix)
+        self.keyed(kind, scope)
     }
 
     fn ladder_key(&self, scope: &Scope) -> String {
-        match scope {
-            Scope::Credential { credential_id } => format!("{}quota:{credential_id}", self.prefix),
-            Scope::Pair {
-                credential_id,
-                upstream_model,
-            } => format!("{}quota:{credential_id}:{upstream_model}", self.prefix),
+        let mut key = String::with_capacity(64);
+        self.write_ladder_key(&mut key, scope);
+        key
+    }
+
+    fn write_ladder_key(&self, buf: &mut String, scope: &Scope) {
+        buf.clear();
+        buf.push_str(&self.prefix);
+        buf.push_str("quota:");
+        buf.push_str(scope.credential_id());
+        if let Scope::Pair { upstream_model, .. } = scope {
+            buf.push(':');
+            buf.push_str(upstream_model);
         }
     }
 
@@ -388,6 +408,43 @@ impl Shared {
             })
             .collect();
         Ok((blocks, exists.iter().map(Option::is_some).collect()))
+    }
+
+    /// The confirm read's answer as blocks (their TTLs fetched only for the
+    /// ones found: rare) and whether each of the other keys exists.
+    async fn blocks_of(
+        &self,
+        conn: &mut MultiplexedConnection,
+        scopes: &[&Scope; 2],
+        values: &[Option<Vec<u8>>],
+    ) -> Result<(Vec<Option<Block>>, Vec<bool>), RedisError> {
+        let (found, rest) = values.split_at(2.min(values.len()));
+        let mut ttls = [-2i64; 2];
+        if found.iter().any(Option::is_some) {
+            let mut pipe = redis::pipe();
+            for (scope, value) in scopes.iter().zip(found) {
+                if value.is_some() {
+                    pipe.cmd("PTTL").arg(self.key(scope));
+                }
+            }
+            let mut read: Vec<i64> = pipe.query_async(conn).await?;
+            read.reverse();
+            for (ttl, value) in ttls.iter_mut().zip(found) {
+                if value.is_some() {
+                    *ttl = read.pop().unwrap_or(-2);
+                }
+            }
+        }
+        let now = self.clock.now_ms();
+        let blocks = found
+            .iter()
+            .zip(ttls)
+            .map(|(v, ttl)| {
+                v.as_deref()
+                    .and_then(|bytes| present_block(bytes, ttl, now))
+            })
+            .collect();
+        Ok((blocks, rest.iter().map(Option::is_some).collect()))
     }
 
     /// Every block the index names, with its TTL: what the admin API and the
@@ -801,23 +858,34 @@ impl LearnedStore for RedisStore {
     ) -> Result<Confirmation, StoreError> {
         let s = &self.shared;
         let scopes = [credential, pair];
-        let keys: Vec<String> = scopes.iter().map(|sc| s.key(sc)).collect();
-        // One MGET: both blocks, the pair's ladder, both probations and both claims.
-        let side: Vec<String> = ["probation", "probe"]
-            .iter()
-            .flat_map(|kind| scopes.iter().map(|sc| s.side_key(kind, sc)))
-            .collect();
-        let mut extra = vec![s.ladder_key(pair)];
-        extra.extend(side.iter().cloned());
+        // One MGET: both blocks, the pair's ladder, both probations and both
+        // claims, its arguments built in one buffer.
+        let mut mget = redis::cmd("MGET");
+        let mut buf = String::with_capacity(96);
+        for kind in ["block", "quota", "probation", "probe"] {
+            if kind == "quota" {
+                s.write_ladder_key(&mut buf, pair);
+                mget.arg(buf.as_str());
+                continue;
+            }
+            for scope in scopes {
+                s.write_key(&mut buf, kind, scope);
+                mget.arg(buf.as_str());
+            }
+        }
         let read = s
             .call(|mut c| async move {
-                let (blocks, found) = s.read_with(&mut c, &keys, &extra).await?;
-                Ok((blocks, found))
+                let values: Vec<Option<Vec<u8>>> = mget.query_async(&mut c).await?;
+                s.blocks_of(&mut c, &scopes, &values).await
             })
             .await;
         let Some((blocks, found)) = read else {
             return s.local.confirm(credential, pair, claim_ttl_ms).await;
         };
+        let side: Vec<String> = ["probation", "probe"]
+            .iter()
+            .flat_map(|kind| scopes.iter().map(|sc| s.keyed(kind, sc)))
+            .collect();
         let blocks = s.overlay(&[credential.clone(), pair.clone()], blocks).await;
         s.note_clean(
             pair,

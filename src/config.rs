@@ -28,6 +28,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// A request body that sends nothing this long is answered 408.
     pub body_timeout: Duration,
+    /// A client connection's request head must be complete this long after
+    /// it began (after the connection opened, for its first request).
+    pub header_timeout: Duration,
+    /// How long an idle client connection is kept between requests: longer
+    /// than nginx keeps its own idle upstream connections (60 s).
+    pub keep_alive: Duration,
     pub cooldowns: Cooldowns,
     pub timeouts: Timeouts,
     pub proxies: crate::upstream::Proxies,
@@ -109,6 +115,8 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("SWITCHYARD_MAX_RETRY_WAIT_MS", "30000"),
     ("SWITCHYARD_AFFINITY_TTL_MS", "3600000"),
     ("SWITCHYARD_BODY_TIMEOUT_MS", "30000"),
+    ("SWITCHYARD_HEADER_TIMEOUT_MS", "10000"),
+    ("SWITCHYARD_KEEPALIVE_TIMEOUT_MS", "75000"),
     ("SWITCHYARD_ROUTING", "round-robin"),
     ("SWITCHYARD_ADMIN_KEY", ""),
     ("SWITCHYARD_MAX_BODY_BYTES", "33554432"),
@@ -279,6 +287,8 @@ impl Config {
             admin_key: s.get("SWITCHYARD_ADMIN_KEY").map(Secret::new),
             max_body_bytes,
             body_timeout: positive_ms(s, "SWITCHYARD_BODY_TIMEOUT_MS")?,
+            header_timeout: positive_ms(s, "SWITCHYARD_HEADER_TIMEOUT_MS")?,
+            keep_alive: positive_ms(s, "SWITCHYARD_KEEPALIVE_TIMEOUT_MS")?,
             cooldowns,
             timeouts: Timeouts {
                 connect: positive_ms(s, "SWITCHYARD_CONNECT_TIMEOUT_MS")?,
@@ -349,6 +359,11 @@ mod tests {
         assert_eq!(c.drain.grace, Duration::from_secs(1));
         assert_eq!(c.drain.timeout, Duration::from_secs(30));
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert!(
+            c.keep_alive > Duration::from_secs(60),
+            "longer than nginx's"
+        );
         assert!(c.admin_key.is_none() && !c.is_cluster());
     }
 

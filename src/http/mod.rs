@@ -11,6 +11,7 @@ mod gemini;
 mod ops;
 mod reply;
 mod responses;
+mod serve;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,7 @@ use crate::pipeline::{Gateway, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
 
 pub use error::render;
+pub use serve::{ConnectionTimeouts, LINGER_BYTES, LINGER_TIME, serve};
 
 /// What every handler shares.
 #[derive(Clone)]

@@ -104,6 +104,9 @@ pub struct Metrics {
     redis: AtomicI64,
     postgres: AtomicI64,
     propagation: Histogram,
+    /// Bytes of request bodies held now (their cap is
+    /// `SWITCHYARD_MAX_INFLIGHT_BODY_BYTES`).
+    body_bytes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -125,6 +128,7 @@ impl Metrics {
             catalog_reloads: AtomicU64::new(0),
             redis: AtomicI64::new(-1),
             postgres: AtomicI64::new(-1),
+            body_bytes: AtomicU64::new(0),
             propagation: Histogram {
                 buckets: Default::default(),
                 count: AtomicU64::new(0),
@@ -175,6 +179,18 @@ impl Metrics {
 
     pub fn postgres(&self) -> Health {
         health(self.postgres.load(Ordering::Relaxed))
+    }
+
+    /// Request body bytes taken into (positive) or let go of (negative) the
+    /// replica's budget.
+    pub fn body_bytes(&self, delta: i64) {
+        if delta >= 0 {
+            self.body_bytes
+                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        } else {
+            self.body_bytes
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
     }
 
     /// Time from a block's write on some replica to this replica's view of it.
@@ -255,6 +271,11 @@ impl Metrics {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_request_body_bytes Bytes of request bodies this replica holds now.\n# TYPE switchyard_request_body_bytes gauge\nswitchyard_request_body_bytes {}",
+            self.body_bytes.load(Ordering::Relaxed)
+        );
         let degraded = i64::from(self.redis() == Health::Down);
         let _ = writeln!(
             out,

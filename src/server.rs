@@ -113,9 +113,11 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         hard_stop.clone(),
         metrics,
     );
+    let bodies = http::BodyBudget::new(config.max_inflight_body_bytes, gateway.metrics().clone());
     let state = AppState {
         gateway,
         draining: Arc::new(AtomicBool::new(false)),
+        bodies,
     };
     let shutdown = CancellationToken::new();
     // The one untracked spawn: its handle is owned by `Running`, whose

@@ -186,3 +186,155 @@ async fn a_chunked_body_over_the_limit_gets_its_413_through_nginx() {
     drop(nginx);
     gw.stop().await;
 }
+
+/// Sends a request head announcing a body of `length` bytes (and none of
+/// it); the answer, up to its declared length.
+async fn head_only(addr: &str, path: &str, length: usize) -> String {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nx-goog-api-key: {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    read_answer(&mut socket).await
+}
+
+/// One answer with a `content-length`, head and body.
+async fn read_answer(socket: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(HANG, socket.read(&mut buf))
+            .await
+            .expect("answered without the body")
+            .unwrap_or(0);
+        assert!(n > 0, "closed: {text}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn body_of(answer: &str) -> Value {
+    serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+#[tokio::test]
+async fn uploads_past_the_cap_of_bodies_in_flight_get_503_in_the_clients_format_before_their_body()
+{
+    let gw = gateway(
+        &[Cred::new("only", 0, M)],
+        &[
+            ("SWITCHYARD_MAX_BODY_BYTES", "1048576"),
+            ("SWITCHYARD_MAX_INFLIGHT_BODY_BYTES", "1048576"),
+        ],
+    )
+    .await;
+    let addr = addr_of(&gw.url);
+    // A slow upload holds 700 kB of the 1 MiB.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: 700000\r\n\r\n{{\"model\":"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let held = async |bytes: u64| {
+        let metrics = reqwest::get(format!("{}/metrics", gw.url)).await.unwrap();
+        let text = metrics.text().await.unwrap();
+        text.contains(&format!("\nswitchyard_request_body_bytes {bytes}\n"))
+    };
+    common::eventually("the upload is held", HANG, async || held(700_000).await).await;
+
+    for (path, check) in [
+        ("/v1/chat/completions", "/error/code"),
+        ("/v1/messages", "/error/type"),
+        ("/v1beta/models/m:generateContent", "/error/status"),
+    ] {
+        let answer = head_only(&addr, path, 700_000).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{path}: {answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("\r\nretry-after: 1\r\n"),
+            "{answer}"
+        );
+        let expected = match check {
+            "/error/code" => "service_unavailable",
+            "/error/type" => "overloaded_error",
+            _ => "UNAVAILABLE",
+        };
+        assert_eq!(body_of(&answer).pointer(check).unwrap(), expected, "{path}");
+    }
+    // A chunked upload is held chunk by chunk, and turned away at the cap.
+    let mut chunked = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    chunked.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 400_000];
+    chunked
+        .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+        .await
+        .unwrap();
+    chunked.write_all(&chunk).await.unwrap();
+    chunked.write_all(b"\r\n").await.unwrap();
+    let answer = read_answer(&mut chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // Small requests still fit.
+    assert_eq!(gw.chat("m").await.status(), 200);
+    assert_eq!(
+        gw.mock.hits().len(),
+        1,
+        "no turned-away request went upstream"
+    );
+
+    // The slow client gives up: its share comes back.
+    drop(slow);
+    common::eventually("the upload is let go", HANG, async || held(0).await).await;
+    let big = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(700_000)}]});
+    assert_eq!(gw.post("/v1/chat/completions", &big).await.status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_answer_past_the_bound_is_that_upstreams_failure() {
+    use switchyard::state::{Reason, Scope};
+    let gw = gateway(
+        &[Cred::new("big", 1, M), Cred::new("small", 0, M)],
+        &[("SWITCHYARD_MAX_ANSWER_BYTES", "65536")],
+    )
+    .await;
+    let oversized = serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "up-m",
+        "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "x".repeat(100_000)}}],
+    });
+    gw.mock.script(
+        &common::key_of("big"),
+        [common::Reply::status(200, oversized)],
+    );
+    let r = gw.chat("m").await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        format!("hello from {} as up-m", common::key_of("small"))
+    );
+    let block = gw
+        .block_of(&Scope::pair("big", "up-m"))
+        .await
+        .expect("the oversized answer taught a block");
+    assert_eq!(block.reason, Reason::UpstreamError);
+    gw.stop().await;
+}

@@ -41,12 +41,11 @@ pub async fn model_action(
         Ok(r) => r,
         Err(e) => return render(format, &e),
     };
-    let limit = state.gateway.config().max_body_bytes;
-    let stall = state.gateway.config().body_timeout;
-    let parsed = read_body(&headers, body, limit, stall)
-        .await
-        .and_then(|b| parse(&b, model.clone(), action));
-    let request = match parsed {
+    let (bytes, _held) = match read_body(&state, &headers, body).await {
+        Ok(read) => read,
+        Err(e) => return render(format, &e),
+    };
+    let request = match parse(&bytes, model.clone(), action) {
         Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };

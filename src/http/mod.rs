@@ -5,6 +5,7 @@
 mod admin;
 mod anthropic;
 mod auth;
+mod budget;
 mod chat;
 mod error;
 mod gemini;
@@ -27,6 +28,7 @@ use crate::config::AccessLog;
 use crate::pipeline::{Gateway, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
 
+pub use budget::BodyBudget;
 pub use error::render;
 pub use serve::{ConnectionTimeouts, LINGER_BYTES, LINGER_TIME, serve};
 
@@ -36,6 +38,8 @@ pub struct AppState {
     pub gateway: Gateway,
     /// Set on SIGTERM: `/readyz` answers 503 from then on.
     pub draining: Arc<AtomicBool>,
+    /// The bytes of request bodies held now, under their cap.
+    pub bodies: Arc<BodyBudget>,
 }
 
 impl AppState {

@@ -2,7 +2,6 @@
 //! client format.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -11,21 +10,25 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use super::auth::authenticate;
+use super::budget::Reservation;
 use super::error::render;
 use super::{AppState, RequestLog};
 use crate::pipeline::{ClientRequest, GatewayError, Reply, Trace};
 use crate::wire::{ErrorKind, Format};
 
-/// Reads the body up to `limit` bytes; anything larger is a 413, and a body
-/// that sends nothing for `stall` is a 408 (a slow client holds no
-/// replica's memory and task forever).
+/// Reads a request body: up to `SWITCHYARD_MAX_BODY_BYTES` (413 beyond),
+/// under the replica's budget of bodies in flight (503 beyond, before the
+/// body is read), and a 408 when it sends nothing for
+/// `SWITCHYARD_BODY_TIMEOUT_MS` (a slow client holds no replica's memory and
+/// task forever). The reservation is held until the request is done.
 pub async fn read_body(
+    state: &AppState,
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
-    stall: Duration,
-) -> Result<Bytes, GatewayError> {
+) -> Result<(Bytes, Reservation), GatewayError> {
     use http_body_util::BodyExt;
+    let config = state.gateway.config();
+    let (limit, stall) = (config.max_body_bytes, config.body_timeout);
     let too_large = || {
         GatewayError::new(
             ErrorKind::PayloadTooLarge,
@@ -39,8 +42,21 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
-    let mut out = bytes::BytesMut::with_capacity(capacity);
+    let declared = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+    let busy = || {
+        let cap = state.bodies.cap();
+        GatewayError {
+            retry_after_s: Some(BUSY_RETRY_AFTER_S),
+            ..GatewayError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "this replica holds as many request bodies as it takes ({cap} bytes); retry in {BUSY_RETRY_AFTER_S} s"
+                ),
+            )
+        }
+    };
+    let mut held = state.bodies.reserve(declared).ok_or_else(busy)?;
+    let mut out = bytes::BytesMut::with_capacity(declared);
     let mut body = body;
     loop {
         let frame = match tokio::time::timeout(stall, body.frame()).await {
@@ -60,14 +76,22 @@ pub async fn read_body(
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > limit {
+            let len = out.len() + data.len();
+            if len > limit {
                 return Err(too_large());
+            }
+            if len > held.bytes() && !held.grow(len - held.bytes()) {
+                return Err(busy());
             }
             out.extend_from_slice(&data);
         }
     }
-    Ok(out.freeze())
+    Ok((out.freeze(), held))
 }
+
+/// What a request turned away for the budget of bodies in flight is told
+/// to wait: bodies come and go within seconds.
+const BUSY_RETRY_AFTER_S: u64 = 1;
 
 /// Serves one generation request of `format`: authenticates it, reads and
 /// validates its body with `parse`, and answers. (Anthropic and Gemini
@@ -85,12 +109,11 @@ pub async fn generation(
         Ok(name) => name,
         Err(e) => return render(format, &e),
     };
-    let limit = state.gateway.config().max_body_bytes;
-    let stall = state.gateway.config().body_timeout;
-    let request = match read_body(&headers, body, limit, stall)
-        .await
-        .and_then(|b| parse(&b))
-    {
+    let (bytes, _held) = match read_body(&state, &headers, body).await {
+        Ok(read) => read,
+        Err(e) => return render(format, &e),
+    };
+    let request = match parse(&bytes) {
         Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };

@@ -20,9 +20,6 @@ use crate::translate::{
 use crate::upstream::{self, anthropic, gemini, openai};
 use crate::wire::{self, ErrorKind, Format};
 
-/// The largest upstream answer read whole.
-const ANSWER_LIMIT: usize = 64 * 1024 * 1024;
-
 impl Gateway {
     pub(super) async fn attempt(
         &self,
@@ -58,7 +55,10 @@ impl Gateway {
                 .begin_stream(at, response, translator, request.format)
                 .await;
         }
-        let body = match response.read_to_limit(ANSWER_LIMIT).await {
+        let body = match response
+            .read_whole(self.inner.config.max_answer_bytes)
+            .await
+        {
             Ok(b) => b,
             Err(f) => return self.failed(at, f).await,
         };

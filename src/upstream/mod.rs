@@ -312,7 +312,29 @@ impl Response {
         }
     }
 
-    /// The whole body, up to `limit` bytes (the rest is dropped).
+    /// The whole body, which must not be longer than `limit` bytes: a longer
+    /// one is the upstream's failure, known from its declared length before
+    /// anything is read when it has one.
+    pub async fn read_whole(&mut self, limit: usize) -> Result<Bytes, Failure> {
+        let declared = self
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(Failure::TooLarge);
+        }
+        let declared = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+        let mut out = bytes::BytesMut::with_capacity(declared);
+        while let Some(chunk) = self.chunk().await? {
+            if out.len() + chunk.len() > limit {
+                return Err(Failure::TooLarge);
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+
+    /// The first `limit` bytes of the body (the rest is dropped): enough of
+    /// an error to classify it.
     pub async fn read_to_limit(&mut self, limit: usize) -> Result<Bytes, Failure> {
         let mut out = bytes::BytesMut::new();
         while let Some(chunk) = self.chunk().await? {

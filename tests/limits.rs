@@ -338,3 +338,293 @@ async fn an_upstream_answer_past_the_bound_is_that_upstreams_failure() {
     assert_eq!(block.reason, Reason::UpstreamError);
     gw.stop().await;
 }
+
+/// The largest body the gateway takes by default, and what the memory
+/// tests send.
+const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// Resident bytes of process `pid`: `VmRSS` (now) or `VmHWM` (its peak).
+fn resident(pid: u32, field: &str) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kb * 1024
+}
+
+/// The binary in front of `sink`: `to-openai`, `to-anthropic` and
+/// `to-gemini` served by a credential of that provider, `answers` by `big`
+/// and then `small`.
+async fn binary_on(sink: &common::sink::Sink) -> common::binary::Binary {
+    let mut toml = String::new();
+    for (id, provider, base, priority) in [
+        ("o", "openai", sink.base_url(), 0),
+        ("a", "anthropic", sink.root_url(), 0),
+        ("g", "gemini", sink.root_url(), 0),
+        ("big", "openai", sink.base_url(), 1),
+        ("small", "openai", sink.base_url(), 0),
+    ] {
+        toml.push_str(&format!(
+            "[[credentials]]\nid = {id:?}\nprovider = {provider:?}\nbase_url = {base:?}\napi_key = {:?}\npriority = {priority}\n\n",
+            common::key_of(id)
+        ));
+    }
+    for (id, model) in [
+        ("o", "to-openai"),
+        ("a", "to-anthropic"),
+        ("g", "to-gemini"),
+        ("big", "answers"),
+        ("small", "answers"),
+    ] {
+        toml.push_str(&format!(
+            "[[credential_models]]\ncredential_id = {id:?}\nmodel = {model:?}\nupstream_model = \"up-{model}\"\n\n"
+        ));
+    }
+    toml.push_str(&format!(
+        "[[api_keys]]\nname = \"tester\"\nkey_hash = {:?}\n",
+        switchyard::catalog::hash_key(CLIENT_KEY)
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut bin = common::binary::Binary::spawn(&["--config", path.to_str().unwrap()], &[]).await;
+    bin.dir = Some(dir);
+    bin
+}
+
+async fn post(bin: &common::binary::Binary, path: &str, body: Vec<u8>) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", bin.url))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-goog-api-key", CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// What one request costs a fresh gateway above its idle resident size:
+/// the peak (`VmHWM`) after it, less the resident size before it, once a
+/// small request of the same shape has warmed the gateway up.
+async fn peak_cost(path: &str, small: Vec<u8>, big: Vec<u8>) -> (usize, String) {
+    peak_cost_on(&common::sink::Sink::start().await, path, small, big).await
+}
+
+async fn peak_cost_on(
+    sink: &common::sink::Sink,
+    path: &str,
+    small: Vec<u8>,
+    big: Vec<u8>,
+) -> (usize, String) {
+    let mut bin = binary_on(sink).await;
+    let pid = bin.child.id().unwrap();
+    let (status, text) = post(&bin, path, small).await;
+    assert_eq!(status, 200, "{path}: {text}");
+    let idle = resident(pid, "VmRSS");
+    // The peak so far was the start-up's: count from here.
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let (status, text) = post(&bin, path, big).await;
+    assert_eq!(status, 200, "{path}: {}", &text[..text.len().min(500)]);
+    let cost = resident(pid, "VmHWM").saturating_sub(idle);
+    bin.sigterm();
+    assert_eq!(bin.exit_code().await, 0);
+    (cost, text)
+}
+
+/// A body of `MAX_BODY` bytes (less a little room): `prefix`, then small
+/// numbers, then `suffix`.
+fn numbers_body(prefix: &str, suffix: &str) -> Vec<u8> {
+    let room = MAX_BODY - 1024 - prefix.len() - suffix.len();
+    let mut body = Vec::with_capacity(MAX_BODY);
+    body.extend_from_slice(prefix.as_bytes());
+    body.extend_from_slice(&b"1,".repeat(room / 2));
+    body.push(b'1');
+    body.extend_from_slice(suffix.as_bytes());
+    body
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Sends each (path, small body, body of numbers) and checks what it cost.
+async fn check_costs(cases: &[(&str, &str, String, Vec<u8>)]) {
+    for (label, path, small, big) in cases {
+        let size = big.len();
+        let (cost, _) = peak_cost(path, small.clone().into_bytes(), big.clone()).await;
+        eprintln!(
+            "{label}: body {:.1} MiB, peak above idle {:.1} MiB ({:.2}x)",
+            mib(size),
+            mib(cost),
+            cost as f64 / size as f64
+        );
+        assert!(
+            cost <= 4 * size,
+            "{label}: {:.1} MiB above idle for a {:.1} MiB body",
+            mib(cost),
+            mib(size)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_of_the_maximum_size_passed_through_costs_at_most_four_times_its_size() {
+    let openai = |model: &str, stream: bool| {
+        format!(
+            r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]"#
+        )
+    };
+    let anthropic_call = r#"{"model":"to-anthropic","max_tokens":10,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{"a":["#;
+    let anthropic_end = r#"]}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"ok"}]}],"tools":[{"name":"f","input_schema":{"type":"object"}}]}"#;
+    check_costs(&[
+        (
+            "OpenAI, a field of numbers",
+            "/v1/chat/completions",
+            openai("to-openai", false) + "}",
+            numbers_body(&(openai("to-openai", false) + r#","x":["#), "]}"),
+        ),
+        (
+            "OpenAI streamed, a field of numbers",
+            "/v1/chat/completions",
+            openai("to-openai", true) + "}",
+            numbers_body(&(openai("to-openai", true) + r#","x":["#), "]}"),
+        ),
+        (
+            "Anthropic, numbers in a tool call",
+            "/v1/messages",
+            format!("{anthropic_call}1{anthropic_end}"),
+            numbers_body(anthropic_call, anthropic_end),
+        ),
+        (
+            "Gemini, a field of numbers",
+            "/v1beta/models/to-gemini:generateContent",
+            r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#.into(),
+            numbers_body(
+                r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}],"x":["#,
+                "]}",
+            ),
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_body_of_the_maximum_size_translated_costs_at_most_four_times_its_size() {
+    let schema = |model: &str, stream: bool| {
+        format!(
+            r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}],"tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"object","properties":{{"a":{{"type":"integer","enum":["#
+        )
+    };
+    let schema_end = "]}}}}}]}";
+    let call = r#"{"model":"to-anthropic","stream":true,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":["#;
+    let call_end = r#"]}"}}]},{"role":"tool","tool_call_id":"c1","content":"ok"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}"#;
+    let responses = r#"{"model":"to-openai","input":"hi","tools":[{"type":"function","name":"f","parameters":{"type":"object","properties":{"a":{"type":"integer","enum":["#;
+    let text = r#"{"model":"to-gemini","messages":[{"role":"user","content":"hi "#;
+    check_costs(&[
+        (
+            "OpenAI to Anthropic, numbers in a tool's schema",
+            "/v1/chat/completions",
+            format!("{}1{schema_end}", schema("to-anthropic", false)),
+            numbers_body(&schema("to-anthropic", false), schema_end),
+        ),
+        (
+            "OpenAI to Anthropic streamed, numbers in a tool call",
+            "/v1/chat/completions",
+            format!("{call}1{call_end}"),
+            numbers_body(call, call_end),
+        ),
+        (
+            "Responses to OpenAI, numbers in a tool's schema",
+            "/v1/responses",
+            format!("{responses}1{}", "]}}}}]}"),
+            numbers_body(responses, "]}}}}]}"),
+        ),
+        (
+            "OpenAI to Gemini, a long text",
+            "/v1/chat/completions",
+            format!(r#"{text}1"}}]}}"#),
+            numbers_body(text, r#""}]}"#),
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_answers_are_bounded_and_a_large_one_costs_a_small_multiple_of_itself() {
+    use common::sink::{Answer, Sink};
+    const MAX_ANSWER: usize = 32 * 1024 * 1024;
+    let chat = |model: &str| {
+        format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#)
+            .into_bytes()
+    };
+    let messages = |model: &str| {
+        format!(
+            r#"{{"model":"{model}","max_tokens":10,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+        .into_bytes()
+    };
+
+    // Past the bound, with no length to go by: read up to the bound, then
+    // the next credential answers.
+    let sink = Sink::start().await;
+    let filler = Answer::Filler {
+        bytes: MAX_ANSWER + MAX_ANSWER / 4,
+        chunked: true,
+    };
+    let (cost, _) = peak_cost_on(&sink, "/v1/chat/completions", chat("to-openai"), {
+        sink.answer(&common::key_of("big"), filler);
+        chat("answers")
+    })
+    .await;
+    let keys: Vec<String> = sink.seen().into_iter().map(|s| s.key).collect();
+    assert!(
+        keys.ends_with(&[common::key_of("big"), common::key_of("small")]),
+        "the oversized answer fell back: {keys:?}"
+    );
+    eprintln!("an answer past the bound: {:.1} MiB above idle", mib(cost));
+    assert!(cost <= 2 * MAX_ANSWER, "{:.1} MiB above idle", mib(cost));
+
+    // Within the bound: a large answer passed through (its model renamed)
+    // or translated costs a small multiple of itself.
+    let size = MAX_ANSWER - MAX_ANSWER / 8;
+    for (label, path, small, big) in [
+        (
+            "passed through",
+            "/v1/chat/completions",
+            chat("to-openai"),
+            chat("answers"),
+        ),
+        (
+            "translated",
+            "/v1/messages",
+            messages("to-openai"),
+            messages("answers"),
+        ),
+    ] {
+        let sink = Sink::start().await;
+        sink.answer(
+            &common::key_of("big"),
+            Answer::Filler {
+                bytes: size,
+                chunked: false,
+            },
+        );
+        let (cost, text) = peak_cost_on(&sink, path, small, big).await;
+        assert!(
+            text.contains("\"ok\""),
+            "{label}: {}",
+            &text[..text.len().min(300)]
+        );
+        eprintln!(
+            "an answer of {:.1} MiB {label}: {:.1} MiB above idle ({:.2}x)",
+            mib(size),
+            mib(cost),
+            cost as f64 / size as f64
+        );
+        assert!(cost <= 4 * size, "{label}: {:.1} MiB above idle", mib(cost));
+    }
+}

@@ -145,7 +145,7 @@ async fn read_body(socket: &mut BufReader<TcpStream>, length: usize) -> std::io:
         }
         left -= n;
         tail.extend_from_slice(&buf[..n]);
-        stream |= memchr::memmem::find(&tail, NEEDLE).is_some();
+        stream |= tail.windows(NEEDLE.len()).any(|w| w == NEEDLE);
         let keep = tail.len().saturating_sub(NEEDLE.len());
         tail.drain(..keep);
     }

@@ -8,6 +8,7 @@ pub mod count;
 pub mod gemini;
 pub mod ir;
 pub mod openai;
+pub mod out;
 pub mod policy;
 pub mod responses;
 pub mod stream;

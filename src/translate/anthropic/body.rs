@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use super::{DEFAULT_MAX_TOKENS, JSON_INSTRUCTION, MAX_OUTPUT_CARRIED, MIN_THINKING_BUDGET};
 use crate::json::Raw;
 use crate::translate::ir::{
-    Effort, Image, Output, Part, Request, Role, Texts, ToolChoice, Untranslatable, turns,
-    untranslatable,
+    Effort, Image, Output, Part, Request, Role, ToolChoice, Untranslatable, turns, untranslatable,
 };
+use crate::translate::out::Texts;
 
 #[derive(Debug, Serialize)]
 pub struct Body<'a> {

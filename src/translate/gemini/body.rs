@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use crate::json::{Json, Raw};
 use crate::translate::ir::{
     GEMINI_PLACEHOLDER_SIGNATURE, Image, MAX_OUTPUT_CARRIED, Output, Part, Reasoning, Request,
-    Role, Texts, ToolChoice, Untranslatable, media_type_of, texts, turns, untranslatable,
+    Role, ToolChoice, Untranslatable, media_type_of, turns, untranslatable,
 };
+use crate::translate::out::{Texts, texts};
 
 /// Gemini's largest thinking budget (2.5 Flash; Pro takes more).
 const MAX_THINKING_BUDGET: u64 = 24_576;

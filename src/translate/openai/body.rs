@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 use super::effort_to;
 use crate::json::Raw;
 use crate::translate::ir::{
-    DataUrl, Image, MAX_OUTPUT_CARRIED, Output, Part, Request, Role, Texts, ToolChoice,
-    Untranslatable, texts, untranslatable,
+    Image, MAX_OUTPUT_CARRIED, Output, Part, Request, Role, ToolChoice, Untranslatable,
+    untranslatable,
 };
+use crate::translate::out::{DataUrl, Texts, texts};
 
 #[derive(Debug, Serialize)]
 pub struct Body<'a> {

@@ -17,6 +17,13 @@ pub struct Document {
     /// Per field, in order: where its key starts and where its value ends.
     /// Two words a field, so a body of a million tiny fields stays small.
     fields: Vec<(u32, u32)>,
+    /// The fields (indexes into `fields`) in the order of their keys' text,
+    /// equal keys in their order: a lookup is a binary search, whatever the
+    /// number of fields.
+    by_key: Vec<u32>,
+    /// Some key is written with an escape, and may be another key written
+    /// differently: a lookup that misses then reads every key.
+    escaped_keys: bool,
     /// Keys left out of this document, though still in its text.
     removed: Vec<String>,
 }
@@ -80,9 +87,15 @@ impl Document {
                 at = scan::skip_ws(b, at + 1);
             }
         }
+        let raw_key = |i: u32| raw_key(b, fields[i as usize].0 as usize);
+        let mut by_key: Vec<u32> = (0..fields.len() as u32).collect();
+        by_key.sort_by(|x, y| raw_key(*x).cmp(raw_key(*y)).then(x.cmp(y)));
+        let escaped_keys = by_key.iter().any(|i| raw_key(*i).contains(&b'\\'));
         Ok(Document {
             text: Arc::new(text),
             fields,
+            by_key,
+            escaped_keys,
             removed: Vec::new(),
         })
     }
@@ -90,11 +103,9 @@ impl Document {
     /// A document of a small value (tests, and bodies the gateway built);
     /// an empty one when it is not an object.
     pub fn from_value(value: &serde_json::Value) -> Document {
-        Document::from_string(value.to_string()).unwrap_or_else(|_| Document {
-            text: Arc::new("{}".into()),
-            fields: Vec::new(),
-            removed: Vec::new(),
-        })
+        Document::from_string(value.to_string())
+            .or_else(|_| Document::from_string("{}".into()))
+            .unwrap_or_else(|_| unreachable!("{{}} is a JSON object"))
     }
 
     pub fn text(&self) -> &str {
@@ -107,7 +118,7 @@ impl Document {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+        self.fields().next().is_none()
     }
 
     fn key_of(&self, field: (u32, u32)) -> (Cow<'_, str>, Json<'_>) {
@@ -121,9 +132,16 @@ impl Document {
         (key, Json(&self.text[value..field.1 as usize]))
     }
 
+    fn is_removed(&self, key: &str) -> bool {
+        self.removed.iter().any(|r| r == key)
+    }
+
     /// Its fields, in order.
     pub fn fields(&self) -> impl Iterator<Item = (Cow<'_, str>, Json<'_>)> {
-        self.fields.iter().map(|f| self.key_of(*f))
+        self.fields
+            .iter()
+            .map(|f| self.key_of(*f))
+            .filter(|(k, _)| !self.is_removed(k))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = Cow<'_, str>> {
@@ -132,6 +150,20 @@ impl Document {
 
     /// The value of `key` (the last, when a key repeats, as in `serde_json`).
     pub fn get(&self, key: &str) -> Option<Json<'_>> {
+        if self.is_removed(key) {
+            return None;
+        }
+        let b = self.text.as_bytes();
+        let raw = |i: u32| raw_key(b, self.fields[i as usize].0 as usize);
+        let after = self.by_key.partition_point(|i| raw(*i) <= key.as_bytes());
+        if let Some(&i) = after.checked_sub(1).and_then(|at| self.by_key.get(at)) {
+            if raw(i) == key.as_bytes() {
+                return Some(self.key_of(self.fields[i as usize]).1);
+            }
+        }
+        if !self.escaped_keys {
+            return None;
+        }
         self.fields
             .iter()
             .rev()
@@ -142,14 +174,9 @@ impl Document {
 
     /// Leaves `key` out of what this document is and writes.
     pub fn remove(&mut self, key: &str) {
-        let keep: Vec<(u32, u32)> = self
-            .fields
-            .iter()
-            .copied()
-            .filter(|f| self.key_of(*f).0 != key)
-            .collect();
-        self.fields = keep;
-        self.removed.push(key.to_string());
+        if !self.is_removed(key) {
+            self.removed.push(key.to_string());
+        }
     }
 
     /// The object under `key`, as a document of its own.
@@ -205,7 +232,7 @@ impl Document {
             let (start, end) = (start as usize, end as usize);
             let (key, _) = self.key_of((start as u32, end as u32));
             let replaced = set.iter().position(|(k, _)| *k == key);
-            if replaced.is_none() && keep(&key) {
+            if replaced.is_none() && keep(&key) && !self.is_removed(&key) {
                 run = match run {
                     // Only a comma between the two: one run.
                     Some((s, e)) if only_comma(&b[e..start]) => Some((s, end)),
@@ -220,7 +247,7 @@ impl Document {
             if let Some(previous) = run.take() {
                 self.push_run(&mut out, previous, &mut any);
             }
-            if let Some(i) = replaced.filter(|i| !written[*i]) {
+            if let Some(i) = replaced.filter(|i| !written[*i] && !self.is_removed(&key)) {
                 written[i] = true;
                 push_field(&mut out, &mut any, set[i].0, set[i].1);
             }
@@ -246,6 +273,12 @@ impl Document {
             range: start..end,
         }));
     }
+}
+
+/// The text of the key opening at `start`, between its quotes.
+fn raw_key(b: &[u8], start: usize) -> &[u8] {
+    let end = scan::string_end(b, start);
+    &b[start + 1..end.saturating_sub(1).max(start + 1)]
 }
 
 fn only_comma(gap: &[u8]) -> bool {
@@ -319,6 +352,23 @@ mod tests {
             joined(&edited.rewrite(&[], |_| true)),
             r#"{"messages": [{"role":"user"}], "x": [], "stream": true}"#
         );
+    }
+
+    #[test]
+    fn lookups_find_the_last_of_a_key_however_it_is_written() {
+        let doc =
+            Document::parse(br#"{"b":1,"a":2,"c":3,"a":4,"mod\u0065l":"x"}"#.to_vec()).unwrap();
+        assert_eq!(doc.get("a").unwrap().text(), "4");
+        assert_eq!(doc.get("b").unwrap().text(), "1");
+        assert_eq!(
+            doc.get("model").and_then(Json::as_str).as_deref(),
+            Some("x")
+        );
+        assert!(doc.get("d").is_none() && doc.get("").is_none());
+        let many: String = (0..10_000).map(|i| format!(",\"k{i}\":{i}")).collect();
+        let doc = Document::from_string(format!("{{\"first\":0{many}}}")).unwrap();
+        assert_eq!(doc.get("k9999").and_then(Json::as_u64), Some(9999));
+        assert_eq!(doc.keys().count(), 10_001);
     }
 
     #[test]

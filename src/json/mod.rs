@@ -134,9 +134,10 @@ impl<'a> Json<'a> {
     /// The value of `key` in an object (the last, when a key repeats, as in
     /// `serde_json`).
     pub fn get(self, key: &str) -> Option<Json<'a>> {
+        let mut entries = self.entries();
         let mut found = None;
-        for (k, v) in self.entries() {
-            if k == key {
+        while let Some((k, v)) = entries.next_raw() {
+            if key_is(k, key) {
                 found = Some(v);
             }
         }
@@ -243,10 +244,9 @@ pub struct Entries<'a> {
     at: usize,
 }
 
-impl<'a> Iterator for Entries<'a> {
-    type Item = (Cow<'a, str>, Json<'a>);
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> Entries<'a> {
+    /// The next entry, its key as JSON text (with its quotes).
+    fn next_raw(&mut self) -> Option<(&'a str, Json<'a>)> {
         let b = self.text.as_bytes();
         let key_start = scan::skip_ws(b, self.at);
         if key_start >= b.len() || b[key_start] != b'"' {
@@ -263,11 +263,30 @@ impl<'a> Iterator for Entries<'a> {
         } else {
             after
         };
-        let key = Json::checked(&self.text[key_start..key_end])
-            .as_str()
-            .unwrap_or_default();
-        Some((key, Json::checked(&self.text[start..end])))
+        Some((
+            &self.text[key_start..key_end],
+            Json::checked(&self.text[start..end]),
+        ))
     }
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = (Cow<'a, str>, Json<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, value) = self.next_raw()?;
+        Some((Json::checked(key).as_str().unwrap_or_default(), value))
+    }
+}
+
+/// Whether `raw`, a key as JSON text, is `key`: compared as written unless
+/// it has an escape.
+fn key_is(raw: &str, key: &str) -> bool {
+    let inner = &raw[1..raw.len().saturating_sub(1).max(1)];
+    if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+        return inner == key;
+    }
+    Json::checked(raw).as_str().is_some_and(|k| k == key)
 }
 
 /// A JSON value kept as its text: what the gateway carries without reading

@@ -29,8 +29,19 @@ pub struct Config {
     pub routing: RoutingMode,
     pub admin_key: Option<Secret>,
     pub max_body_bytes: usize,
+    /// The bytes of request bodies a replica holds at once; beyond, 503.
+    pub max_inflight_body_bytes: usize,
+    /// The largest upstream answer read whole; a larger one is the
+    /// upstream's failure.
+    pub max_answer_bytes: usize,
     /// A request body that sends nothing this long is answered 408.
     pub body_timeout: Duration,
+    /// A client connection's request head must be complete this long after
+    /// it began (after the connection opened, for its first request).
+    pub header_timeout: Duration,
+    /// How long an idle client connection is kept between requests: longer
+    /// than nginx keeps its own idle upstream connections (60 s).
+    pub keep_alive: Duration,
     pub cooldowns: Cooldowns,
     pub timeouts: Timeouts,
     pub proxies: crate::upstream::Proxies,
@@ -113,9 +124,13 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("SWITCHYARD_AFFINITY_TTL_MS", "3600000"),
     ("SWITCHYARD_PROBE_TTL_MS", "15000"),
     ("SWITCHYARD_BODY_TIMEOUT_MS", "30000"),
+    ("SWITCHYARD_HEADER_TIMEOUT_MS", "10000"),
+    ("SWITCHYARD_KEEPALIVE_TIMEOUT_MS", "75000"),
     ("SWITCHYARD_ROUTING", "round-robin"),
     ("SWITCHYARD_ADMIN_KEY", ""),
     ("SWITCHYARD_MAX_BODY_BYTES", "33554432"),
+    ("SWITCHYARD_MAX_INFLIGHT_BODY_BYTES", "268435456"),
+    ("SWITCHYARD_MAX_ANSWER_BYTES", "33554432"),
     ("SWITCHYARD_COOLDOWN_MODEL_NOT_SUPPORTED_MS", "43200000"),
     ("SWITCHYARD_COOLDOWN_NOT_FOUND_MS", "43200000"),
     ("SWITCHYARD_COOLDOWN_UNAUTHORIZED_MS", "1800000"),
@@ -235,6 +250,17 @@ fn positive_ms(s: &Sources, name: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_millis(ms))
 }
 
+fn positive_bytes(s: &Sources, name: &str) -> Result<usize, ConfigError> {
+    let n: usize = parse(s, name)?;
+    if n == 0 {
+        return Err(ConfigError::Invalid {
+            name: name.to_string(),
+            reason: "must be greater than 0".into(),
+        });
+    }
+    Ok(n)
+}
+
 impl Config {
     pub fn load(s: &Sources) -> Result<Self, ConfigError> {
         let database_url = s.get("DATABASE_URL").map(Secret::new);
@@ -242,11 +268,12 @@ impl Config {
         if redis_url.is_some() && database_url.is_none() {
             return Err(ConfigError::RedisWithoutDatabase);
         }
-        let max_body_bytes: usize = parse(s, "SWITCHYARD_MAX_BODY_BYTES")?;
-        if max_body_bytes == 0 {
+        let max_body_bytes = positive_bytes(s, "SWITCHYARD_MAX_BODY_BYTES")?;
+        let max_inflight_body_bytes = positive_bytes(s, "SWITCHYARD_MAX_INFLIGHT_BODY_BYTES")?;
+        if max_inflight_body_bytes < max_body_bytes {
             return Err(ConfigError::Invalid {
-                name: "SWITCHYARD_MAX_BODY_BYTES".into(),
-                reason: "must be greater than 0".into(),
+                name: "SWITCHYARD_MAX_INFLIGHT_BODY_BYTES".into(),
+                reason: "must not be smaller than SWITCHYARD_MAX_BODY_BYTES: a body of the largest size could never be taken".into(),
             });
         }
         let cooldowns = Cooldowns {
@@ -283,7 +310,11 @@ impl Config {
             routing: parse(s, "SWITCHYARD_ROUTING")?,
             admin_key: s.get("SWITCHYARD_ADMIN_KEY").map(Secret::new),
             max_body_bytes,
+            max_inflight_body_bytes,
+            max_answer_bytes: positive_bytes(s, "SWITCHYARD_MAX_ANSWER_BYTES")?,
             body_timeout: positive_ms(s, "SWITCHYARD_BODY_TIMEOUT_MS")?,
+            header_timeout: positive_ms(s, "SWITCHYARD_HEADER_TIMEOUT_MS")?,
+            keep_alive: positive_ms(s, "SWITCHYARD_KEEPALIVE_TIMEOUT_MS")?,
             cooldowns,
             timeouts: Timeouts {
                 connect: positive_ms(s, "SWITCHYARD_CONNECT_TIMEOUT_MS")?,
@@ -350,10 +381,17 @@ mod tests {
         assert_eq!(c.max_retry_wait_ms, 30_000);
         assert_eq!(c.routing, RoutingMode::RoundRobin);
         assert_eq!(c.max_body_bytes, 33_554_432);
+        assert_eq!(c.max_inflight_body_bytes, 256 << 20);
+        assert_eq!(c.max_answer_bytes, 32 << 20);
         assert_eq!(c.cooldowns, Cooldowns::default());
         assert_eq!(c.drain.grace, Duration::from_secs(1));
         assert_eq!(c.drain.timeout, Duration::from_secs(30));
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert!(
+            c.keep_alive > Duration::from_secs(60),
+            "longer than nginx's"
+        );
         assert!(c.admin_key.is_none() && !c.is_cluster());
     }
 

@@ -14,6 +14,7 @@ pub mod secret;
 pub mod source;
 pub mod state;
 
+pub mod json;
 pub mod sse;
 pub mod translate;
 pub mod upstream;

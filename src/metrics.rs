@@ -139,6 +139,9 @@ pub struct Metrics {
     redis_unsynced: AtomicU64,
     postgres: AtomicI64,
     propagation: Histogram,
+    /// Bytes of request bodies held now (their cap is
+    /// `SWITCHYARD_MAX_INFLIGHT_BODY_BYTES`).
+    body_bytes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -165,6 +168,7 @@ impl Metrics {
             redis_failures: Default::default(),
             redis_unsynced: AtomicU64::new(0),
             postgres: AtomicI64::new(-1),
+            body_bytes: AtomicU64::new(0),
             propagation: Histogram {
                 buckets: Default::default(),
                 count: AtomicU64::new(0),
@@ -235,6 +239,18 @@ impl Metrics {
 
     pub fn postgres(&self) -> Health {
         health(self.postgres.load(Ordering::Relaxed))
+    }
+
+    /// Request body bytes taken into (positive) or let go of (negative) the
+    /// replica's budget.
+    pub fn body_bytes(&self, delta: i64) {
+        if delta >= 0 {
+            self.body_bytes
+                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        } else {
+            self.body_bytes
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
     }
 
     /// Time from a block's write on some replica to this replica's view of it.
@@ -354,6 +370,11 @@ impl Metrics {
                 self.redis_unsynced.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_request_body_bytes Bytes of request bodies this replica holds now.\n# TYPE switchyard_request_body_bytes gauge\nswitchyard_request_body_bytes {}",
+            self.body_bytes.load(Ordering::Relaxed)
+        );
         let degraded = i64::from(
             self.redis() == Health::Down || self.redis_unsynced.load(Ordering::Relaxed) > 0,
         );

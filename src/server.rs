@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -114,9 +113,11 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         hard_stop.clone(),
         metrics,
     );
+    let bodies = http::BodyBudget::new(config.max_inflight_body_bytes, gateway.metrics().clone());
     let state = AppState {
         gateway,
         draining: Arc::new(AtomicBool::new(false)),
+        bodies,
     };
     let shutdown = CancellationToken::new();
     // The one untracked spawn: its handle is owned by `Running`, whose
@@ -196,17 +197,11 @@ async fn serve(
             closed.cancel();
         }
     };
-    // Streams are many small writes: send each at once, never held back by
-    // Nagle's algorithm waiting for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
-        }
-    });
-    // `into_make_service` hands each connection a clone of the finished
-    // router; serving the `Router` itself would rebuild its route tables for
-    // every connection (about 6 KB each, held while the connection lives).
-    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(drain);
+    let timeouts = http::ConnectionTimeouts {
+        header: config.header_timeout,
+        keep_alive: config.keep_alive,
+    };
+    let server = http::serve(listener, app, timeouts, drain);
     let timeout = config.drain.timeout;
     let watchdog = async {
         closed.cancelled().await;
@@ -216,7 +211,7 @@ async fn serve(
         tokio::time::sleep(DRAIN_BACKSTOP).await;
     };
     tokio::select! {
-        result = server => result.context("serving HTTP")?,
+        () = server => {}
         () = watchdog => tracing::warn!("connections still open after the drain timeout; exiting"),
     }
     background.stop.cancel();

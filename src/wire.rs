@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::json::Json;
 use crate::sse::Event;
 
 /// The wire format a client speaks: errors and stream errors use it.
@@ -215,26 +216,31 @@ impl UpstreamError {
 }
 
 /// The text an upstream error is shown and stored by: message, type, code
-/// and status of the usual error shapes, or the raw body.
+/// and status of the usual error shapes, or the raw body. Read where it
+/// lies: a 200 that is an error in disguise may be as large as any answer.
 pub fn error_text(body: &[u8]) -> String {
-    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+    let parsed = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| Json::parse(text).ok());
+    let Some(json) = parsed else {
         return String::from_utf8_lossy(&body[..body.len().min(2_000)]).into_owned();
     };
-    let err = json.get("error").unwrap_or(&json);
+    let err = json.get("error").unwrap_or(json);
     let mut parts: Vec<String> = Vec::new();
     for key in ["message", "type", "code", "status", "detail"] {
         match err.get(key).or_else(|| json.get(key)) {
-            Some(Value::String(s)) => parts.push(s.clone()),
-            Some(v @ Value::Number(_)) => parts.push(v.to_string()),
-            Some(v @ (Value::Array(_) | Value::Object(_))) => parts.push(v.to_string()),
+            Some(v) if v.is_string() => parts.push(v.as_str().unwrap_or_default().into_owned()),
+            Some(v) if v.is_number() || v.is_array() || v.is_object() => {
+                parts.push(v.compact().into_owned());
+            }
             _ => {}
         }
     }
-    if let Some(Value::String(s)) = json.get("error") {
-        parts.push(s.clone());
+    if let Some(s) = json.get("error").and_then(Json::as_str) {
+        parts.push(s.into_owned());
     }
     if parts.is_empty() {
-        return json.to_string();
+        return json.compact().into_owned();
     }
     parts.join(": ")
 }

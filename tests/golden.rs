@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
 use switchyard::catalog::Provider;
+use switchyard::json::{Document, Json};
 use switchyard::sse::{Event, Parser};
 use switchyard::translate::{
     self,
@@ -31,6 +32,10 @@ const CLIENTS: [(Format, &str); 4] = [
 ];
 
 const IMAGE: &str = "iVBORw0KGgo=";
+
+fn document(body: Map<String, Value>) -> Document {
+    Document::from_value(&Value::Object(body))
+}
 
 /// One conversation in each client format: a system prompt, an image, a tool
 /// declaration, an earlier tool call and its result, and a new question.
@@ -251,13 +256,16 @@ fn events_json(events: &[Event]) -> Value {
 #[test]
 fn requests_in_every_direction() {
     for (client, from) in CLIENTS {
-        let ir = translate::parse_request(client, &conversation(client)).unwrap();
+        let ir = translate::parse_request(client, &document(conversation(client))).unwrap();
         for (target, provider, to) in FORMATS {
             if target == client {
                 continue;
             }
             let body = translate::build_request(provider, &ir, "up-model").unwrap();
-            check(&format!("request_{from}_to_{to}"), body);
+            check(
+                &format!("request_{from}_to_{to}"),
+                serde_json::to_value(&body).unwrap(),
+            );
         }
     }
 }
@@ -266,7 +274,7 @@ fn requests_in_every_direction() {
 fn every_format_reads_the_same_conversation() {
     let irs: Vec<_> = CLIENTS
         .iter()
-        .map(|(f, _)| translate::parse_request(*f, &conversation(*f)).unwrap())
+        .map(|(f, _)| translate::parse_request(*f, &document(conversation(*f))).unwrap())
         .collect();
     // The OpenAI form has no tool-result name; Gemini's does; Responses has
     // no stop sequences. Otherwise they agree.
@@ -292,14 +300,15 @@ fn every_format_reads_the_same_conversation() {
 #[test]
 fn responses_in_every_direction() {
     for (_, provider, from) in FORMATS {
-        let r = translate::parse_response(provider, &answer(provider)).unwrap();
+        let text = answer(provider).to_string();
+        let r = translate::parse_response(provider, Json::parse(&text).unwrap()).unwrap();
         for (client, to) in CLIENTS {
             if translate::format_of(provider) == client {
                 continue;
             }
             check(
                 &format!("response_{from}_to_{to}"),
-                translate::build_response(client, &r, "m", &[]),
+                serde_json::from_slice(&translate::build_response(client, &r, "m", &[])).unwrap(),
             );
         }
     }
@@ -376,12 +385,14 @@ fn upstream_reasoning_reaches_every_client_in_its_own_form() {
         ),
     ];
     for (provider, answer) in answers {
-        let r = translate::parse_response(provider, &answer).unwrap();
+        let text = answer.to_string();
+        let r = translate::parse_response(provider, Json::parse(&text).unwrap()).unwrap();
         for (client, _) in CLIENTS {
             if translate::format_of(provider) == client {
                 continue;
             }
-            let out = translate::build_response(client, &r, "m", &[]);
+            let out: Value =
+                serde_json::from_slice(&translate::build_response(client, &r, "m", &[])).unwrap();
             let text = out.to_string();
             assert!(
                 !text.contains("anthropic-own-signature"),

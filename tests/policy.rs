@@ -5,6 +5,7 @@
 
 use serde_json::{Map, Value, json};
 use switchyard::catalog::Provider;
+use switchyard::json::Document;
 use switchyard::translate::{
     self,
     policy::{RULES, Rule, Treat},
@@ -51,8 +52,10 @@ fn translated(
     provider: Provider,
     body: &Map<String, Value>,
 ) -> Result<Value, String> {
-    let ir = translate::parse_request(format, body).map_err(|e| e.0)?;
-    translate::build_request(provider, &ir, "up").map_err(|e| e.0)
+    let body = Document::from_value(&Value::Object(body.clone()));
+    let ir = translate::parse_request(format, &body).map_err(|e| e.0)?;
+    let built = translate::build_request(provider, &ir, "up").map_err(|e| e.0)?;
+    Ok(serde_json::to_value(&built).unwrap())
 }
 
 /// Whether `path` (dot-separated keys and indexes; `key[]` means some
@@ -208,7 +211,9 @@ fn translated_thinking_is_mended_when_the_conversation_comes_back() {
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}
         ]
     });
-    let mended = translate::mend_history(Format::Anthropic, body.as_object().unwrap()).unwrap();
+    let mended = translate::mend_history(Format::Anthropic, &Document::from_value(&body))
+        .unwrap()
+        .to_value();
     let text = serde_json::to_string(&mended).unwrap();
     assert!(!text.contains(mark), "{text}");
     assert!(
@@ -218,7 +223,7 @@ fn translated_thinking_is_mended_when_the_conversation_comes_back() {
     // Anthropic's own signed thinking passes untouched.
     let mut own = body.clone();
     own["messages"][1]["content"][0]["signature"] = json!("EqQBCkYIBRgCKkD");
-    assert!(translate::mend_history(Format::Anthropic, own.as_object().unwrap()).is_none());
+    assert!(translate::mend_history(Format::Anthropic, &Document::from_value(&own)).is_none());
 
     let gemini = json!({"contents": [
         {"role": "user", "parts": [{"text": "go"}]},
@@ -228,7 +233,9 @@ fn translated_thinking_is_mended_when_the_conversation_comes_back() {
         ]},
         {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"content": "ok"}}}]}
     ]});
-    let mended = translate::mend_history(Format::Gemini, gemini.as_object().unwrap()).unwrap();
+    let mended = translate::mend_history(Format::Gemini, &Document::from_value(&gemini))
+        .unwrap()
+        .to_value();
     let parts = &mended["contents"][1]["parts"];
     assert_eq!(
         parts.as_array().unwrap().len(),

@@ -48,12 +48,11 @@ async fn serve(
         Ok(name) => name,
         Err(e) => return render(format, &e),
     };
-    let limit = state.gateway.config().max_body_bytes;
-    let stall = state.gateway.config().body_timeout;
-    let parsed = read_body(&headers, body, limit, stall)
-        .await
-        .and_then(|b| parse(&b, &headers, count));
-    let request = match parsed {
+    let (bytes, _held) = match read_body(&state, &headers, body).await {
+        Ok(read) => read,
+        Err(e) => return render(format, &e),
+    };
+    let request = match parse(bytes, &headers, count) {
         Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };
@@ -67,12 +66,12 @@ async fn serve(
     finish(format, reply, key_name, model, trace)
 }
 
-fn parse(bytes: &[u8], headers: &HeaderMap, count: bool) -> Result<ClientRequest, GatewayError> {
+fn parse(bytes: Vec<u8>, headers: &HeaderMap, count: bool) -> Result<ClientRequest, GatewayError> {
     let body = json_object(bytes)?;
     let model = model_of(&body)?;
     require_array(&body, "messages")?;
     let stream = if count { false } else { stream_flag(&body)? };
-    let mut request = ClientRequest::new(Format::Anthropic, model, body, bytes.len(), stream);
+    let mut request = ClientRequest::new(Format::Anthropic, model, body, stream);
     request.passthrough_headers = PASSED_ON
         .iter()
         .filter_map(|name| {

@@ -67,18 +67,12 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
 
 /// Validates a chat completion body: malformed input is a 400 and never
 /// reaches an upstream.
-pub fn parse_chat(bytes: &[u8]) -> Result<ClientRequest, GatewayError> {
+pub fn parse_chat(bytes: Vec<u8>) -> Result<ClientRequest, GatewayError> {
     let body = json_object(bytes)?;
     let model = model_of(&body)?;
     require_array(&body, "messages")?;
     let stream = stream_flag(&body)?;
-    Ok(ClientRequest::new(
-        Format::OpenAi,
-        model,
-        body,
-        bytes.len(),
-        stream,
-    ))
+    Ok(ClientRequest::new(Format::OpenAi, model, body, stream))
 }
 
 #[cfg(test)]
@@ -107,7 +101,7 @@ mod tests {
                 "`stream`",
             ),
         ] {
-            let err = parse_chat(body).expect_err("invalid");
+            let err = parse_chat(body.to_vec()).expect_err("invalid");
             assert_eq!(err.kind, ErrorKind::BadRequest);
             assert!(
                 err.message.contains(needle),
@@ -115,7 +109,8 @@ mod tests {
                 err.message
             );
         }
-        let ok = parse_chat(br#"{"model":"m","messages":[],"stream":true}"#).expect("valid");
+        let ok =
+            parse_chat(br#"{"model":"m","messages":[],"stream":true}"#.to_vec()).expect("valid");
         assert!(ok.stream);
         assert_eq!(ok.model, "m");
     }

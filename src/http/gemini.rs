@@ -41,12 +41,11 @@ pub async fn model_action(
         Ok(r) => r,
         Err(e) => return render(format, &e),
     };
-    let limit = state.gateway.config().max_body_bytes;
-    let stall = state.gateway.config().body_timeout;
-    let parsed = read_body(&headers, body, limit, stall)
-        .await
-        .and_then(|b| parse(&b, model.clone(), action));
-    let request = match parsed {
+    let (bytes, _held) = match read_body(&state, &headers, body).await {
+        Ok(read) => read,
+        Err(e) => return render(format, &e),
+    };
+    let request = match parse(bytes, model.clone(), action) {
         Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };
@@ -92,12 +91,13 @@ fn route(rest: &str, uri: &Uri) -> Result<(String, Action), GatewayError> {
     Ok((model.to_string(), action))
 }
 
-fn parse(bytes: &[u8], model: String, action: Action) -> Result<ClientRequest, GatewayError> {
+fn parse(bytes: Vec<u8>, model: String, action: Action) -> Result<ClientRequest, GatewayError> {
     let mut body = json_object(bytes)?;
     // countTokens may wrap a whole generateContent request.
     if action == Action::Count {
-        if let Some(Value::Object(inner)) = body.remove("generateContentRequest") {
-            body = inner;
+        match body.sub("generateContentRequest") {
+            Some(inner) => body = inner,
+            None => body.remove("generateContentRequest"),
         }
     }
     body.remove("model");
@@ -106,7 +106,6 @@ fn parse(bytes: &[u8], model: String, action: Action) -> Result<ClientRequest, G
         Format::Gemini,
         model,
         body,
-        bytes.len(),
         action == Action::Stream,
     ))
 }

@@ -5,12 +5,14 @@
 mod admin;
 mod anthropic;
 mod auth;
+mod budget;
 mod chat;
 mod error;
 mod gemini;
 mod ops;
 mod reply;
 mod responses;
+mod serve;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +28,9 @@ use crate::config::AccessLog;
 use crate::pipeline::{Gateway, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
 
+pub use budget::BodyBudget;
 pub use error::render;
+pub use serve::{ConnectionTimeouts, LINGER_BYTES, LINGER_TIME, serve};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -34,6 +38,8 @@ pub struct AppState {
     pub gateway: Gateway,
     /// Set on SIGTERM: `/readyz` answers 503 from then on.
     pub draining: Arc<AtomicBool>,
+    /// The bytes of request bodies held now, under their cap.
+    pub bodies: Arc<BodyBudget>,
 }
 
 impl AppState {

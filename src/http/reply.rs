@@ -2,30 +2,33 @@
 //! client format.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use serde_json::{Map, Value};
 
 use super::auth::authenticate;
+use super::budget::Reservation;
 use super::error::render;
 use super::{AppState, RequestLog};
+use crate::json::{Document, Json};
 use crate::pipeline::{ClientRequest, GatewayError, Reply, Trace};
 use crate::wire::{ErrorKind, Format};
 
-/// Reads the body up to `limit` bytes; anything larger is a 413, and a body
-/// that sends nothing for `stall` is a 408 (a slow client holds no
-/// replica's memory and task forever).
+/// Reads a request body: up to `SWITCHYARD_MAX_BODY_BYTES` (413 beyond),
+/// under the replica's budget of bodies in flight (503 beyond, before the
+/// body is read), and a 408 when it sends nothing for
+/// `SWITCHYARD_BODY_TIMEOUT_MS` (a slow client holds no replica's memory and
+/// task forever). The reservation is held until the request is done.
 pub async fn read_body(
+    state: &AppState,
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
-    stall: Duration,
-) -> Result<Bytes, GatewayError> {
+) -> Result<(Vec<u8>, Reservation), GatewayError> {
     use http_body_util::BodyExt;
+    let config = state.gateway.config();
+    let (limit, stall) = (config.max_body_bytes, config.body_timeout);
     let too_large = || {
         GatewayError::new(
             ErrorKind::PayloadTooLarge,
@@ -39,8 +42,21 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
-    let mut out = bytes::BytesMut::with_capacity(capacity);
+    let declared = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+    let busy = || {
+        let cap = state.bodies.cap();
+        GatewayError {
+            retry_after_s: Some(BUSY_RETRY_AFTER_S),
+            ..GatewayError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "this replica holds as many request bodies as it takes ({cap} bytes); retry in {BUSY_RETRY_AFTER_S} s"
+                ),
+            )
+        }
+    };
+    let mut held = state.bodies.reserve(declared).ok_or_else(busy)?;
+    let mut out = Vec::with_capacity(declared);
     let mut body = body;
     loop {
         let frame = match tokio::time::timeout(stall, body.frame()).await {
@@ -60,14 +76,22 @@ pub async fn read_body(
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > limit {
+            let len = out.len() + data.len();
+            if len > limit {
                 return Err(too_large());
+            }
+            if len > held.bytes() && !held.grow(len - held.bytes()) {
+                return Err(busy());
             }
             out.extend_from_slice(&data);
         }
     }
-    Ok(out.freeze())
+    Ok((out, held))
 }
+
+/// What a request turned away for the budget of bodies in flight is told
+/// to wait: bodies come and go within seconds.
+const BUSY_RETRY_AFTER_S: u64 = 1;
 
 /// Serves one generation request of `format`: authenticates it, reads and
 /// validates its body with `parse`, and answers. (Anthropic and Gemini
@@ -78,19 +102,18 @@ pub async fn generation(
     uri: Uri,
     body: Body,
     format: Format,
-    parse: fn(&[u8]) -> Result<ClientRequest, GatewayError>,
+    parse: fn(Vec<u8>) -> Result<ClientRequest, GatewayError>,
 ) -> Response {
     let catalog = state.gateway.catalog().load();
     let key_name = match authenticate(&catalog, &headers, &uri) {
         Ok(name) => name,
         Err(e) => return render(format, &e),
     };
-    let limit = state.gateway.config().max_body_bytes;
-    let stall = state.gateway.config().body_timeout;
-    let request = match read_body(&headers, body, limit, stall)
-        .await
-        .and_then(|b| parse(&b))
-    {
+    let (bytes, _held) = match read_body(&state, &headers, body).await {
+        Ok(read) => read,
+        Err(e) => return render(format, &e),
+    };
+    let request = match parse(bytes) {
         Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };
@@ -113,30 +136,26 @@ pub fn bad(message: impl Into<String>) -> GatewayError {
     GatewayError::new(ErrorKind::BadRequest, message)
 }
 
-/// A body that must be a JSON object in UTF-8.
-pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| bad(format!("request body is not valid UTF-8: {e}")))?;
-    match serde_json::from_str(text) {
-        Ok(Value::Object(body)) => Ok(body),
-        Ok(_) => Err(bad("request body must be a JSON object")),
-        Err(e) => Err(bad(format!("request body is not valid JSON: {e}"))),
-    }
+/// A body that must be a JSON object in UTF-8, read where it lies.
+pub fn json_object(bytes: Vec<u8>) -> Result<Document, GatewayError> {
+    Document::parse(bytes).map_err(|e| bad(format!("request body {e}")))
 }
 
 /// `model`: a non-empty string.
-pub fn model_of(body: &Map<String, Value>) -> Result<String, GatewayError> {
-    match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
-        Some(Value::String(_)) => Err(bad("`model` must not be empty")),
-        Some(_) => Err(bad("`model` must be a string")),
-        None => Err(bad("`model` is required")),
+pub fn model_of(body: &Document) -> Result<String, GatewayError> {
+    let Some(model) = body.get("model") else {
+        return Err(bad("`model` is required"));
+    };
+    match model.as_str() {
+        Some(m) if !m.is_empty() => Ok(m.into_owned()),
+        Some(_) => Err(bad("`model` must not be empty")),
+        None => Err(bad("`model` must be a string")),
     }
 }
 
 /// `field` must be an array.
-pub fn require_array(body: &Map<String, Value>, field: &str) -> Result<(), GatewayError> {
-    if body.get(field).is_some_and(Value::is_array) {
+pub fn require_array(body: &Document, field: &str) -> Result<(), GatewayError> {
+    if body.get(field).is_some_and(Json::is_array) {
         Ok(())
     } else {
         Err(bad(format!("`{field}` must be an array")))
@@ -144,11 +163,11 @@ pub fn require_array(body: &Map<String, Value>, field: &str) -> Result<(), Gatew
 }
 
 /// `stream`: absent, null or a boolean.
-pub fn stream_flag(body: &Map<String, Value>) -> Result<bool, GatewayError> {
+pub fn stream_flag(body: &Document) -> Result<bool, GatewayError> {
     match body.get("stream") {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(bad("`stream` must be a boolean")),
+        None => Ok(false),
+        Some(v) if v.is_null() => Ok(false),
+        Some(v) => v.as_bool().ok_or_else(|| bad("`stream` must be a boolean")),
     }
 }
 

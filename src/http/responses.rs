@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use super::AppState;
 use super::reply::{bad, generation, json_object, model_of, stream_flag};
@@ -48,21 +47,16 @@ pub async fn websocket() -> Response {
 
 /// Validates a Responses body: malformed input is a 400 and never reaches
 /// an upstream.
-pub fn parse_responses(bytes: &[u8]) -> Result<ClientRequest, GatewayError> {
+pub fn parse_responses(bytes: Vec<u8>) -> Result<ClientRequest, GatewayError> {
     let body = json_object(bytes)?;
     let model = model_of(&body)?;
     match body.get("input") {
-        None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+        None => {}
+        Some(v) if v.is_null() || v.is_string() || v.is_array() => {}
         Some(_) => return Err(bad("`input` must be a string or an array of items")),
     }
     let stream = stream_flag(&body)?;
-    Ok(ClientRequest::new(
-        Format::Responses,
-        model,
-        body,
-        bytes.len(),
-        stream,
-    ))
+    Ok(ClientRequest::new(Format::Responses, model, body, stream))
 }
 
 #[cfg(test)]
@@ -77,14 +71,15 @@ mod tests {
             (&br#"{"model":"m","input":7}"#[..], "`input` must be"),
             (&br#"{"model":"m","input":"x","stream":1}"#[..], "`stream`"),
         ] {
-            let err = parse_responses(body).expect_err("invalid");
+            let err = parse_responses(body.to_vec()).expect_err("invalid");
             assert!(
                 err.message.contains(needle),
                 "{} lacks {needle}",
                 err.message
             );
         }
-        let ok = parse_responses(br#"{"model":"m","input":"x","stream":true}"#).expect("valid");
+        let ok =
+            parse_responses(br#"{"model":"m","input":"x","stream":true}"#.to_vec()).expect("valid");
         assert!(ok.stream);
     }
 }

@@ -4,10 +4,10 @@
 //! (a stored response) are found. The entries live in the learned-state
 //! store with a TTL, shared by every replica.
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::ClientRequest;
+use crate::json::Json;
 use crate::wire::Format;
 
 /// The conversation key of a request, hashed with its model: the keys
@@ -34,27 +34,23 @@ fn hashed(model: &str, raw: &str) -> String {
 /// The first conversation key the request carries, most specific first.
 fn conversation(request: &ClientRequest) -> Option<String> {
     let body = &request.body;
-    let field = |k: &str| {
-        body.get(k)
-            .and_then(Value::as_str)
+    let text = |v: Option<Json<'_>>| {
+        v.and_then(Json::as_str)
             .filter(|s| !s.is_empty())
+            .map(|s| s.into_owned())
     };
     if request.format == Format::Responses {
-        if let Some(id) = field("previous_response_id") {
+        if let Some(id) = text(body.get("previous_response_id")) {
             return Some(format!("response:{id}"));
         }
     }
     if let Some(session) = &request.session {
         return Some(format!("session:{session}"));
     }
-    if let Some(k) = field("prompt_cache_key") {
+    if let Some(k) = text(body.get("prompt_cache_key")) {
         return Some(format!("cache:{k}"));
     }
-    body.get("metadata")
-        .and_then(|m| m.get("user_id"))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(|u| format!("user:{u}"))
+    text(body.get("metadata").and_then(|m| m.get("user_id"))).map(|u| format!("user:{u}"))
 }
 
 /// The session headers coding agents send (Claude Code, Codex).
@@ -68,16 +64,11 @@ pub const SESSION_HEADERS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::json::Document;
+    use serde_json::{Value, json};
 
     fn request(format: Format, body: Value, session: Option<&str>) -> ClientRequest {
-        let mut r = ClientRequest::new(
-            format,
-            "m".into(),
-            body.as_object().cloned().unwrap_or_default(),
-            0,
-            false,
-        );
+        let mut r = ClientRequest::new(format, "m".into(), Document::from_value(&body), false);
         r.session = session.map(String::from);
         r
     }

@@ -10,6 +10,7 @@ use super::{
     error_text, relay,
 };
 use crate::catalog::Provider;
+use crate::json::{Json, span_in};
 use crate::routing::{Failure, Next, Outcome, hints};
 use crate::secret::scrub;
 use crate::sse;
@@ -17,11 +18,8 @@ use crate::translate::{
     self,
     stream::{Rename, StreamSpec, StreamTranslator},
 };
-use crate::upstream::{self, anthropic, gemini, openai};
+use crate::upstream::{self, Payload, anthropic, gemini, openai};
 use crate::wire::{self, ErrorKind, Format, UpstreamError};
-
-/// The largest upstream answer read whole.
-const ANSWER_LIMIT: usize = 64 * 1024 * 1024;
 
 impl Gateway {
     pub(super) async fn attempt(
@@ -58,7 +56,10 @@ impl Gateway {
                 .begin_stream(at, response, translator, request.format)
                 .await;
         }
-        let body = match response.read_to_limit(ANSWER_LIMIT).await {
+        let body = match response
+            .read_whole(self.inner.config.max_answer_bytes)
+            .await
+        {
             Ok(b) => b,
             Err(f) => return self.failed(at, f).await,
         };
@@ -71,23 +72,23 @@ impl Gateway {
             }
             renamed(upstream_format, body, &request.model)
         } else {
-            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            let Some(v) = std::str::from_utf8(&body)
+                .ok()
+                .and_then(|t| Json::parse(t).ok())
+            else {
                 return self
                     .failed_with(at, Failure::Malformed, "the upstream answer is not JSON")
                     .await;
             };
-            match translate::parse_response(provider, &v) {
-                Ok(r) => Bytes::from(
-                    translate::build_response(
-                        request.format,
-                        &r,
-                        &request.model,
-                        &prepared.custom_tools(),
-                    )
-                    .to_string(),
-                ),
+            match translate::parse_response(provider, v) {
+                Ok(r) => Bytes::from(translate::build_response(
+                    request.format,
+                    &r,
+                    &request.model,
+                    &prepared.custom_tools(),
+                )),
                 // JSON of some other shape is the upstream's failure...
-                Err(e) if !has_answer(provider, &v) => {
+                Err(e) if !has_answer(provider, v) => {
                     return self.failed_with(at, Failure::Malformed, &e.0).await;
                 }
                 // ...an answer the gateway could not translate is its own:
@@ -242,7 +243,8 @@ impl Gateway {
 }
 
 /// The upstream request for this attempt: the client's own body when the
-/// provider speaks its format (with the model rewritten), else a translation.
+/// provider speaks its format (with the model rewritten, the rest sent as
+/// the pieces of the client's text), else a translation.
 fn build(
     at: &Attempted,
     request: &ClientRequest,
@@ -251,28 +253,21 @@ fn build(
 ) -> Option<upstream::Request> {
     let cred = &at.pick.credential;
     let model = &at.pick.upstream_model;
-    // Room for the client's body and a longer model name: one allocation
-    // instead of a dozen growing steps for a typical request.
-    let mut body = Vec::with_capacity(request.body_bytes + 64);
-    let written = if same {
+    let body: Payload = if same {
+        let own = prepared.own.as_ref().unwrap_or(&request.body);
         // Gemini names the model in the URL, the others in the body.
-        let model = (cred.provider != Provider::Gemini).then_some(model.as_str());
-        serde_json::to_writer(
-            &mut body,
-            &WithModel {
-                body: prepared.own.as_ref().unwrap_or(&request.body),
-                model,
-            },
-        )
+        let renamed = Value::from(model.as_str()).to_string();
+        let set: &[(&str, &str)] = match cred.provider {
+            Provider::Gemini => &[],
+            _ => &[("model", &renamed)],
+        };
+        own.rewrite(set, |_| true).into()
     } else {
-        serde_json::to_writer(
-            &mut body,
-            &translate::build_request(cred.provider, prepared.ir.as_ref()?, model).ok()?,
-        )
+        translate::build_request(cred.provider, prepared.ir.as_ref()?, model)
+            .ok()?
+            .to_vec()
+            .into()
     };
-    // Serialising JSON values into a Vec cannot fail.
-    written.ok()?;
-    let body = Bytes::from(body);
     Some(match cred.provider {
         Provider::Openai if same && request.format == Format::Responses => {
             openai::responses(cred, body)
@@ -290,26 +285,6 @@ fn build(
     })
 }
 
-/// The client's body with `model` replaced, serialised without copying it.
-struct WithModel<'a> {
-    body: &'a serde_json::Map<String, Value>,
-    model: Option<&'a str>,
-}
-
-impl serde::Serialize for WithModel<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(self.body.len()))?;
-        for (k, v) in self.body {
-            match self.model {
-                Some(model) if k == "model" => map.serialize_entry(k, model)?,
-                _ => map.serialize_entry(k, v)?,
-            }
-        }
-        map.end()
-    }
-}
-
 /// The `id` of a Responses answer.
 fn response_id(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -320,7 +295,7 @@ fn response_id(body: &[u8]) -> Option<String> {
 }
 
 /// Whether a JSON answer has the shape of a provider's answer at all.
-fn has_answer(provider: Provider, v: &Value) -> bool {
+fn has_answer(provider: Provider, v: Json<'_>) -> bool {
     let key = match provider {
         Provider::Openai => "choices",
         Provider::Anthropic => "content",
@@ -344,33 +319,40 @@ fn untranslated(at: &Attempted, why: &str) -> Reply {
 }
 
 /// A passthrough answer naming the model the client asked for, not the one
-/// sent upstream.
-fn renamed(format: Format, body: Bytes, model: &str) -> Bytes {
+/// sent upstream: its `model` field replaced in the text, the rest as it came.
+fn renamed(format: Format, body: Vec<u8>, model: &str) -> Bytes {
     let key = match format {
         Format::OpenAi | Format::Responses | Format::Anthropic => "model",
         Format::Gemini => "modelVersion",
     };
     if !Rename::new(model, key).needed(&body) {
-        return body;
+        return Bytes::from(body);
     }
-    let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
-        return body;
+    let slot = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|text| Some((text, Json::parse(text).ok()?.get(key)?)))
+        .map(|(text, slot)| span_in(text, slot.text()));
+    let Some(at) = slot else {
+        return Bytes::from(body);
     };
-    match v.get_mut(key) {
-        Some(slot) => *slot = Value::String(model.to_string()),
-        None => return body,
-    }
-    Bytes::from(v.to_string())
+    let name = Value::from(model).to_string();
+    let mut out = Vec::with_capacity(body.len() + name.len());
+    out.extend_from_slice(&body[..at.start]);
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&body[at.end..]);
+    Bytes::from(out)
 }
 
 /// A 2xx body of the client's own format: JSON, and not an error object in
 /// disguise (some OpenAI-compatible servers answer failures with a 200).
 fn check_answer(format: Format, body: &[u8]) -> Result<(), String> {
-    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+    let Some(v) = std::str::from_utf8(body)
+        .ok()
+        .and_then(|t| Json::parse(t).ok())
+    else {
         return Err(Failure::Malformed.describe().into());
-    }
+    };
     if contains(body, b"\"error\"") {
-        let v: Value = serde_json::from_slice(body).unwrap_or_default();
         let answer_key = match format {
             Format::OpenAi => "choices",
             Format::Responses => "output",

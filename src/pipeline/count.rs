@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::prepare::Prepared;
 use super::{AttemptEnd, Attempted, ClientRequest, Gateway, Refusals, Reply, Trace};
 use crate::catalog::Provider;
+use crate::json::Document;
 use crate::routing::{Failure, Outcome, Plan, Purpose, Step};
 use crate::translate::{self, count, ir};
 use crate::upstream::{anthropic, gemini};
@@ -80,49 +81,45 @@ impl Gateway {
         let cred = &at.pick.credential;
         let model = &at.pick.upstream_model;
         let same = translate::format_of(cred.provider) == request.format;
-        let ir_request = || {
-            let ir = prepared
-                .ir
-                .clone()
-                .or_else(|| translate::parse_request(request.format, &request.body).ok())?;
-            translate::build_request(cred.provider, &ir, model).ok()
+        // The body built for another format, as a document to rewrite.
+        let translated = || {
+            let ir = match &prepared.ir {
+                Some(ir) => std::borrow::Cow::Borrowed(ir),
+                None => std::borrow::Cow::Owned(
+                    translate::parse_request(request.format, &request.body).ok()?,
+                ),
+            };
+            let built = translate::build_request(cred.provider, &ir, model).ok()?;
+            Document::parse(built.to_vec()).ok()
+        };
+        let body = if same {
+            request.body.clone()
+        } else {
+            match translated() {
+                Some(doc) => doc,
+                None => return AttemptEnd::Next(None),
+            }
         };
         let sent = match cred.provider {
             Provider::Anthropic => {
-                let mut body = if same {
-                    Value::Object(request.body.clone())
-                } else {
-                    match ir_request() {
-                        Some(b) => b,
-                        None => return AttemptEnd::Next(None),
-                    }
-                };
-                if let Value::Object(map) = &mut body {
-                    map.retain(|k, _| ANTHROPIC_COUNT_FIELDS.contains(&k.as_str()));
-                    map.insert("model".into(), Value::String(model.clone()));
-                }
+                let model = Value::from(model.as_str()).to_string();
+                let chunks = body.rewrite(&[("model", &model)], |k| {
+                    ANTHROPIC_COUNT_FIELDS.contains(&k)
+                });
                 let client: &[(String, String)] = if same {
                     &request.passthrough_headers
                 } else {
                     &[]
                 };
-                anthropic::count_tokens(cred, Bytes::from(body.to_string()), client)
+                anthropic::count_tokens(cred, chunks.into(), client)
             }
             Provider::Gemini => {
-                let mut inner = if same {
-                    Value::Object(request.body.clone())
-                } else {
-                    match ir_request() {
-                        Some(b) => b,
-                        None => return AttemptEnd::Next(None),
-                    }
-                };
-                inner["model"] = json!(format!(
-                    "models/{}",
-                    model.strip_prefix("models/").unwrap_or(model)
-                ));
-                let body = json!({ "generateContentRequest": inner });
-                gemini::count_tokens(cred, model, Bytes::from(body.to_string()))
+                let name = format!("models/{}", model.strip_prefix("models/").unwrap_or(model));
+                let name = Value::from(name).to_string();
+                let mut chunks = vec![Bytes::from_static(b"{\"generateContentRequest\":")];
+                chunks.extend(body.rewrite(&[("model", &name)], |_| true));
+                chunks.push(Bytes::from_static(b"}"));
+                gemini::count_tokens(cred, model, chunks.into())
             }
             Provider::Openai => return AttemptEnd::Next(None),
         };

@@ -24,12 +24,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
-use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Route;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::json::{Document, Json};
 use crate::metrics::Metrics;
 use crate::routing::{
     Failure, Learn, Next, Outcome, Pick, Plan, Purpose, ScopeKind, Signature, Step, Verdict,
@@ -55,31 +55,23 @@ pub struct ClientRequest {
     /// The wire format the client speaks.
     pub format: Format,
     pub model: String,
-    pub body: Map<String, Value>,
+    /// The body as the client sent it, read where it lies.
+    pub body: Document,
     pub stream: bool,
     /// The client's `anthropic-*` headers, passed on to an upstream of its own format.
     pub passthrough_headers: Vec<(String, String)>,
     /// An OpenAI client asked for a usage chunk at the end of its stream.
     pub include_usage: bool,
-    /// The size of the body as the client sent it: what an upstream body
-    /// built from it will roughly need.
-    pub body_bytes: usize,
     /// The coding agent's session header, a conversation key.
     pub session: Option<String>,
 }
 
 impl ClientRequest {
-    pub fn new(
-        format: Format,
-        model: String,
-        body: Map<String, Value>,
-        body_bytes: usize,
-        stream: bool,
-    ) -> Self {
+    pub fn new(format: Format, model: String, body: Document, stream: bool) -> Self {
         let include_usage = body
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
+            .and_then(Json::as_bool)
             .unwrap_or(false);
         Self {
             format,
@@ -88,7 +80,6 @@ impl ClientRequest {
             stream,
             passthrough_headers: Vec::new(),
             include_usage,
-            body_bytes,
             session: None,
         }
     }

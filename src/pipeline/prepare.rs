@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use super::ClientRequest;
 use super::GatewayError;
 use crate::catalog::{CredentialKind, Provider, Route};
+use crate::json::Document;
 use crate::translate::{self, ir};
 use crate::wire::ErrorKind;
 
@@ -17,7 +18,7 @@ pub(super) struct Prepared {
     /// The client's body mended for an upstream of its own format, when its
     /// history breaks that format's rules (thinking translated from another
     /// provider, see `translate::*::mend_history`).
-    pub own: Option<serde_json::Map<String, serde_json::Value>>,
+    pub own: Option<Document>,
     /// The local estimate of the prompt's tokens (0 when not translated).
     pub input_estimate: u64,
 }

@@ -20,6 +20,8 @@ pub enum Failure {
     Malformed,
     /// A stream that broke after its first event.
     StreamCut,
+    /// An answer larger than the gateway reads whole.
+    TooLarge,
 }
 
 impl Failure {
@@ -31,6 +33,7 @@ impl Failure {
             Failure::Empty => "the upstream sent an empty response",
             Failure::Malformed => "the upstream sent a malformed response",
             Failure::StreamCut => "the upstream stream was cut",
+            Failure::TooLarge => "the upstream answer is larger than SWITCHYARD_MAX_ANSWER_BYTES",
         }
     }
 }

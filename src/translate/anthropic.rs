@@ -1,6 +1,15 @@
 //! Anthropic messages <-> the neutral form.
 
-use serde_json::{Map, Value, json};
+mod body;
+mod mend;
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+pub use body::{Body, build_request};
+pub use mend::mend_history;
 
 use super::ir::{
     Delta, Effort, Image, Message, Output, Part, Reasoning, Request, Response, Role, StopReason,
@@ -8,6 +17,7 @@ use super::ir::{
     u64_field, untranslatable,
 };
 use super::policy;
+use crate::json::{Document, Json, Raw};
 use crate::sse::Event;
 use crate::wire::Format;
 
@@ -22,9 +32,9 @@ const MIN_THINKING_BUDGET: u64 = 1024;
 /// What a JSON answer without a schema becomes: Anthropic has no JSON mode.
 pub const JSON_INSTRUCTION: &str = "Answer with a single JSON object and nothing else.";
 
-pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatable> {
+pub fn parse_request(body: &Document) -> Result<Request, Untranslatable> {
     for key in body.keys() {
-        if policy::left_out_everywhere(Format::Anthropic, key) {
+        if policy::left_out_everywhere(Format::Anthropic, &key) {
             return untranslatable(format!(
                 "`{key}` cannot be carried to this model's provider"
             ));
@@ -35,17 +45,18 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         temperature: f64_field(body, "temperature")?,
         top_p: f64_field(body, "top_p")?,
         top_k: u64_field(body, "top_k")?,
-        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        stream: body.get("stream").and_then(Json::as_bool).unwrap_or(false),
         reasoning: reasoning(body)?,
         output: output(body)?,
         ..Request::default()
     };
     match body.get("system") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => req.system.push(s.clone()),
-        Some(Value::Array(blocks)) => {
-            for b in blocks {
-                match b.get("type").and_then(Value::as_str) {
+        None => {}
+        Some(v) if v.is_null() => {}
+        Some(v) if v.is_string() => req.system.push(str_of(v)),
+        Some(v) if v.is_array() => {
+            for b in v.items() {
+                match b.get("type").and_then(Json::as_str).as_deref() {
                     Some("text") => req.system.push(text_of(b, "text")),
                     _ => return untranslatable("system blocks must be text"),
                 }
@@ -53,41 +64,39 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         }
         Some(_) => return untranslatable("`system` must be a string or an array of text blocks"),
     }
-    if let Some(stops) = body.get("stop_sequences").and_then(Value::as_array) {
+    if let Some(stops) = body.get("stop_sequences").filter(|s| s.is_array()) {
         req.stop = stops
-            .iter()
-            .filter_map(Value::as_str)
-            .map(String::from)
+            .items()
+            .filter_map(Json::as_str)
+            .map(Cow::into_owned)
             .collect();
     }
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-        for t in tools {
-            if let Some(kind) = t
-                .get("type")
-                .and_then(Value::as_str)
-                .filter(|k| *k != "custom")
-            {
-                return untranslatable(format!(
-                    "the server tool `{kind}` cannot be carried to this model's provider"
-                ));
-            }
-            req.tools.push(Tool {
-                name: text_of(t, "name"),
-                description: t
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .map(String::from),
-                parameters: t
-                    .get("input_schema")
-                    .cloned()
-                    .unwrap_or_else(|| json!({"type": "object"})),
-                custom: false,
-            });
+    for t in body.get("tools").unwrap_or(Json::NULL).items() {
+        if let Some(kind) = t
+            .get("type")
+            .and_then(Json::as_str)
+            .filter(|k| *k != "custom")
+        {
+            return untranslatable(format!(
+                "the server tool `{kind}` cannot be carried to this model's provider"
+            ));
         }
+        req.tools.push(Tool {
+            name: text_of(t, "name"),
+            description: t
+                .get("description")
+                .and_then(Json::as_str)
+                .map(Cow::into_owned),
+            parameters: t
+                .get("input_schema")
+                .map_or_else(|| Raw::from_value(&json!({"type": "object"})), Raw::of),
+            custom: false,
+        });
     }
     req.tool_choice = match body.get("tool_choice") {
-        None | Some(Value::Null) => None,
-        Some(c) => Some(match c.get("type").and_then(Value::as_str) {
+        None => None,
+        Some(c) if c.is_null() => None,
+        Some(c) => Some(match c.get("type").and_then(Json::as_str).as_deref() {
             Some("auto") => ToolChoice::Auto,
             Some("any") => ToolChoice::Required,
             Some("none") => ToolChoice::None,
@@ -95,42 +104,47 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
             _ => return untranslatable("`tool_choice` is not known"),
         }),
     };
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+    let Some(messages) = body.get("messages").filter(|m| m.is_array()) else {
         return untranslatable("`messages` must be an array");
     };
-    for m in messages {
-        let role = match m.get("role").and_then(Value::as_str) {
+    for m in messages.items() {
+        let role = match m.get("role").and_then(Json::as_str).as_deref() {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
             Some("system") => Role::System,
             Some(other) => return untranslatable(format!("message role `{other}` is not known")),
             None => return untranslatable("a message needs a role"),
         };
-        let content = m.get("content").unwrap_or(&Value::Null);
-        req.messages.push(Message::new(role, blocks(content)?));
+        req.messages
+            .push(Message::new(role, blocks(m.field("content"))?));
     }
     Ok(req)
 }
 
+/// A string value's text (a non-string reads as "").
+fn str_of(v: Json<'_>) -> String {
+    v.as_str().map(Cow::into_owned).unwrap_or_default()
+}
+
 /// `thinking` and `output_config.effort`.
-fn reasoning(body: &Map<String, Value>) -> Result<Option<Reasoning>, Untranslatable> {
+fn reasoning(body: &Document) -> Result<Option<Reasoning>, Untranslatable> {
     let thinking = body.get("thinking").filter(|t| !t.is_null());
     let effort = body
         .get("output_config")
         .and_then(|c| c.get("effort"))
-        .and_then(Value::as_str);
+        .and_then(Json::as_str);
     if thinking.is_none() && effort.is_none() {
         return Ok(None);
     }
     let mut r = Reasoning {
-        effort: effort.and_then(effort_from),
+        effort: effort.as_deref().and_then(effort_from),
         ..Reasoning::default()
     };
     if let Some(t) = thinking {
-        let shown = t.get("display").and_then(Value::as_str) != Some("omitted");
-        match t.get("type").and_then(Value::as_str) {
+        let shown = t.get("display").and_then(Json::as_str).as_deref() != Some("omitted");
+        match t.get("type").and_then(Json::as_str).as_deref() {
             Some("enabled") => {
-                r.budget = t.get("budget_tokens").and_then(Value::as_u64);
+                r.budget = t.get("budget_tokens").and_then(Json::as_u64);
                 r.show = shown;
             }
             Some("adaptive") => {
@@ -156,7 +170,7 @@ pub fn effort_from(s: &str) -> Option<Effort> {
 }
 
 /// `output_config.format`, or the structured-outputs beta's `output_format`.
-fn output(body: &Map<String, Value>) -> Result<Option<Output>, Untranslatable> {
+fn output(body: &Document) -> Result<Option<Output>, Untranslatable> {
     let format = body
         .get("output_config")
         .and_then(|c| c.get("format"))
@@ -165,53 +179,55 @@ fn output(body: &Map<String, Value>) -> Result<Option<Output>, Untranslatable> {
     let Some(f) = format else {
         return Ok(None);
     };
-    match f.get("type").and_then(Value::as_str) {
+    match f.get("type").and_then(Json::as_str).as_deref() {
         Some("json_schema") => Ok(Some(Output::Schema {
             name: f
                 .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("answer")
-                .to_string(),
-            schema: f.get("schema").cloned().unwrap_or_else(|| json!({})),
+                .and_then(Json::as_str)
+                .map_or_else(|| "answer".to_string(), Cow::into_owned),
+            schema: f
+                .get("schema")
+                .map_or_else(|| Raw::from_value(&json!({})), Raw::of),
             strict: None,
         })),
         _ => untranslatable("this output format cannot be carried to this model's provider"),
     }
 }
 
-fn blocks(content: &Value) -> Result<Vec<Part>, Untranslatable> {
-    let items = match content {
-        Value::String(s) => return Ok(vec![Part::Text(s.clone())]),
-        Value::Array(items) => items,
-        _ => return untranslatable("message content must be a string or an array of blocks"),
-    };
+fn blocks(content: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
+    if content.is_string() {
+        return Ok(vec![Part::Text(str_of(content))]);
+    }
+    if !content.is_array() {
+        return untranslatable("message content must be a string or an array of blocks");
+    }
     let mut parts = Vec::new();
-    for b in items {
-        match b.get("type").and_then(Value::as_str) {
-            Some("text") => parts.push(Part::Text(
-                b["text"].as_str().unwrap_or_default().to_string(),
-            )),
+    for b in content.items() {
+        match b.get("type").and_then(Json::as_str).as_deref() {
+            Some("text") => parts.push(Part::Text(str_of(b.field("text")))),
             Some("image") => {
-                let src = &b["source"];
-                parts.push(Part::Image(match src.get("type").and_then(Value::as_str) {
-                    Some("base64") => Image::Base64 {
-                        media_type: src["media_type"]
-                            .as_str()
-                            .unwrap_or("image/png")
-                            .to_string(),
-                        data: src["data"].as_str().unwrap_or_default().to_string(),
+                let src = b.field("source");
+                parts.push(Part::Image(
+                    match src.get("type").and_then(Json::as_str).as_deref() {
+                        Some("base64") => Image::Base64 {
+                            media_type: src
+                                .get("media_type")
+                                .and_then(Json::as_str)
+                                .map_or_else(|| "image/png".to_string(), Cow::into_owned),
+                            data: str_of(src.field("data")),
+                        },
+                        Some("url") => Image::Url(str_of(src.field("url"))),
+                        _ => return untranslatable("an image source must be base64 or url"),
                     },
-                    Some("url") => Image::Url(src["url"].as_str().unwrap_or_default().to_string()),
-                    _ => return untranslatable("an image source must be base64 or url"),
-                }));
+                ));
             }
             Some("document") => {
-                let src = &b["source"];
-                match src.get("type").and_then(Value::as_str) {
+                let src = b.field("source");
+                match src.get("type").and_then(Json::as_str).as_deref() {
                     Some("base64") => parts.push(Part::Document {
                         media_type: text_of(src, "media_type"),
                         data: text_of(src, "data"),
-                        name: b.get("title").and_then(Value::as_str).map(String::from),
+                        name: b.get("title").and_then(Json::as_str).map(Cow::into_owned),
                     }),
                     // A plain-text document is text.
                     Some("text") => parts.push(Part::Text(text_of(src, "data"))),
@@ -223,21 +239,21 @@ fn blocks(content: &Value) -> Result<Vec<Part>, Untranslatable> {
                 }
             }
             Some("tool_use") => parts.push(Part::ToolCall {
-                id: b["id"].as_str().unwrap_or_default().to_string(),
-                name: b["name"].as_str().unwrap_or_default().to_string(),
-                arguments: match &b["input"] {
-                    v @ Value::Object(_) => v.clone(),
-                    _ => json!({}),
+                id: str_of(b.field("id")),
+                name: str_of(b.field("name")),
+                arguments: match b.field("input") {
+                    v if v.is_object() => Raw::of(v),
+                    _ => Raw::empty_object(),
                 },
             }),
             Some("tool_result") => parts.push(Part::ToolResult {
-                call_id: b["tool_use_id"].as_str().unwrap_or_default().to_string(),
+                call_id: str_of(b.field("tool_use_id")),
                 name: None,
-                content: match b.get("content") {
-                    None | Some(Value::Null) => Vec::new(),
-                    Some(c) => blocks(c)?,
+                content: match b.field("content") {
+                    c if c.is_null() => Vec::new(),
+                    c => blocks(c)?,
                 },
-                is_error: b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                is_error: b.get("is_error").and_then(Json::as_bool).unwrap_or(false),
             }),
             // The model's own reasoning from earlier turns: other providers
             // neither accept nor need it.
@@ -251,158 +267,6 @@ fn blocks(content: &Value) -> Result<Vec<Part>, Untranslatable> {
         }
     }
     Ok(parts)
-}
-
-/// The body to send Anthropic's Messages API.
-pub fn build_request(req: &Request, model: &str) -> Result<Value, Untranslatable> {
-    let mut system = req.system.clone();
-    let mut messages = Vec::new();
-    for m in super::ir::merge_turns(&mut system, req.messages.clone()) {
-        let role = match m.role {
-            Role::Assistant => "assistant",
-            Role::User | Role::System => "user",
-        };
-        let mut content: Vec<Value> = m.parts.iter().map(block).collect::<Result<_, _>>()?;
-        for (i, marker) in &m.cache {
-            if let Some(b) = content.get_mut(*i) {
-                b["cache_control"] = marker.clone();
-            }
-        }
-        messages.push(json!({"role": role, "content": content}));
-    }
-    let thinking = thinking_budget(req);
-    let max_tokens = match (req.max_tokens, thinking) {
-        (Some(n), _) => n.min(MAX_OUTPUT_CARRIED),
-        (None, Some(budget)) => (budget + DEFAULT_MAX_TOKENS).min(MAX_OUTPUT_CARRIED),
-        (None, None) => DEFAULT_MAX_TOKENS,
-    };
-    // The budget must stay below max_tokens; too small a room turns thinking off.
-    let thinking = thinking
-        .map(|b| b.min(max_tokens.saturating_sub(1)))
-        .filter(|b| *b >= MIN_THINKING_BUDGET);
-    let mut body = json!({
-        "model": model,
-        "max_tokens": max_tokens,
-        "messages": messages,
-    });
-    match &req.output {
-        Some(Output::Json) => system.push(JSON_INSTRUCTION.to_string()),
-        Some(Output::Schema { schema, .. }) => {
-            body["output_config"] = json!({"format": {"type": "json_schema", "schema": schema}});
-        }
-        None => {}
-    }
-    if !system.is_empty() {
-        body["system"] = json!(system.join("\n\n"));
-    }
-    if let Some(budget) = thinking {
-        body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
-    }
-    // With thinking on, Anthropic takes no temperature or top_k, and top_p
-    // only from 0.95.
-    if let Some(t) = req.temperature.filter(|_| thinking.is_none()) {
-        body["temperature"] = json!(t);
-    }
-    if let Some(p) = req.top_p.filter(|p| thinking.is_none() || *p >= 0.95) {
-        body["top_p"] = json!(p);
-    }
-    if let Some(k) = req.top_k.filter(|_| thinking.is_none()) {
-        body["top_k"] = json!(k);
-    }
-    if !req.stop.is_empty() {
-        body["stop_sequences"] = json!(req.stop);
-    }
-    if !req.tools.is_empty() {
-        body["tools"] = Value::Array(
-            req.tools
-                .iter()
-                .map(|t| {
-                    let mut v = json!({"name": t.name, "input_schema": t.parameters});
-                    if let Some(d) = &t.description {
-                        v["description"] = json!(d);
-                    }
-                    v
-                })
-                .collect(),
-        );
-    }
-    if let Some(choice) = &req.tool_choice {
-        body["tool_choice"] = match choice {
-            ToolChoice::Auto => json!({"type": "auto"}),
-            ToolChoice::None => json!({"type": "none"}),
-            ToolChoice::Required => json!({"type": "any"}),
-            ToolChoice::Tool(name) => json!({"type": "tool", "name": name}),
-        };
-    }
-    if req.stream {
-        body["stream"] = json!(true);
-    }
-    Ok(body)
-}
-
-/// The thinking budget to ask Anthropic for, if any. Thinking is left off
-/// where Anthropic's rules could not be met: a forced tool choice, and a
-/// tool loop whose assistant turn has no signed thinking (history from
-/// another provider never has), Anthropic's documented fallback.
-fn thinking_budget(req: &Request) -> Option<u64> {
-    let r = req.reasoning.as_ref().filter(|r| !r.off)?;
-    let budget = r
-        .budget_tokens()
-        .or(r.dynamic.then(|| Effort::Medium.budget()))?
-        .max(MIN_THINKING_BUDGET);
-    if matches!(
-        req.tool_choice,
-        Some(ToolChoice::Required | ToolChoice::Tool(_))
-    ) {
-        return None;
-    }
-    let in_tool_loop = req.messages.last().is_some_and(|m| {
-        m.role == Role::User && m.parts.iter().any(|p| matches!(p, Part::ToolResult { .. }))
-    });
-    (!in_tool_loop).then_some(budget)
-}
-
-fn block(p: &Part) -> Result<Value, Untranslatable> {
-    Ok(match p {
-        Part::Text(t) => json!({"type": "text", "text": t}),
-        Part::Image(Image::Base64 { media_type, data }) => {
-            json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
-        }
-        Part::Image(Image::Url(url)) => {
-            json!({"type": "image", "source": {"type": "url", "url": url}})
-        }
-        Part::Document {
-            media_type,
-            data,
-            name,
-        } => {
-            if media_type != "application/pdf" {
-                return untranslatable(format!("Anthropic takes PDF documents, not {media_type}"));
-            }
-            let mut doc = json!({"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}});
-            if let Some(name) = name {
-                doc["title"] = json!(name);
-            }
-            doc
-        }
-        Part::ToolCall {
-            id,
-            name,
-            arguments,
-        } => json!({"type": "tool_use", "id": id, "name": name, "input": arguments}),
-        Part::Thinking(_) => {
-            return untranslatable("thinking is not carried into a request of another format");
-        }
-        Part::ToolResult {
-            call_id,
-            content,
-            is_error,
-            ..
-        } => {
-            let content: Vec<Value> = content.iter().map(block).collect::<Result<_, _>>()?;
-            json!({"type": "tool_result", "tool_use_id": call_id, "content": content, "is_error": is_error})
-        }
-    })
 }
 
 pub fn stop_from(reason: &str) -> StopReason {
@@ -425,83 +289,116 @@ pub fn stop_to(reason: StopReason) -> &'static str {
     }
 }
 
-pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
-    let Some(content) = v.get("content").and_then(Value::as_array) else {
+pub fn parse_response(v: Json<'_>) -> Result<Response, Untranslatable> {
+    let Some(content) = v.get("content").filter(|c| c.is_array()) else {
         return untranslatable("no content in the response");
     };
     let mut parts = Vec::new();
-    for b in content {
-        match b.get("type").and_then(Value::as_str) {
-            Some("text") => parts.push(Part::Text(
-                b["text"].as_str().unwrap_or_default().to_string(),
-            )),
+    for b in content.items() {
+        match b.get("type").and_then(Json::as_str).as_deref() {
+            Some("text") => parts.push(Part::Text(str_of(b.field("text")))),
             Some("tool_use") => parts.push(Part::ToolCall {
-                id: b["id"].as_str().unwrap_or_default().to_string(),
-                name: b["name"].as_str().unwrap_or_default().to_string(),
-                arguments: b.get("input").cloned().unwrap_or_else(|| json!({})),
+                id: str_of(b.field("id")),
+                name: str_of(b.field("name")),
+                arguments: b.get("input").map_or_else(Raw::empty_object, Raw::of),
             }),
             // The signature only Anthropic can check stays behind.
             Some("thinking") => parts.push(Part::Thinking(text_of(b, "thinking"))),
             _ => {}
         }
     }
+    let n = |path: &str| v.pointer(path).and_then(Json::as_u64).unwrap_or(0);
     Ok(Response {
         id: v
             .get("id")
-            .and_then(Value::as_str)
-            .map_or_else(|| new_id("msg_"), String::from),
+            .and_then(Json::as_str)
+            .map_or_else(|| new_id("msg_"), Cow::into_owned),
         model: text_of(v, "model"),
         parts,
         stop: stop_from(
-            v.get("stop_reason")
-                .and_then(Value::as_str)
-                .unwrap_or("end_turn"),
+            &v.get("stop_reason")
+                .and_then(Json::as_str)
+                .unwrap_or(Cow::Borrowed("end_turn")),
         ),
         usage: Usage {
-            input_tokens: v
-                .pointer("/usage/input_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            output_tokens: v
-                .pointer("/usage/output_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            cached_tokens: v
-                .pointer("/usage/cache_read_input_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
+            input_tokens: n("/usage/input_tokens"),
+            output_tokens: n("/usage/output_tokens"),
+            cached_tokens: n("/usage/cache_read_input_tokens"),
             reasoning_tokens: 0,
         },
     })
 }
 
-pub fn build_response(r: &Response, model: &str) -> Value {
-    let content: Vec<Value> = r
+#[derive(Serialize)]
+struct Answer<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<AnswerBlock<'a>>,
+    stop_reason: &'static str,
+    stop_sequence: Option<&'a str>,
+    usage: Value,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AnswerBlock<'a> {
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: &'a Raw,
+    },
+    Thinking {
+        thinking: &'a str,
+        signature: &'static str,
+    },
+}
+
+/// The client's answer, as JSON text (a call's arguments written as they
+/// came).
+pub fn build_response(r: &Response, model: &str) -> Vec<u8> {
+    let content = r
         .parts
         .iter()
         .filter_map(|p| match p {
-            Part::Text(t) => Some(json!({"type": "text", "text": t})),
+            Part::Text(text) => Some(AnswerBlock::Text { text }),
             Part::ToolCall {
                 id,
                 name,
                 arguments,
-            } => Some(json!({"type": "tool_use", "id": id, "name": name, "input": arguments})),
-            Part::Thinking(t) => {
-                Some(json!({"type": "thinking", "thinking": t, "signature": TRANSLATED_THINKING}))
-            }
+            } => Some(AnswerBlock::ToolUse {
+                id,
+                name,
+                input: arguments,
+            }),
+            Part::Thinking(thinking) => Some(AnswerBlock::Thinking {
+                thinking,
+                signature: TRANSLATED_THINKING,
+            }),
             _ => None,
         })
         .collect();
-    json!({
-        "id": if r.id.starts_with("msg_") { r.id.clone() } else { new_id("msg_") },
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_to(r.stop),
-        "stop_sequence": null,
-        "usage": {"input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens}
-    })
+    let answer = Answer {
+        id: if r.id.starts_with("msg_") {
+            r.id.clone()
+        } else {
+            new_id("msg_")
+        },
+        kind: "message",
+        role: "assistant",
+        model,
+        content,
+        stop_reason: stop_to(r.stop),
+        stop_sequence: None,
+        usage: json!({"input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens}),
+    };
+    // Serialising into a Vec cannot fail.
+    serde_json::to_vec(&answer).unwrap_or_default()
 }
 
 /// Anthropic's event sequence -> deltas.
@@ -516,20 +413,20 @@ pub struct Decoder {
 impl Decoder {
     /// `Ok(None)` marks the end of the stream.
     pub fn feed(&mut self, event: &Event) -> Result<Option<Vec<Delta>>, Untranslatable> {
-        let v: Value = serde_json::from_str(&event.data)
+        let v = Json::parse(&event.data)
             .map_err(|_| Untranslatable("a stream event is not JSON".into()))?;
         let kind = v
             .get("type")
-            .and_then(Value::as_str)
-            .or(event.event.as_deref())
-            .unwrap_or("");
+            .and_then(Json::as_str)
+            .or(event.event.as_deref().map(Cow::Borrowed))
+            .unwrap_or_default();
         let mut out = Vec::new();
-        match kind {
+        match kind.as_ref() {
             "message_start" => {
-                let m = &v["message"];
+                let m = v.field("message");
                 self.input_tokens = m
                     .pointer("/usage/input_tokens")
-                    .and_then(Value::as_u64)
+                    .and_then(Json::as_u64)
                     .unwrap_or(0);
                 out.push(Delta::Start {
                     id: text_of(m, "id"),
@@ -537,47 +434,42 @@ impl Decoder {
                 });
             }
             "content_block_start" => {
-                let b = &v["content_block"];
-                let at = v.get("index").and_then(Value::as_u64).unwrap_or(0);
-                match b.get("type").and_then(Value::as_str) {
+                let b = v.field("content_block");
+                let at = v.get("index").and_then(Json::as_u64).unwrap_or(0);
+                match b.get("type").and_then(Json::as_str).as_deref() {
                     Some("tool_use") => {
                         let index = self.tools;
                         self.tools += 1;
                         self.tool_blocks.push((at, index));
                         out.push(Delta::ToolStart {
                             index,
-                            id: b["id"].as_str().unwrap_or_default().to_string(),
-                            name: b["name"].as_str().unwrap_or_default().to_string(),
+                            id: str_of(b.field("id")),
+                            name: str_of(b.field("name")),
                         });
                     }
                     Some("text") => {
                         if let Some(t) = b
                             .get("text")
-                            .and_then(Value::as_str)
+                            .and_then(Json::as_str)
                             .filter(|t| !t.is_empty())
                         {
-                            out.push(Delta::Text(t.to_string()));
+                            out.push(Delta::Text(t.into_owned()));
                         }
                     }
                     _ => {}
                 }
             }
             "content_block_delta" => {
-                let d = &v["delta"];
-                let at = v.get("index").and_then(Value::as_u64).unwrap_or(0);
-                match d.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => out.push(Delta::Text(
-                        d["text"].as_str().unwrap_or_default().to_string(),
-                    )),
+                let d = v.field("delta");
+                let at = v.get("index").and_then(Json::as_u64).unwrap_or(0);
+                match d.get("type").and_then(Json::as_str).as_deref() {
+                    Some("text_delta") => out.push(Delta::Text(str_of(d.field("text")))),
                     Some("thinking_delta") => out.push(Delta::Thinking(text_of(d, "thinking"))),
                     Some("input_json_delta") => {
                         if let Some(&(_, index)) = self.tool_blocks.iter().find(|(b, _)| *b == at) {
-                            let json = d["partial_json"].as_str().unwrap_or_default();
+                            let json = str_of(d.field("partial_json"));
                             if !json.is_empty() {
-                                out.push(Delta::ToolArgs {
-                                    index,
-                                    json: json.to_string(),
-                                });
+                                out.push(Delta::ToolArgs { index, json });
                             }
                         }
                     }
@@ -585,16 +477,16 @@ impl Decoder {
                 }
             }
             "message_delta" => {
-                if let Some(r) = v.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    out.push(Delta::Stop(stop_from(r)));
+                if let Some(r) = v.pointer("/delta/stop_reason").and_then(Json::as_str) {
+                    out.push(Delta::Stop(stop_from(&r)));
                 }
                 if let Some(u) = v.get("usage") {
                     out.push(Delta::Usage(Usage {
                         input_tokens: u
                             .get("input_tokens")
-                            .and_then(Value::as_u64)
+                            .and_then(Json::as_u64)
                             .unwrap_or(self.input_tokens),
-                        output_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+                        output_tokens: u.get("output_tokens").and_then(Json::as_u64).unwrap_or(0),
                         ..Usage::default()
                     }));
                 }
@@ -739,73 +631,4 @@ impl Encoder {
             "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens}})));
         out.push(Self::event("message_stop", json!({"type": "message_stop"})));
     }
-}
-
-/// Whether an assistant content block is thinking this gateway translated.
-fn translated_thinking(b: &Value) -> bool {
-    b.get("type").and_then(Value::as_str) == Some("thinking")
-        && b.get("signature").and_then(Value::as_str) == Some(TRANSLATED_THINKING)
-}
-
-/// For an Anthropic upstream of an Anthropic client: the client's body
-/// mended where its history breaks Anthropic's rules, or `None` when it does
-/// not. Thinking this gateway translated from another provider is taken out
-/// (no upstream could verify its signature); a tool loop whose assistant
-/// turn then lacks signed thinking (or never had it: an earlier turn served
-/// by another provider) gets thinking turned off for the request,
-/// Anthropic's documented fallback.
-pub fn mend_history(body: &Map<String, Value>) -> Option<Map<String, Value>> {
-    let messages = body.get("messages")?.as_array()?;
-    let marked = messages.iter().any(|m| {
-        m.get("content")
-            .and_then(Value::as_array)
-            .is_some_and(|c| c.iter().any(translated_thinking))
-    });
-    let thinking = body
-        .get("thinking")
-        .and_then(|t| t.get("type"))
-        .and_then(Value::as_str)
-        .is_some_and(|t| t != "disabled");
-    let broken_loop = thinking && unsigned_tool_loop(messages);
-    if !marked && !broken_loop {
-        return None;
-    }
-    let mut body = body.clone();
-    if let Some(Value::Array(messages)) = body.get_mut("messages") {
-        for m in messages.iter_mut() {
-            if let Some(Value::Array(content)) = m.get_mut("content") {
-                content.retain(|b| !translated_thinking(b));
-                // Anthropic refuses a turn left empty.
-                if content.is_empty() {
-                    content.push(json!({"type": "text", "text": "(thinking)"}));
-                }
-            }
-        }
-        if unsigned_tool_loop(messages) {
-            body.remove("thinking");
-        }
-    }
-    Some(body)
-}
-
-/// Whether the conversation continues a tool loop whose assistant turn does
-/// not open with signed thinking.
-fn unsigned_tool_loop(messages: &[Value]) -> bool {
-    let [.., assistant, last] = messages else {
-        return false;
-    };
-    let kinds = |m: &Value| -> Vec<String> {
-        m.get("content")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|b| text_of(b, "type"))
-            .collect()
-    };
-    let is_result = kinds(last).iter().any(|k| k == "tool_result");
-    let opens_with_thinking = kinds(assistant)
-        .first()
-        .is_some_and(|k| k == "thinking" || k == "redacted_thinking");
-    let calls = kinds(assistant).iter().any(|k| k == "tool_use");
-    is_result && calls && !opens_with_thinking
 }

@@ -20,7 +20,7 @@ pub fn estimate(req: &Request) -> u64 {
     for t in &req.tools {
         chars += t.name.len()
             + t.description.as_ref().map_or(0, String::len)
-            + t.parameters.to_string().len();
+            + t.parameters.text().len();
     }
     fn part(p: &Part, chars: &mut usize, images: &mut u64) {
         match p {
@@ -28,7 +28,7 @@ pub fn estimate(req: &Request) -> u64 {
             Part::Image(_) | Part::Document { .. } => *images += 1,
             Part::ToolCall {
                 name, arguments, ..
-            } => *chars += name.len() + arguments.to_string().len(),
+            } => *chars += name.len() + arguments.text().len(),
             Part::ToolResult { content, .. } => {
                 for c in content {
                     part(c, chars, images);

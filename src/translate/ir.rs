@@ -1,7 +1,9 @@
 //! The neutral form every wire format translates through: a chat request,
 //! its response, and the deltas of a stream.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+use crate::json::{Document, Json, Raw};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Request {
@@ -35,7 +37,7 @@ pub enum Output {
     /// JSON that follows `schema` (JSON Schema).
     Schema {
         name: String,
-        schema: Value,
+        schema: Raw,
         strict: Option<bool>,
     },
 }
@@ -115,7 +117,7 @@ pub struct Message {
     pub role: Role,
     pub parts: Vec<Part>,
     /// Prompt-cache markers (Anthropic `cache_control`) by part index.
-    pub cache: Vec<(usize, Value)>,
+    pub cache: Vec<(usize, Raw)>,
 }
 
 impl Message {
@@ -138,11 +140,12 @@ pub enum Image {
 pub enum Part {
     Text(String),
     Image(Image),
-    /// A call the assistant made; `arguments` is a JSON object.
+    /// A call the assistant made; `arguments` is a JSON object, carried as
+    /// its text.
     ToolCall {
         id: String,
         name: String,
-        arguments: Value,
+        arguments: Raw,
     },
     /// A document (a PDF, plain text) given inline, base64.
     Document {
@@ -167,20 +170,20 @@ pub enum Part {
 pub struct Tool {
     pub name: String,
     pub description: Option<String>,
-    /// JSON Schema of the arguments.
-    pub parameters: Value,
+    /// JSON Schema of the arguments, carried as its text.
+    pub parameters: Raw,
     /// A Responses custom tool: it takes free text, carried to other formats
     /// as a function of one string argument, `input` ([`custom_parameters`]).
     pub custom: bool,
 }
 
 /// The parameters a custom (free-text) tool has in formats without them.
-pub fn custom_parameters() -> Value {
-    serde_json::json!({
+pub fn custom_parameters() -> Raw {
+    Raw::from_value(&serde_json::json!({
         "type": "object",
         "properties": {"input": {"type": "string", "description": "The tool's input, as free text."}},
         "required": ["input"],
-    })
+    }))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,16 +297,26 @@ pub const TRANSLATED_THINKING: &str = "c3dpdGNoeWFyZC10cmFuc2xhdGVkLXRoaW5raW5n"
 /// signature of its own (calls another provider made).
 pub const GEMINI_PLACEHOLDER_SIGNATURE: &str = "skip_thought_signature_validator";
 
+/// A turn of the conversation as formats that need strict alternation get
+/// it: consecutive messages of the same role merged, borrowing their parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn<'a> {
+    pub role: Role,
+    pub parts: Vec<&'a Part>,
+    /// Prompt-cache markers by index into `parts`.
+    pub cache: Vec<(usize, &'a Raw)>,
+}
+
 /// Merges consecutive messages of the same role (formats that need strict
 /// alternation get it; nothing is lost). System messages inside the
 /// conversation are moved to the opening system text, in order, for
 /// formats that have no other place for them.
-pub fn merge_turns(system: &mut Vec<String>, messages: Vec<Message>) -> Vec<Message> {
-    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
+pub fn turns<'a>(system: &mut Vec<&'a str>, messages: &'a [Message]) -> Vec<Turn<'a>> {
+    let mut out: Vec<Turn<'a>> = Vec::with_capacity(messages.len());
     for m in messages {
         if m.role == Role::System {
-            system.extend(m.parts.into_iter().filter_map(|p| match p {
-                Part::Text(t) => Some(t),
+            system.extend(m.parts.iter().filter_map(|p| match p {
+                Part::Text(t) => Some(t.as_str()),
                 _ => None,
             }));
             continue;
@@ -312,19 +325,39 @@ pub fn merge_turns(system: &mut Vec<String>, messages: Vec<Message>) -> Vec<Mess
             Some(last) if last.role == m.role => {
                 let offset = last.parts.len();
                 last.cache
-                    .extend(m.cache.into_iter().map(|(i, c)| (i + offset, c)));
-                last.parts.extend(m.parts);
+                    .extend(m.cache.iter().map(|(i, c)| (i + offset, c)));
+                last.parts.extend(&m.parts);
             }
-            _ => out.push(m),
+            _ => out.push(Turn {
+                role: m.role,
+                parts: m.parts.iter().collect(),
+                cache: m.cache.iter().map(|(i, c)| (*i, c)).collect(),
+            }),
         }
     }
     out
 }
 
+/// [`turns`], owned.
+pub fn merge_turns(system: &mut Vec<String>, messages: Vec<Message>) -> Vec<Message> {
+    let mut moved = Vec::new();
+    let merged: Vec<Message> = turns(&mut moved, &messages)
+        .into_iter()
+        .map(|t| Message {
+            role: t.role,
+            parts: t.parts.into_iter().cloned().collect(),
+            cache: t.cache.into_iter().map(|(i, c)| (i, c.clone())).collect(),
+        })
+        .collect();
+    system.extend(moved.into_iter().map(String::from));
+    merged
+}
+
 /// Reads an optional number field.
-pub fn f64_field(body: &Map<String, Value>, key: &str) -> Result<Option<f64>, Untranslatable> {
+pub fn f64_field(body: &Document, key: &str) -> Result<Option<f64>, Untranslatable> {
     match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
+        Some(v) if v.is_null() => Ok(None),
         Some(v) => v
             .as_f64()
             .map(Some)
@@ -332,9 +365,10 @@ pub fn f64_field(body: &Map<String, Value>, key: &str) -> Result<Option<f64>, Un
     }
 }
 
-pub fn u64_field(body: &Map<String, Value>, key: &str) -> Result<Option<u64>, Untranslatable> {
+pub fn u64_field(body: &Document, key: &str) -> Result<Option<u64>, Untranslatable> {
     match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
+        Some(v) if v.is_null() => Ok(None),
         Some(v) => v
             .as_u64()
             .map(Some)
@@ -382,26 +416,19 @@ pub fn media_type_of(url: &str) -> Option<&'static str> {
 }
 
 /// Tool call arguments as a JSON object, from the JSON text OpenAI carries.
-pub fn arguments_from_text(text: &str) -> Result<Value, Untranslatable> {
+pub fn arguments_from_text(text: &str) -> Result<Raw, Untranslatable> {
     if text.trim().is_empty() {
-        return Ok(Value::Object(Map::new()));
+        return Ok(Raw::empty_object());
     }
-    match serde_json::from_str::<Value>(text) {
-        Ok(v @ Value::Object(_)) => Ok(v),
+    match Json::parse(text) {
+        Ok(v) if v.is_object() => Ok(Raw::of(v)),
         _ => untranslatable("tool call arguments must be a JSON object"),
     }
 }
 
 /// The text of tool-result content; images cannot be part of it.
 pub fn result_text(content: &[Part], target: &str) -> Result<String, Untranslatable> {
-    let mut text = String::new();
-    for p in content {
-        match p {
-            Part::Text(t) => text.push_str(t),
-            _ => return untranslatable(format!("{target} tool results carry text only")),
-        }
-    }
-    Ok(text)
+    Ok(super::out::texts(content, target)?.joined().into_owned())
 }
 
 pub fn new_id(prefix: &str) -> String {
@@ -409,17 +436,17 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 /// A string field of a JSON object, or "" when absent.
-pub fn text_of(v: &Value, key: &str) -> String {
+pub fn text_of(v: Json<'_>, key: &str) -> String {
     v.get(key)
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
+        .map(Cow::into_owned)
         .unwrap_or_default()
-        .to_string()
 }
 
 /// A stream event's JSON, refusing error objects (the upstream reporting a
 /// failure inside its stream).
-pub fn stream_json(event: &crate::sse::Event) -> Result<Value, Untranslatable> {
-    let v: Value = serde_json::from_str(&event.data)
+pub fn stream_json(event: &crate::sse::Event) -> Result<Json<'_>, Untranslatable> {
+    let v = Json::parse(&event.data)
         .map_err(|_| Untranslatable("a stream event is not JSON".into()))?;
     if v.get("error").is_some() {
         return untranslatable(crate::wire::error_text(event.data.as_bytes()));

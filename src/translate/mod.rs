@@ -8,13 +8,15 @@ pub mod count;
 pub mod gemini;
 pub mod ir;
 pub mod openai;
+pub mod out;
 pub mod policy;
 pub mod responses;
 pub mod stream;
 
-use serde_json::{Map, Value};
+use serde::Serialize;
 
 use crate::catalog::{Credential, Provider};
+use crate::json::{Document, Json};
 use crate::wire::Format;
 use ir::Untranslatable;
 
@@ -42,10 +44,7 @@ pub fn format_of(provider: Provider) -> Format {
 }
 
 /// A client request in the neutral form.
-pub fn parse_request(
-    format: Format,
-    body: &Map<String, Value>,
-) -> Result<ir::Request, Untranslatable> {
+pub fn parse_request(format: Format, body: &Document) -> Result<ir::Request, Untranslatable> {
     match format {
         Format::OpenAi => openai::parse_request(body),
         Format::Responses => responses::parse_request(body),
@@ -54,20 +53,39 @@ pub fn parse_request(
     }
 }
 
-/// The upstream body for `provider`.
-pub fn build_request(
-    provider: Provider,
-    req: &ir::Request,
-    upstream_model: &str,
-) -> Result<Value, Untranslatable> {
-    match provider {
-        Provider::Openai => openai::build_request(req, upstream_model),
-        Provider::Anthropic => anthropic::build_request(req, upstream_model),
-        Provider::Gemini => gemini::build_request(req),
+/// An upstream body, borrowing the neutral request it is built from; its
+/// JSON is written when it is serialised.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Built<'a> {
+    OpenAi(openai::Body<'a>),
+    Anthropic(anthropic::Body<'a>),
+    Gemini(gemini::Body<'a>),
+}
+
+impl Built<'_> {
+    /// The body's JSON text.
+    pub fn to_vec(&self) -> Vec<u8> {
+        // Serialising into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 
-pub fn parse_response(provider: Provider, v: &Value) -> Result<ir::Response, Untranslatable> {
+/// The upstream body for `provider`; an error when the request cannot be
+/// carried there.
+pub fn build_request<'a>(
+    provider: Provider,
+    req: &'a ir::Request,
+    upstream_model: &'a str,
+) -> Result<Built<'a>, Untranslatable> {
+    Ok(match provider {
+        Provider::Openai => Built::OpenAi(openai::build_request(req, upstream_model)?),
+        Provider::Anthropic => Built::Anthropic(anthropic::build_request(req, upstream_model)?),
+        Provider::Gemini => Built::Gemini(gemini::build_request(req)?),
+    })
+}
+
+pub fn parse_response(provider: Provider, v: Json<'_>) -> Result<ir::Response, Untranslatable> {
     match provider {
         Provider::Openai => openai::parse_response(v),
         Provider::Anthropic => anthropic::parse_response(v),
@@ -75,17 +93,19 @@ pub fn parse_response(provider: Provider, v: &Value) -> Result<ir::Response, Unt
     }
 }
 
-/// The client's response body; `model` is the name the client asked for,
-/// `custom_tools` the request's custom tools (Responses).
+/// The client's response body, as JSON text; `model` is the name the
+/// client asked for, `custom_tools` the request's custom tools (Responses).
 pub fn build_response(
     format: Format,
     r: &ir::Response,
     model: &str,
     custom_tools: &[String],
-) -> Value {
+) -> Vec<u8> {
     match format {
-        Format::OpenAi => openai::build_response(r, model),
-        Format::Responses => responses::build_response(r, model, custom_tools),
+        Format::OpenAi => openai::build_response(r, model).to_string().into_bytes(),
+        Format::Responses => responses::build_response(r, model, custom_tools)
+            .to_string()
+            .into_bytes(),
         Format::Anthropic => anthropic::build_response(r, model),
         Format::Gemini => gemini::build_response(r, model),
     }
@@ -93,7 +113,7 @@ pub fn build_response(
 
 /// The client's body mended for an upstream of its own format, when its
 /// history carries what only this gateway could have put there.
-pub fn mend_history(format: Format, body: &Map<String, Value>) -> Option<Map<String, Value>> {
+pub fn mend_history(format: Format, body: &Document) -> Option<Document> {
     match format {
         Format::OpenAi | Format::Responses => None,
         Format::Anthropic => anthropic::mend_history(body),

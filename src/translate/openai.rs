@@ -1,20 +1,27 @@
 //! OpenAI chat completions <-> the neutral form.
 
-use serde_json::{Map, Value, json};
+mod body;
+
+use std::borrow::Cow;
+
+use serde_json::{Value, json};
+
+pub use body::{Body, build_request};
 
 use super::ir::data_url;
 use super::ir::{
-    Delta, Effort, Image, Message, Output, Part, Reasoning, Request, Response, Role, StopReason,
-    Tool, ToolChoice, Untranslatable, Usage, arguments_from_text, f64_field, image_from_url,
-    new_id, result_text, stream_json, text_of, u64_field, untranslatable,
+    Delta, Effort, Message, Output, Part, Reasoning, Request, Response, Role, StopReason, Tool,
+    ToolChoice, Untranslatable, Usage, arguments_from_text, f64_field, image_from_url, new_id,
+    result_text, stream_json, text_of, u64_field, untranslatable,
 };
 use super::policy;
+use crate::json::{Document, Json, Raw};
 use crate::sse::Event;
 use crate::wire::Format;
 
-pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatable> {
+pub fn parse_request(body: &Document) -> Result<Request, Untranslatable> {
     for key in body.keys() {
-        if policy::left_out_everywhere(Format::OpenAi, key) {
+        if policy::left_out_everywhere(Format::OpenAi, &key) {
             return untranslatable(format!(
                 "`{key}` cannot be carried to this model's provider"
             ));
@@ -32,24 +39,29 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         top_p: f64_field(body, "top_p")?,
         presence_penalty: f64_field(body, "presence_penalty")?,
         frequency_penalty: f64_field(body, "frequency_penalty")?,
-        seed: body.get("seed").and_then(Value::as_i64),
-        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        seed: body.get("seed").and_then(Json::as_i64),
+        stream: body.get("stream").and_then(Json::as_bool).unwrap_or(false),
         ..Request::default()
     };
     match body.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => req.stop.push(s.clone()),
-        Some(Value::Array(a)) => {
-            for s in a {
+        None => {}
+        Some(v) if v.is_null() => {}
+        Some(v) if v.is_string() => req.stop.push(str_of(v)),
+        Some(v) if v.is_array() => {
+            for s in v.items() {
                 match s.as_str() {
-                    Some(s) => req.stop.push(s.to_string()),
+                    Some(s) => req.stop.push(s.into_owned()),
                     None => return untranslatable("`stop` must hold strings"),
                 }
             }
         }
         Some(_) => return untranslatable("`stop` must be a string or an array"),
     }
-    req.reasoning = match body.get("reasoning_effort").and_then(Value::as_str) {
+    req.reasoning = match body
+        .get("reasoning_effort")
+        .and_then(Json::as_str)
+        .as_deref()
+    {
         None => None,
         Some("none") => Some(Reasoning {
             off: true,
@@ -61,46 +73,48 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         }),
     };
     req.output = response_format(body.get("response_format"))?;
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-        for t in tools {
-            if t.get("type").and_then(Value::as_str) != Some("function") {
-                return untranslatable(
-                    "only function tools can be carried to this model's provider",
-                );
-            }
-            let f = &t["function"];
-            let Some(name) = f.get("name").and_then(Value::as_str) else {
-                return untranslatable("a tool needs a function name");
-            };
-            req.tools.push(Tool {
-                name: name.to_string(),
-                description: f
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .map(String::from),
-                parameters: f
-                    .get("parameters")
-                    .cloned()
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                custom: false,
-            });
+    for t in body.get("tools").unwrap_or(Json::NULL).items() {
+        if t.get("type").and_then(Json::as_str).as_deref() != Some("function") {
+            return untranslatable("only function tools can be carried to this model's provider");
         }
+        let f = t.field("function");
+        let Some(name) = f.get("name").and_then(Json::as_str) else {
+            return untranslatable("a tool needs a function name");
+        };
+        req.tools.push(Tool {
+            name: name.into_owned(),
+            description: f
+                .get("description")
+                .and_then(Json::as_str)
+                .map(Cow::into_owned),
+            parameters: f.get("parameters").map_or_else(
+                || Raw::from_value(&json!({"type": "object", "properties": {}})),
+                Raw::of,
+            ),
+            custom: false,
+        });
     }
     req.tool_choice = match body.get("tool_choice") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(tool_choice_mode(s)?),
-        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
-            Some(name) => Some(ToolChoice::Tool(name.to_string())),
+        None => None,
+        Some(v) if v.is_null() => None,
+        Some(v) if v.is_string() => Some(tool_choice_mode(&str_of(v))?),
+        Some(v) => match v.pointer("/function/name").and_then(Json::as_str) {
+            Some(name) => Some(ToolChoice::Tool(name.into_owned())),
             None => return untranslatable("tool_choice must name a function"),
         },
     };
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+    let Some(messages) = body.get("messages").filter(|m| m.is_array()) else {
         return untranslatable("`messages` must be an array");
     };
-    for m in messages {
+    for m in messages.items() {
         parse_message(m, &mut req)?;
     }
     Ok(req)
+}
+
+/// A string value's text (a non-string reads as "").
+fn str_of(v: Json<'_>) -> String {
+    v.as_str().map(Cow::into_owned).unwrap_or_default()
 }
 
 /// `tool_choice` given as a word (chat completions and Responses alike).
@@ -114,11 +128,11 @@ pub fn tool_choice_mode(mode: &str) -> Result<ToolChoice, Untranslatable> {
 }
 
 /// `response_format`: text, a JSON object, or JSON following a schema.
-pub fn response_format(format: Option<&Value>) -> Result<Option<Output>, Untranslatable> {
+pub fn response_format(format: Option<Json<'_>>) -> Result<Option<Output>, Untranslatable> {
     let Some(f) = format.filter(|f| !f.is_null()) else {
         return Ok(None);
     };
-    match f.get("type").and_then(Value::as_str) {
+    match f.get("type").and_then(Json::as_str).as_deref() {
         None | Some("text") => Ok(None),
         Some("json_object") => Ok(Some(Output::Json)),
         Some("json_schema") => {
@@ -127,11 +141,12 @@ pub fn response_format(format: Option<&Value>) -> Result<Option<Output>, Untrans
             Ok(Some(Output::Schema {
                 name: spec
                     .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("answer")
-                    .to_string(),
-                schema: spec.get("schema").cloned().unwrap_or_else(|| json!({})),
-                strict: spec.get("strict").and_then(Value::as_bool),
+                    .and_then(Json::as_str)
+                    .map_or_else(|| "answer".to_string(), Cow::into_owned),
+                schema: spec
+                    .get("schema")
+                    .map_or_else(|| Raw::from_value(&json!({})), Raw::of),
+                strict: spec.get("strict").and_then(Json::as_bool),
             }))
         }
         Some(other) => untranslatable(format!(
@@ -140,29 +155,31 @@ pub fn response_format(format: Option<&Value>) -> Result<Option<Output>, Untrans
     }
 }
 
-fn parse_message(m: &Value, req: &mut Request) -> Result<(), Untranslatable> {
-    let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-    match role {
+fn parse_message(m: Json<'_>, req: &mut Request) -> Result<(), Untranslatable> {
+    let role = m.get("role").and_then(Json::as_str).unwrap_or_default();
+    match role.as_ref() {
         // System messages before the conversation open it; later ones keep
         // their place.
         "system" | "developer" if req.messages.is_empty() => {
-            req.system.push(content_text(&m["content"])?);
+            req.system.push(content_text(m.field("content"))?);
         }
         "system" | "developer" => {
-            let text = content_text(&m["content"])?;
+            let text = content_text(m.field("content"))?;
             req.messages
                 .push(Message::new(Role::System, vec![Part::Text(text)]));
         }
         "user" => {
-            let mut message = Message::new(Role::User, content_parts(&m["content"])?);
-            message.cache = cache_markers(&m["content"]);
+            let content = m.field("content");
+            let mut message = Message::new(Role::User, content_parts(content)?);
+            message.cache = cache_markers(content);
             req.messages.push(message);
         }
         "assistant" => {
-            let content = m.get("content").unwrap_or(&Value::Null);
-            let mut parts = match content {
-                Value::Null => Vec::new(),
-                c => content_parts(c)?,
+            let content = m.field("content");
+            let mut parts = if content.is_null() {
+                Vec::new()
+            } else {
+                content_parts(content)?
             };
             let cache = cache_markers(content);
             parts.extend(tool_calls(m)?);
@@ -172,7 +189,7 @@ fn parse_message(m: &Value, req: &mut Request) -> Result<(), Untranslatable> {
         }
         "tool" => {
             let call_id = text_of(m, "tool_call_id");
-            let content = vec![Part::Text(content_text(&m["content"])?)];
+            let content = vec![Part::Text(content_text(m.field("content"))?)];
             req.messages.push(Message::new(
                 Role::User,
                 vec![Part::ToolResult {
@@ -193,21 +210,23 @@ fn parse_message(m: &Value, req: &mut Request) -> Result<(), Untranslatable> {
 }
 
 /// The `tool_calls` of an assistant message.
-fn tool_calls(message: &Value) -> Result<Vec<Part>, Untranslatable> {
-    let calls = message.get("tool_calls").and_then(Value::as_array);
-    calls
-        .into_iter()
-        .flatten()
+fn tool_calls(message: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
+    message
+        .field("tool_calls")
+        .items()
         .map(|c| {
-            let arguments = c.pointer("/function/arguments").and_then(Value::as_str);
+            let arguments = c
+                .pointer("/function/arguments")
+                .and_then(Json::as_str)
+                .unwrap_or_default();
             Ok(Part::ToolCall {
                 id: text_of(c, "id"),
                 name: c
                     .pointer("/function/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                arguments: arguments_from_text(arguments.unwrap_or(""))?,
+                    .and_then(Json::as_str)
+                    .map(Cow::into_owned)
+                    .unwrap_or_default(),
+                arguments: arguments_from_text(&arguments)?,
             })
         })
         .collect()
@@ -215,198 +234,67 @@ fn tool_calls(message: &Value) -> Result<Vec<Part>, Untranslatable> {
 
 /// `cache_control` markers of content parts (as OpenAI-compatible
 /// gateways in front of Anthropic accept them), by part index.
-fn cache_markers(content: &Value) -> Vec<(usize, Value)> {
+fn cache_markers(content: Json<'_>) -> Vec<(usize, Raw)> {
     content
-        .as_array()
-        .into_iter()
-        .flatten()
+        .items()
         .enumerate()
-        .filter_map(|(i, p)| p.get("cache_control").map(|c| (i, c.clone())))
+        .filter_map(|(i, p)| p.get("cache_control").map(|c| (i, Raw::of(c))))
         .collect()
 }
 
-fn content_text(c: &Value) -> Result<String, Untranslatable> {
-    match c {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        Value::Array(_) => {
-            let parts = content_parts(c)?;
-            result_text(&parts, "system and tool messages")
-        }
-        _ => untranslatable("message content must be a string or an array of parts"),
+fn content_text(c: Json<'_>) -> Result<String, Untranslatable> {
+    if c.is_string() {
+        Ok(str_of(c))
+    } else if c.is_null() {
+        Ok(String::new())
+    } else if c.is_array() {
+        let parts = content_parts(c)?;
+        result_text(&parts, "system and tool messages")
+    } else {
+        untranslatable("message content must be a string or an array of parts")
     }
 }
 
-fn content_parts(c: &Value) -> Result<Vec<Part>, Untranslatable> {
-    match c {
-        Value::String(s) => Ok(vec![Part::Text(s.clone())]),
-        Value::Array(items) => items
-            .iter()
-            .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(Part::Text(
-                    p["text"].as_str().unwrap_or_default().to_string(),
-                )),
-                Some("image_url") => {
-                    let url = p
-                        .pointer("/image_url/url")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    Ok(Part::Image(image_from_url(url)))
-                }
-                Some("file") => {
-                    let f = &p["file"];
-                    let data = f.get("file_data").and_then(Value::as_str);
-                    match data.and_then(data_url) {
-                        Some((media_type, data)) => Ok(Part::Document {
-                            media_type,
-                            data,
-                            name: f.get("filename").and_then(Value::as_str).map(String::from),
-                        }),
-                        None => untranslatable(
-                            "only inline files (file_data) can be carried to this model's provider",
-                        ),
-                    }
-                }
-                Some(other) => untranslatable(format!(
-                    "content part `{other}` cannot be carried to this model's provider"
-                )),
-                None => untranslatable("a content part needs a type"),
-            })
-            .collect(),
-        _ => untranslatable("message content must be a string or an array of parts"),
+fn content_parts(c: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
+    if c.is_string() {
+        return Ok(vec![Part::Text(str_of(c))]);
     }
-}
-
-/// The body to send an OpenAI-compatible upstream.
-pub fn build_request(req: &Request, model: &str) -> Result<Value, Untranslatable> {
-    let mut messages = Vec::new();
-    if !req.system.is_empty() {
-        messages.push(json!({"role": "system", "content": req.system.join("\n\n")}));
+    if !c.is_array() {
+        return untranslatable("message content must be a string or an array of parts");
     }
-    for m in &req.messages {
-        match m.role {
-            Role::System => {
-                let text = result_text(&m.parts, "system messages")?;
-                messages.push(json!({"role": "system", "content": text}));
+    c.items()
+        .map(|p| match p.get("type").and_then(Json::as_str).as_deref() {
+            Some("text") => Ok(Part::Text(str_of(p.field("text")))),
+            Some("image_url") => {
+                let url = p
+                    .pointer("/image_url/url")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default();
+                Ok(Part::Image(image_from_url(&url)))
             }
-            Role::User => {
-                let mut rest = Vec::new();
-                for p in &m.parts {
-                    match p {
-                        Part::ToolResult {
-                            call_id,
-                            content,
-                            is_error,
-                            ..
-                        } => {
-                            let mut text = result_text(content, "OpenAI")?;
-                            if *is_error && !text.starts_with("Error") {
-                                text = format!("Error: {text}");
-                            }
-                            messages.push(
-                                json!({"role": "tool", "tool_call_id": call_id, "content": text}),
-                            );
-                        }
-                        other => rest.push(user_part(other)?),
-                    }
-                }
-                if !rest.is_empty() {
-                    messages.push(json!({"role": "user", "content": rest}));
+            Some("file") => {
+                let f = p.field("file");
+                let data = f.get("file_data").and_then(Json::as_str);
+                match data.as_deref().and_then(data_url) {
+                    Some((media_type, data)) => Ok(Part::Document {
+                        media_type,
+                        data,
+                        name: f
+                            .get("filename")
+                            .and_then(Json::as_str)
+                            .map(Cow::into_owned),
+                    }),
+                    None => untranslatable(
+                        "only inline files (file_data) can be carried to this model's provider",
+                    ),
                 }
             }
-            Role::Assistant => {
-                let mut text = String::new();
-                let mut calls = Vec::new();
-                for p in &m.parts {
-                    match p {
-                        Part::Text(t) => text.push_str(t),
-                        Part::ToolCall {
-                            id,
-                            name,
-                            arguments,
-                        } => calls.push(json!({
-                            "id": id, "type": "function",
-                            "function": {"name": name, "arguments": arguments.to_string()}
-                        })),
-                        _ => {
-                            return untranslatable(
-                                "OpenAI assistant messages carry text and tool calls only",
-                            );
-                        }
-                    }
-                }
-                let mut msg = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) }});
-                if !calls.is_empty() {
-                    msg["tool_calls"] = Value::Array(calls);
-                }
-                messages.push(msg);
-            }
-        }
-    }
-    let mut body = json!({"model": model, "messages": messages});
-    // `max_tokens` is deprecated, and refused by reasoning models.
-    if let Some(n) = req
-        .max_tokens
-        .filter(|n| *n <= super::ir::MAX_OUTPUT_CARRIED)
-    {
-        body["max_completion_tokens"] = json!(n);
-    }
-    if let Some(t) = req.temperature {
-        body["temperature"] = json!(t);
-    }
-    if let Some(p) = req.top_p {
-        body["top_p"] = json!(p);
-    }
-    if let Some(p) = req.presence_penalty {
-        body["presence_penalty"] = json!(p);
-    }
-    if let Some(p) = req.frequency_penalty {
-        body["frequency_penalty"] = json!(p);
-    }
-    if let Some(s) = req.seed {
-        body["seed"] = json!(s);
-    }
-    if !req.stop.is_empty() {
-        body["stop"] = json!(req.stop);
-    }
-    if let Some(effort) = req
-        .reasoning
-        .as_ref()
-        .filter(|r| !r.off)
-        .and_then(|r| r.effort_level())
-    {
-        body["reasoning_effort"] = json!(effort_to(effort));
-    }
-    if let Some(format) = &req.output {
-        body["response_format"] = response_format_to(format);
-    }
-    if !req.tools.is_empty() {
-        body["tools"] = Value::Array(
-            req.tools
-                .iter()
-                .map(|t| {
-                    let mut f = json!({"name": t.name, "parameters": t.parameters});
-                    if let Some(d) = &t.description {
-                        f["description"] = json!(d);
-                    }
-                    json!({"type": "function", "function": f})
-                })
-                .collect(),
-        );
-    }
-    if let Some(choice) = &req.tool_choice {
-        body["tool_choice"] = match choice {
-            ToolChoice::Auto => json!("auto"),
-            ToolChoice::None => json!("none"),
-            ToolChoice::Required => json!("required"),
-            ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
-        };
-    }
-    if req.stream {
-        body["stream"] = json!(true);
-        body["stream_options"] = json!({"include_usage": true});
-    }
-    Ok(body)
+            Some(other) => untranslatable(format!(
+                "content part `{other}` cannot be carried to this model's provider"
+            )),
+            None => untranslatable("a content part needs a type"),
+        })
+        .collect()
 }
 
 /// OpenAI's `reasoning_effort` nearest to an effort: the values every
@@ -417,42 +305,6 @@ pub fn effort_to(effort: Effort) -> &'static str {
         Effort::Medium => "medium",
         Effort::High | Effort::Max => "high",
     }
-}
-
-pub fn response_format_to(format: &Output) -> Value {
-    match format {
-        Output::Json => json!({"type": "json_object"}),
-        Output::Schema {
-            name,
-            schema,
-            strict,
-        } => {
-            let mut spec = json!({"name": name, "schema": schema});
-            if let Some(strict) = strict {
-                spec["strict"] = json!(strict);
-            }
-            json!({"type": "json_schema", "json_schema": spec})
-        }
-    }
-}
-
-fn user_part(p: &Part) -> Result<Value, Untranslatable> {
-    Ok(match p {
-        Part::Text(t) => json!({"type": "text", "text": t}),
-        Part::Image(Image::Url(url)) => json!({"type": "image_url", "image_url": {"url": url}}),
-        Part::Image(Image::Base64 { media_type, data }) => {
-            json!({"type": "image_url", "image_url": {"url": format!("data:{media_type};base64,{data}")}})
-        }
-        Part::Document {
-            media_type,
-            data,
-            name,
-        } => json!({"type": "file", "file": {
-            "filename": name.clone().unwrap_or_else(|| "document.pdf".into()),
-            "file_data": format!("data:{media_type};base64,{data}"),
-        }}),
-        _ => return untranslatable("a tool call cannot be part of a user message"),
-    })
 }
 
 pub fn stop_from(reason: &str) -> StopReason {
@@ -473,41 +325,41 @@ pub fn stop_to(reason: StopReason) -> &'static str {
     }
 }
 
-pub fn parse_response(v: &Value) -> Result<Response, Untranslatable> {
+pub fn parse_response(v: Json<'_>) -> Result<Response, Untranslatable> {
     let choice = v
         .pointer("/choices/0")
         .ok_or_else(|| Untranslatable("no choices in the response".into()))?;
-    let msg = &choice["message"];
+    let msg = choice.field("message");
     let mut parts = Vec::new();
     if let Some(t) = reasoning_text(msg) {
-        parts.push(Part::Thinking(t.to_string()));
+        parts.push(Part::Thinking(t.into_owned()));
     }
-    if let Some(t) = msg.get("content").and_then(Value::as_str) {
+    if let Some(t) = msg.get("content").and_then(Json::as_str) {
         if !t.is_empty() {
-            parts.push(Part::Text(t.to_string()));
+            parts.push(Part::Text(t.into_owned()));
         }
     }
     parts.extend(tool_calls(msg)?);
     Ok(Response {
         id: v
             .get("id")
-            .and_then(Value::as_str)
-            .map_or_else(|| new_id("chatcmpl-"), String::from),
+            .and_then(Json::as_str)
+            .map_or_else(|| new_id("chatcmpl-"), Cow::into_owned),
         model: text_of(v, "model"),
         parts,
         stop: stop_from(
-            choice
+            &choice
                 .get("finish_reason")
-                .and_then(Value::as_str)
-                .unwrap_or("stop"),
+                .and_then(Json::as_str)
+                .unwrap_or(Cow::Borrowed("stop")),
         ),
         usage: v.get("usage").map(usage_from).unwrap_or_default(),
     })
 }
 
 /// Usage as OpenAI reports it, with its cached and reasoning details.
-fn usage_from(u: &Value) -> Usage {
-    let n = |path: &str| u.pointer(path).and_then(Value::as_u64).unwrap_or(0);
+fn usage_from(u: Json<'_>) -> Usage {
+    let n = |path: &str| u.pointer(path).and_then(Json::as_u64).unwrap_or(0);
     Usage {
         input_tokens: n("/prompt_tokens"),
         output_tokens: n("/completion_tokens"),
@@ -518,10 +370,10 @@ fn usage_from(u: &Value) -> Usage {
 
 /// The reasoning OpenAI-compatible servers return beside the content
 /// (`reasoning_content`; some name it `reasoning`).
-fn reasoning_text(v: &Value) -> Option<&str> {
+fn reasoning_text(v: Json<'_>) -> Option<Cow<'_, str>> {
     v.get("reasoning_content")
         .or_else(|| v.get("reasoning"))
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .filter(|t| !t.is_empty())
 }
 
@@ -544,7 +396,7 @@ pub fn build_response(r: &Response, model: &str) -> Value {
         .collect();
     let calls: Vec<Value> = r.parts.iter().filter_map(|p| match p {
         Part::ToolCall { id, name, arguments } => Some(json!({
-            "id": id, "type": "function", "function": {"name": name, "arguments": arguments.to_string()}
+            "id": id, "type": "function", "function": {"name": name, "arguments": arguments.json().compact()}
         })),
         _ => None,
     }).collect();
@@ -588,23 +440,23 @@ impl Decoder {
         if !self.started {
             self.started = true;
             out.push(Delta::Start {
-                id: text_of(&v, "id"),
-                model: text_of(&v, "model"),
+                id: text_of(v, "id"),
+                model: text_of(v, "model"),
             });
         }
         if let Some(choice) = v.pointer("/choices/0") {
-            let d = &choice["delta"];
+            let d = choice.field("delta");
             if let Some(t) = reasoning_text(d) {
-                out.push(Delta::Thinking(t.to_string()));
+                out.push(Delta::Thinking(t.into_owned()));
             }
-            if let Some(t) = d.get("content").and_then(Value::as_str) {
+            if let Some(t) = d.get("content").and_then(Json::as_str) {
                 if !t.is_empty() {
-                    out.push(Delta::Text(t.to_string()));
+                    out.push(Delta::Text(t.into_owned()));
                 }
             }
-            if let Some(calls) = d.get("tool_calls").and_then(Value::as_array) {
-                for c in calls {
-                    let their = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            if let Some(calls) = d.get("tool_calls").filter(|c| c.is_array()) {
+                for c in calls.items() {
+                    let their = c.get("index").and_then(Json::as_u64).unwrap_or(0);
                     let index = match self.tools.iter().position(|&i| i == their) {
                         Some(i) => i,
                         None => {
@@ -614,29 +466,29 @@ impl Decoder {
                                 index,
                                 id: c
                                     .get("id")
-                                    .and_then(Value::as_str)
-                                    .map_or_else(|| new_id("call_"), String::from),
+                                    .and_then(Json::as_str)
+                                    .map_or_else(|| new_id("call_"), Cow::into_owned),
                                 name: c
                                     .pointer("/function/name")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default()
-                                    .to_string(),
+                                    .and_then(Json::as_str)
+                                    .map(Cow::into_owned)
+                                    .unwrap_or_default(),
                             });
                             index
                         }
                     };
-                    if let Some(args) = c.pointer("/function/arguments").and_then(Value::as_str) {
+                    if let Some(args) = c.pointer("/function/arguments").and_then(Json::as_str) {
                         if !args.is_empty() {
                             out.push(Delta::ToolArgs {
                                 index,
-                                json: args.to_string(),
+                                json: args.into_owned(),
                             });
                         }
                     }
                 }
             }
-            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-                out.push(Delta::Stop(stop_from(reason)));
+            if let Some(reason) = choice.get("finish_reason").and_then(Json::as_str) {
+                out.push(Delta::Stop(stop_from(&reason)));
             }
         }
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {

@@ -3,7 +3,9 @@
 //! passed through: a `responses_api` credential serves Responses clients as
 //! they are, and every other client through chat completions.)
 
-use serde_json::{Map, Value, json};
+use std::borrow::Cow;
+
+use serde_json::{Value, json};
 
 use super::ir::{
     Delta, Message, Part, Reasoning, Request, Response, Role, StopReason, Tool, ToolChoice,
@@ -11,12 +13,13 @@ use super::ir::{
     new_id, text_of, u64_field, untranslatable,
 };
 use super::policy;
+use crate::json::{Document, Json, Raw};
 use crate::sse::Event;
 use crate::wire::{self, ErrorKind, Format};
 
-pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatable> {
+pub fn parse_request(body: &Document) -> Result<Request, Untranslatable> {
     for key in body.keys() {
-        if policy::left_out_everywhere(Format::Responses, key) {
+        if policy::left_out_everywhere(Format::Responses, &key) {
             return untranslatable(format!(
                 "`{key}` is only served by credentials with the Responses API (responses_api)"
             ));
@@ -26,17 +29,18 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         max_tokens: u64_field(body, "max_output_tokens")?,
         temperature: f64_field(body, "temperature")?,
         top_p: f64_field(body, "top_p")?,
-        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        stream: body.get("stream").and_then(Json::as_bool).unwrap_or(false),
         ..Request::default()
     };
     match body.get("instructions") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => req.system.push(s.clone()),
+        None => {}
+        Some(v) if v.is_null() => {}
+        Some(v) if v.is_string() => req.system.push(text_of_value(v)),
         Some(_) => return untranslatable("`instructions` must be a string"),
     }
     if let Some(r) = body.get("reasoning").filter(|r| r.is_object()) {
-        let summary = r.get("summary").and_then(Value::as_str);
-        req.reasoning = Some(match r.get("effort").and_then(Value::as_str) {
+        let summary = r.get("summary").and_then(Json::as_str);
+        req.reasoning = Some(match r.get("effort").and_then(Json::as_str).as_deref() {
             Some("none") => Reasoning {
                 off: true,
                 ..Reasoning::default()
@@ -49,30 +53,31 @@ pub fn parse_request(body: &Map<String, Value>) -> Result<Request, Untranslatabl
         });
     }
     req.output = super::openai::response_format(body.get("text").and_then(|t| t.get("format")))?;
-    for t in body
-        .get("tools")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for t in body.get("tools").unwrap_or(Json::NULL).items() {
         if let Some(t) = tool(t)? {
             req.tools.push(t);
         }
     }
     req.tool_choice = tool_choice(body.get("tool_choice"))?;
     match body.get("input") {
-        Some(Value::String(s)) => req
+        Some(v) if v.is_string() => req
             .messages
-            .push(Message::new(Role::User, vec![Part::Text(s.clone())])),
-        Some(Value::Array(items)) => {
-            for item in items {
+            .push(Message::new(Role::User, vec![Part::Text(text_of_value(v))])),
+        Some(v) if v.is_array() => {
+            for item in v.items() {
                 parse_item(item, &mut req)?;
             }
         }
-        None | Some(Value::Null) => {}
+        None => {}
+        Some(v) if v.is_null() => {}
         Some(_) => return untranslatable("`input` must be a string or an array of items"),
     }
     Ok(req)
+}
+
+/// A string value's text (a non-string reads as "").
+fn text_of_value(v: Json<'_>) -> String {
+    v.as_str().map(Cow::into_owned).unwrap_or_default()
 }
 
 /// Tools the Responses API runs itself, or whose calls only it knows:
@@ -93,20 +98,19 @@ const HOSTED_TOOLS: &[&str] = &[
 
 /// A tool declaration; `None` for a hosted tool, which other providers go
 /// without (the model simply cannot use it there).
-fn tool(t: &Value) -> Result<Option<Tool>, Untranslatable> {
+fn tool(t: Json<'_>) -> Result<Option<Tool>, Untranslatable> {
     let description = t
         .get("description")
-        .and_then(Value::as_str)
-        .map(String::from);
-    match t.get("type").and_then(Value::as_str) {
+        .and_then(Json::as_str)
+        .map(Cow::into_owned);
+    match t.get("type").and_then(Json::as_str).as_deref() {
         Some("function") => Ok(Some(Tool {
             name: text_of(t, "name"),
             description,
-            parameters: t
-                .get("parameters")
-                .filter(|p| !p.is_null())
-                .cloned()
-                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            parameters: t.get("parameters").filter(|p| !p.is_null()).map_or_else(
+                || Raw::from_value(&json!({"type": "object", "properties": {}})),
+                Raw::of,
+            ),
             custom: false,
         })),
         Some("custom") => Ok(Some(Tool {
@@ -123,13 +127,14 @@ fn tool(t: &Value) -> Result<Option<Tool>, Untranslatable> {
     }
 }
 
-fn tool_choice(choice: Option<&Value>) -> Result<Option<ToolChoice>, Untranslatable> {
+fn tool_choice(choice: Option<Json<'_>>) -> Result<Option<ToolChoice>, Untranslatable> {
     Ok(match choice {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(super::openai::tool_choice_mode(s)?),
-        Some(c) => match c.get("type").and_then(Value::as_str) {
+        None => None,
+        Some(c) if c.is_null() => None,
+        Some(c) if c.is_string() => Some(super::openai::tool_choice_mode(&text_of_value(c))?),
+        Some(c) => match c.get("type").and_then(Json::as_str).as_deref() {
             Some("function" | "custom") => Some(ToolChoice::Tool(text_of(c, "name"))),
-            Some("allowed_tools") => Some(match c.get("mode").and_then(Value::as_str) {
+            Some("allowed_tools") => Some(match c.get("mode").and_then(Json::as_str).as_deref() {
                 Some("required") => ToolChoice::Required,
                 _ => ToolChoice::Auto,
             }),
@@ -151,23 +156,26 @@ fn push_part(req: &mut Request, role: Role, part: Part) {
     }
 }
 
-fn parse_item(item: &Value, req: &mut Request) -> Result<(), Untranslatable> {
-    let kind = match item.get("type").and_then(Value::as_str) {
+fn parse_item(item: Json<'_>, req: &mut Request) -> Result<(), Untranslatable> {
+    let kind = match item.get("type").and_then(Json::as_str) {
         Some(k) => k,
-        None if item.get("role").is_some() => "message",
+        None if item.get("role").is_some() => Cow::Borrowed("message"),
         None => return untranslatable("an input item needs a type"),
     };
-    match kind {
+    match kind.as_ref() {
         "message" => parse_message(item, req)?,
         "function_call" => {
-            let arguments = item.get("arguments").and_then(Value::as_str).unwrap_or("");
+            let arguments = item
+                .get("arguments")
+                .and_then(Json::as_str)
+                .unwrap_or_default();
             push_part(
                 req,
                 Role::Assistant,
                 Part::ToolCall {
                     id: text_of(item, "call_id"),
                     name: text_of(item, "name"),
-                    arguments: arguments_from_text(arguments)?,
+                    arguments: arguments_from_text(&arguments)?,
                 },
             );
         }
@@ -177,11 +185,11 @@ fn parse_item(item: &Value, req: &mut Request) -> Result<(), Untranslatable> {
             Part::ToolCall {
                 id: text_of(item, "call_id"),
                 name: text_of(item, "name"),
-                arguments: json!({"input": text_of(item, "input")}),
+                arguments: Raw::from_value(&json!({"input": text_of(item, "input")})),
             },
         ),
         "function_call_output" | "custom_tool_call_output" => {
-            let text = output_text(item.get("output").unwrap_or(&Value::Null))?;
+            let text = output_text(item.field("output"))?;
             push_part(
                 req,
                 Role::User,
@@ -206,10 +214,13 @@ fn parse_item(item: &Value, req: &mut Request) -> Result<(), Untranslatable> {
     Ok(())
 }
 
-fn parse_message(item: &Value, req: &mut Request) -> Result<(), Untranslatable> {
-    let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
-    let parts = content(item.get("content").unwrap_or(&Value::Null))?;
-    match role {
+fn parse_message(item: Json<'_>, req: &mut Request) -> Result<(), Untranslatable> {
+    let role = item
+        .get("role")
+        .and_then(Json::as_str)
+        .unwrap_or(Cow::Borrowed("user"));
+    let parts = content(item.field("content"))?;
+    match role.as_ref() {
         "system" | "developer" => {
             let text = super::ir::result_text(&parts, "system messages")?;
             if req.messages.is_empty() {
@@ -226,38 +237,43 @@ fn parse_message(item: &Value, req: &mut Request) -> Result<(), Untranslatable> 
     Ok(())
 }
 
-fn content(c: &Value) -> Result<Vec<Part>, Untranslatable> {
-    let items = match c {
-        Value::String(s) => return Ok(vec![Part::Text(s.clone())]),
-        Value::Array(items) => items,
-        Value::Null => return Ok(Vec::new()),
-        _ => return untranslatable("message content must be a string or an array of parts"),
-    };
-    items
-        .iter()
-        .map(|p| match p.get("type").and_then(Value::as_str) {
+fn content(c: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
+    if c.is_string() {
+        return Ok(vec![Part::Text(text_of_value(c))]);
+    }
+    if c.is_null() {
+        return Ok(Vec::new());
+    }
+    if !c.is_array() {
+        return untranslatable("message content must be a string or an array of parts");
+    }
+    c.items()
+        .map(|p| match p.get("type").and_then(Json::as_str).as_deref() {
             Some("input_text" | "output_text" | "text") => Ok(Part::Text(text_of(p, "text"))),
             Some("refusal") => Ok(Part::Text(text_of(p, "refusal"))),
             Some("input_file") => {
-                let data = p.get("file_data").and_then(Value::as_str);
+                let data = p.get("file_data").and_then(Json::as_str);
                 // `file_data` is a data URL, or the bare base64 of a PDF.
-                let inline = data.and_then(|d| {
-                    super::ir::data_url(d)
-                        .or_else(|| Some(("application/pdf".into(), d.to_string())))
+                let inline = data.map(|d| {
+                    super::ir::data_url(&d)
+                        .unwrap_or_else(|| ("application/pdf".into(), d.into_owned()))
                 });
                 match inline {
                     Some((media_type, data)) => Ok(Part::Document {
                         media_type,
                         data,
-                        name: p.get("filename").and_then(Value::as_str).map(String::from),
+                        name: p
+                            .get("filename")
+                            .and_then(Json::as_str)
+                            .map(Cow::into_owned),
                     }),
                     None => untranslatable(
                         "a file by id or URL is only served by credentials with the Responses API",
                     ),
                 }
             }
-            Some("input_image") => match p.get("image_url").and_then(Value::as_str) {
-                Some(url) => Ok(Part::Image(image_from_url(url))),
+            Some("input_image") => match p.get("image_url").and_then(Json::as_str) {
+                Some(url) => Ok(Part::Image(image_from_url(&url))),
                 None => untranslatable("an image by file id is only served by the Responses API"),
             },
             Some(other) => untranslatable(format!(
@@ -269,11 +285,13 @@ fn content(c: &Value) -> Result<Vec<Part>, Untranslatable> {
 }
 
 /// A tool output: a string, or content parts of text.
-fn output_text(output: &Value) -> Result<String, Untranslatable> {
-    match output {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        other => super::ir::result_text(&content(other)?, "tool outputs"),
+fn output_text(output: Json<'_>) -> Result<String, Untranslatable> {
+    if output.is_string() {
+        Ok(text_of_value(output))
+    } else if output.is_null() {
+        Ok(String::new())
+    } else {
+        super::ir::result_text(&content(output)?, "tool outputs")
     }
 }
 
@@ -347,10 +365,10 @@ impl Item {
 /// A custom tool's free text, from the arguments another provider gave
 /// the function it was carried as.
 fn custom_input(args: &str) -> String {
-    match serde_json::from_str::<Value>(args) {
-        Ok(Value::Object(o)) => match o.get("input") {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
+    match Json::parse(args) {
+        Ok(o) if o.is_object() => match o.get("input") {
+            Some(s) if s.is_string() => text_of_value(s),
+            Some(other) => other.compact().into_owned(),
             None => args.to_string(),
         },
         _ => args.to_string(),
@@ -420,7 +438,7 @@ fn items_of(r: &Response, custom: &[String]) -> Vec<Item> {
                 id: new_id("fc_"),
                 call_id: id.clone(),
                 name: name.clone(),
-                args: arguments.to_string(),
+                args: arguments.json().compact().into_owned(),
                 custom: custom.contains(name),
             }),
             _ => {}
@@ -751,7 +769,7 @@ mod tests {
                       {"type": "custom", "name": "apply_patch", "format": {"type": "grammar"}}],
             "reasoning": {"effort": "high", "summary": "auto"}
         });
-        let req = parse_request(body.as_object().unwrap()).unwrap();
+        let req = parse_request(&Document::from_value(&body)).unwrap();
         assert_eq!(req.system, vec!["be brief", "rules"]);
         assert_eq!(req.messages.len(), 3, "user, assistant calls, user results");
         assert_eq!(req.messages[1].parts.len(), 2);
@@ -769,7 +787,10 @@ mod tests {
             json!({"model": "m", "input": "x", "tools": [{"type": "computer_2099"}]}),
             json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}),
         ] {
-            assert!(parse_request(body.as_object().unwrap()).is_err(), "{body}");
+            assert!(
+                parse_request(&Document::from_value(&body)).is_err(),
+                "{body}"
+            );
         }
     }
 
@@ -781,7 +802,7 @@ mod tests {
             parts: vec![Part::ToolCall {
                 id: "c1".into(),
                 name: "apply_patch".into(),
-                arguments: json!({"input": "*** Begin Patch"}),
+                arguments: Raw::from_value(&json!({"input": "*** Begin Patch"})),
             }],
             stop: StopReason::ToolUse,
             usage: Usage::default(),

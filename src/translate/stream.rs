@@ -1,10 +1,13 @@
 //! Relaying one upstream stream to one client: passed through when both
 //! speak the same format, translated event by event when they do not.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use super::ir::{Delta, Untranslatable};
 use super::{anthropic, gemini, openai, responses};
+use crate::json::{Json, span_in};
 use crate::sse::Event;
 use crate::wire::{self, ErrorKind, Format};
 
@@ -259,17 +262,17 @@ impl StreamTranslator {
                 return Ok(event.clone());
             }
         }
-        let mut v: Value = serde_json::from_str(data)
-            .map_err(|_| Untranslatable("a stream chunk is not JSON".into()))?;
+        let v =
+            Json::parse(data).map_err(|_| Untranslatable("a stream chunk is not JSON".into()))?;
         if v.get("error").is_some() {
             return Err(Untranslatable(crate::wire::error_text(data.as_bytes())));
         }
         match format {
             Format::OpenAi => {
-                if openai_finished(&v) {
+                if openai_finished(v) {
                     self.complete = true;
                 }
-                if openai_content(&v) {
+                if openai_content(v) {
                     self.content = true;
                 }
             }
@@ -278,24 +281,23 @@ impl StreamTranslator {
                     self.complete = true;
                 }
                 if v.pointer("/candidates/0/content/parts")
-                    .and_then(Value::as_array)
-                    .is_some_and(|p| !p.is_empty())
+                    .is_some_and(|p| p.items().next().is_some())
                 {
                     self.content = true;
                 }
             }
             Format::Responses => {
-                if let Some(n) = v.get("sequence_number").and_then(Value::as_u64) {
+                if let Some(n) = v.get("sequence_number").and_then(Json::as_u64) {
                     self.sequence = n + 1;
                 }
                 if self.response_id.is_none() {
                     self.response_id = v
                         .pointer("/response/id")
-                        .and_then(Value::as_str)
-                        .map(String::from);
+                        .and_then(Json::as_str)
+                        .map(Cow::into_owned);
                 }
-                let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
-                match responses::event_kind(kind) {
+                let kind = v.get("type").and_then(Json::as_str).unwrap_or_default();
+                match responses::event_kind(&kind) {
                     responses::EventKind::Content => self.content = true,
                     responses::EventKind::Done => self.complete = true,
                     responses::EventKind::Failed => {
@@ -309,50 +311,44 @@ impl StreamTranslator {
         if !self.rename.needed(data.as_bytes()) {
             return Ok(event.clone());
         }
-        let name = self.rename.model();
         let slot = match format {
-            Format::OpenAi => v.get_mut("model"),
-            Format::Responses => v.pointer_mut("/response/model"),
-            Format::Anthropic => v.pointer_mut("/message/model"),
-            Format::Gemini => v.get_mut("modelVersion"),
+            Format::OpenAi => v.get("model"),
+            Format::Responses => v.pointer("/response/model"),
+            Format::Anthropic => v.pointer("/message/model"),
+            Format::Gemini => v.get("modelVersion"),
         };
-        match slot {
-            Some(slot) => *slot = Value::String(name.to_string()),
-            None => return Ok(event.clone()),
-        }
+        let Some(slot) = slot else {
+            return Ok(event.clone());
+        };
+        // The model's name replaced in the event's text; the rest as it came.
+        let at = span_in(data, slot.text());
+        let name = Value::String(self.rename.model().to_string()).to_string();
         Ok(Event {
             event: event.event.clone(),
-            data: v.to_string(),
+            data: format!("{}{name}{}", &data[..at.start], &data[at.end..]),
         })
     }
 }
 
 /// Whether an OpenAI chunk carries text, reasoning or a tool call.
-fn openai_content(v: &Value) -> bool {
-    v.get("choices")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                let d = &c["delta"];
-                ["content", "reasoning_content", "reasoning"]
-                    .iter()
-                    .any(|k| {
-                        d.get(*k)
-                            .and_then(Value::as_str)
-                            .is_some_and(|t| !t.is_empty())
-                    })
-                    || d.get("tool_calls").is_some_and(|t| !t.is_null())
+fn openai_content(v: Json<'_>) -> bool {
+    v.field("choices").items().any(|c| {
+        let d = c.field("delta");
+        ["content", "reasoning_content", "reasoning"]
+            .iter()
+            .any(|k| {
+                d.get(k)
+                    .and_then(Json::as_str)
+                    .is_some_and(|t| !t.is_empty())
             })
-        })
+            || d.get("tool_calls").is_some_and(|t| !t.is_null())
+    })
 }
 
-fn openai_finished(v: &Value) -> bool {
-    v.get("choices")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
-        })
+fn openai_finished(v: Json<'_>) -> bool {
+    v.field("choices")
+        .items()
+        .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
 }
 
 fn encode(encoder: &mut Encoder, d: &Delta, out: &mut Vec<Event>) {

@@ -1,8 +1,6 @@
 //! The `anthropic` provider: Anthropic's Messages API.
 
-use bytes::Bytes;
-
-use super::Request;
+use super::{Payload, Request};
 use crate::catalog::Credential;
 
 /// The API version sent when neither the client nor the credential names one.
@@ -27,7 +25,7 @@ fn headers(credential: &Credential, client: &[(String, String)]) -> Vec<(String,
 
 /// `POST {base_url}/v1/messages`. `client` holds the client's own
 /// `anthropic-*` headers, passed on when the client speaks Anthropic too.
-pub fn messages(credential: &Credential, body: Bytes, client: &[(String, String)]) -> Request {
+pub fn messages(credential: &Credential, body: Payload, client: &[(String, String)]) -> Request {
     Request {
         url: format!("{}/v1/messages", credential.base_url),
         headers: headers(credential, client),
@@ -36,7 +34,11 @@ pub fn messages(credential: &Credential, body: Bytes, client: &[(String, String)
 }
 
 /// `POST {base_url}/v1/messages/count_tokens`.
-pub fn count_tokens(credential: &Credential, body: Bytes, client: &[(String, String)]) -> Request {
+pub fn count_tokens(
+    credential: &Credential,
+    body: Payload,
+    client: &[(String, String)],
+) -> Request {
     Request {
         url: format!("{}/v1/messages/count_tokens", credential.base_url),
         headers: headers(credential, client),

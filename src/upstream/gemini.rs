@@ -1,11 +1,9 @@
 //! The `gemini` provider: Google's Generative Language API.
 
-use bytes::Bytes;
-
-use super::Request;
+use super::{Payload, Request};
 use crate::catalog::Credential;
 
-fn request(credential: &Credential, model: &str, action: &str, body: Bytes) -> Request {
+fn request(credential: &Credential, model: &str, action: &str, body: Payload) -> Request {
     let mut headers = super::extra_headers(credential);
     headers.push((
         "x-goog-api-key".into(),
@@ -24,7 +22,7 @@ fn request(credential: &Credential, model: &str, action: &str, body: Bytes) -> R
 }
 
 /// `:generateContent`, or `:streamGenerateContent?alt=sse` for a stream.
-pub fn generate(credential: &Credential, model: &str, stream: bool, body: Bytes) -> Request {
+pub fn generate(credential: &Credential, model: &str, stream: bool, body: Payload) -> Request {
     let action = if stream {
         "streamGenerateContent?alt=sse"
     } else {
@@ -34,6 +32,6 @@ pub fn generate(credential: &Credential, model: &str, stream: bool, body: Bytes)
 }
 
 /// `:countTokens`.
-pub fn count_tokens(credential: &Credential, model: &str, body: Bytes) -> Request {
+pub fn count_tokens(credential: &Credential, model: &str, body: Payload) -> Request {
     request(credential, model, "countTokens", body)
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -36,7 +36,62 @@ pub struct Request {
     /// Authentication, version and the credential's extra headers. Values may
     /// be secrets: never log them.
     pub headers: Vec<(String, String)>,
-    pub body: Bytes,
+    pub body: Payload,
+}
+
+/// A request body in pieces, written one after the other: a body passed
+/// through goes out as the pieces of the client's own text, not a copy.
+#[derive(Debug, Default)]
+pub struct Payload {
+    chunks: std::collections::VecDeque<Bytes>,
+    /// The bytes not yet written.
+    left: u64,
+}
+
+impl From<Vec<Bytes>> for Payload {
+    fn from(chunks: Vec<Bytes>) -> Self {
+        let left = chunks.iter().map(|c| c.len() as u64).sum();
+        Self {
+            chunks: chunks.into(),
+            left,
+        }
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(body: Bytes) -> Self {
+        Payload::from(vec![body])
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(body: Vec<u8>) -> Self {
+        Payload::from(Bytes::from(body))
+    }
+}
+
+impl hyper::body::Body for Payload {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(chunk) = &next {
+            self.left -= chunk.len() as u64;
+        }
+        Poll::Ready(next.map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// The credential's extra headers (`headers` column), sent with every request.
@@ -80,7 +135,7 @@ impl Proxies {
     }
 }
 
-type Client = hyper_util::client::legacy::Client<Timed<HttpsConnector<Connect>>, Full<Bytes>>;
+type Client = hyper_util::client::legacy::Client<Timed<HttpsConnector<Connect>>, Payload>;
 
 /// The shared HTTP client (HTTP/1.1, or HTTP/2 where TLS negotiates it), with
 /// connect, first-byte and idle timeouts.
@@ -184,7 +239,7 @@ impl Upstream {
         }
         // A URL or header the operator wrote that HTTP cannot carry: this
         // credential cannot be reached as configured.
-        let Ok(request) = builder.body(Full::new(request.body)) else {
+        let Ok(request) = builder.body(request.body) else {
             return Err(Failure::Connect);
         };
         match tokio::time::timeout(self.first_byte, self.client.request(request)).await {
@@ -321,7 +376,29 @@ impl Response {
         }
     }
 
-    /// The whole body, up to `limit` bytes (the rest is dropped).
+    /// The whole body, which must not be longer than `limit` bytes: a longer
+    /// one is the upstream's failure, known from its declared length before
+    /// anything is read when it has one.
+    pub async fn read_whole(&mut self, limit: usize) -> Result<Vec<u8>, Failure> {
+        let declared = self
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(Failure::TooLarge);
+        }
+        let declared = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+        let mut out = Vec::with_capacity(declared);
+        while let Some(chunk) = self.chunk().await? {
+            if out.len() + chunk.len() > limit {
+                return Err(Failure::TooLarge);
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// The first `limit` bytes of the body (the rest is dropped): enough of
+    /// an error to classify it.
     pub async fn read_to_limit(&mut self, limit: usize) -> Result<Bytes, Failure> {
         let mut out = bytes::BytesMut::new();
         while let Some(chunk) = self.chunk().await? {

@@ -1,21 +1,19 @@
 //! The `openai` provider: any OpenAI-compatible service.
 
-use bytes::Bytes;
-
-use super::Request;
+use super::{Payload, Request};
 use crate::catalog::Credential;
 
 /// `POST {base_url}/chat/completions`.
-pub fn chat_completions(credential: &Credential, body: Bytes) -> Request {
+pub fn chat_completions(credential: &Credential, body: Payload) -> Request {
     post(credential, "chat/completions", body)
 }
 
 /// `POST {base_url}/responses`, for credentials with `responses_api`.
-pub fn responses(credential: &Credential, body: Bytes) -> Request {
+pub fn responses(credential: &Credential, body: Payload) -> Request {
     post(credential, "responses", body)
 }
 
-fn post(credential: &Credential, path: &str, body: Bytes) -> Request {
+fn post(credential: &Credential, path: &str, body: Payload) -> Request {
     let mut headers = super::extra_headers(credential);
     headers.push((
         "authorization".into(),

@@ -10,6 +10,7 @@ pub mod mock;
 pub mod provider_rules;
 pub mod proxy;
 pub mod services;
+pub mod sink;
 pub mod tap;
 pub mod tls;
 

@@ -199,6 +199,7 @@ fn transport_failures_block_the_pair_for_a_minute() {
         Failure::Empty,
         Failure::Malformed,
         Failure::StreamCut,
+        Failure::TooLarge,
     ] {
         let v = classify(
             &Outcome::Transport(f),

@@ -89,7 +89,7 @@ impl Document {
         }
         let raw_key = |i: u32| raw_key(b, fields[i as usize].0 as usize);
         let mut by_key: Vec<u32> = (0..fields.len() as u32).collect();
-        by_key.sort_by(|x, y| raw_key(*x).cmp(raw_key(*y)).then(x.cmp(y)));
+        by_key.sort_unstable_by(|x, y| raw_key(*x).cmp(raw_key(*y)).then(x.cmp(y)));
         let escaped_keys = by_key.iter().any(|i| raw_key(*i).contains(&b'\\'));
         Ok(Document {
             text: Arc::new(text),

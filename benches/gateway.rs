@@ -865,14 +865,20 @@ async fn main() {
             row.errors += e1 + e2;
         }
     }
-    if opts.instructions_only {
-        let counts = instruction_counts(
+    // Before the pools and the extra keys: one request's cost on the
+    // ordinary catalog.
+    let counts = if opts.memory_only {
+        Vec::new()
+    } else {
+        instruction_counts(
             mock,
             &config,
             &cluster_env("bench-callgrind"),
             &callgrind_dir,
         )
-        .await;
+        .await
+    };
+    if opts.instructions_only {
         for (name, n) in &counts {
             println!("{name}: {n:.0} instructions a request");
         }
@@ -897,15 +903,6 @@ async fn main() {
         }
         return;
     }
-    // Before the pools and the extra keys: one request's cost on the
-    // ordinary catalog.
-    let counts = instruction_counts(
-        mock,
-        &config,
-        &cluster_env("bench-callgrind"),
-        &callgrind_dir,
-    )
-    .await;
     let pool = pools(
         &format!("http://{}", a.addr),
         tmp.path(),

@@ -299,9 +299,9 @@ const COUNTED: u32 = 1_000;
 /// callgrind, writing its dumps to `dir`): counters zeroed after a warm-up,
 /// then `COUNTED` requests one after another on one keep-alive connection,
 /// then a dump. A figure the machine's load cannot move.
-async fn instructions(url: &str, pid: u32, dir: &Path) -> f64 {
+async fn instructions(url: &str, pid: u32, dir: &Path, model: &str) -> f64 {
     let client = reqwest::Client::new();
-    let body = json!({"model": "fast", "messages": [{"role": "user", "content": "hi"}]});
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
     for _ in 0..COUNTED {
         assert!(chat(&client, url, &body).await.status().is_success());
     }
@@ -352,20 +352,20 @@ async fn instruction_counts(
     let wrapper = ["valgrind", "--tool=callgrind", out.as_str()];
     eprintln!("==> instructions per request (callgrind): nginx");
     let floor = Nginx::start_under(&[mock], &wrapper);
-    let nginx = instructions(&floor.url(), floor.pid(), dir).await;
+    let nginx = instructions(&floor.url(), floor.pid(), dir, "fast").await;
     drop(floor);
     eprintln!("==> instructions per request (callgrind): switchyard embedded");
     let env = [("SWITCHYARD_CONFIG", config.to_string())];
     let mut embedded = replica_under(&wrapper, &env, &dir.join("cg-embedded.log")).await;
     let url = format!("http://{}", embedded.addr);
     let pid = embedded.child.id().unwrap();
-    let alone = instructions(&url, pid, dir).await;
+    let alone = instructions(&url, pid, dir, "fast").await;
     let _ = embedded.child.kill().await;
     eprintln!("==> instructions per request (callgrind): switchyard cluster");
     let mut replica = replica_under(&wrapper, cluster_env, &dir.join("cg-cluster.log")).await;
     let url = format!("http://{}", replica.addr);
     let pid = replica.child.id().unwrap();
-    let cluster = instructions(&url, pid, dir).await;
+    let cluster = instructions(&url, pid, dir, "fast").await;
     let _ = replica.child.kill().await;
     vec![
         ("nginx proxy_pass (floor)", nginx),
@@ -412,6 +412,58 @@ async fn reloads(url: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A request for the largest pool's model.
+fn largest_pool() -> Value {
+    json!({"model": format!("pool{}", POOLS[POOLS.len() - 1]), "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// Commits the pools' rows: credentials `k0`... and their models `pool{n}`;
+/// returns how many rows that is.
+async fn seed_pools(pg: &PgServer, mock: SocketAddr) -> usize {
+    let last = POOLS[POOLS.len() - 1] - 1;
+    let seed = format!(
+        "insert into credentials (id, provider, base_url, api_key, priority)
+           select 'k' || i, 'openai', 'http://{mock}/v1', 'upstream-k' || i, 0 from generate_series(0, {last}) i;
+         insert into credential_models select 'k' || i, 'pool' || n, 'fast'
+           from unnest(array{POOLS:?}) n, generate_series(0, {last}) i where i < n;"
+    );
+    let db = sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap();
+    sqlx::raw_sql(&seed).execute(&db).await.unwrap();
+    db.close().await;
+    POOLS[POOLS.len() - 1] + POOLS.iter().sum::<usize>()
+}
+
+/// Waits until the replica at `url` serves `body` (its catalog holds the
+/// pools), at most a minute after `since`.
+async fn served(url: &str, body: &Value, since: Instant) {
+    let client = reqwest::Client::new();
+    while !chat(&client, url, body).await.status().is_success() {
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "the pools never arrived"
+        );
+    }
+}
+
+/// Instructions per request on each pool's route, on a cluster replica
+/// under callgrind: the figure that tells whether a request's cost grows
+/// with its route, whatever the machine's load.
+async fn pool_instructions(cluster_env: &[(&str, String)], dir: &Path) -> Vec<(usize, f64)> {
+    let out = format!("--callgrind-out-file={}/cg.%p", dir.display());
+    let wrapper = ["valgrind", "--tool=callgrind", out.as_str()];
+    eprintln!("==> instructions per request (callgrind): the pools");
+    let mut replica = replica_under(&wrapper, cluster_env, &dir.join("cg-pools.log")).await;
+    let url = format!("http://{}", replica.addr);
+    let pid = replica.child.id().unwrap();
+    served(&url, &largest_pool(), Instant::now()).await;
+    let mut counts = Vec::new();
+    for n in POOLS {
+        counts.push((n, instructions(&url, pid, dir, &format!("pool{n}")).await));
+    }
+    let _ = replica.child.kill().await;
+    counts
+}
+
 /// Adds the pools' credentials (after the other rows were measured, so they
 /// do not weigh on those), times until the replica serves them, then
 /// measures throughput per route size and Redis commands per request.
@@ -424,28 +476,13 @@ async fn pools(
     pid: u32,
     opts: &Options,
 ) -> Pools {
-    let last = POOLS[POOLS.len() - 1] - 1;
-    let seed = format!(
-        "insert into credentials (id, provider, base_url, api_key, priority)
-           select 'k' || i, 'openai', 'http://{mock}/v1', 'upstream-k' || i, 0 from generate_series(0, {last}) i;
-         insert into credential_models select 'k' || i, 'pool' || n, 'fast'
-           from unnest(array{POOLS:?}) n, generate_series(0, {last}) i where i < n;"
-    );
-    let rows = POOLS[POOLS.len() - 1] + POOLS.iter().sum::<usize>();
-    let db = sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap();
     let client = reqwest::Client::new();
-    let largest = json!({"model": format!("pool{}", last + 1), "messages": [{"role": "user", "content": "hi"}]});
+    let largest = largest_pool();
     let committed = Instant::now();
-    sqlx::raw_sql(&seed).execute(&db).await.unwrap();
+    let rows = seed_pools(pg, mock).await;
     let committed_at = committed.elapsed();
-    while !chat(&client, url, &largest).await.status().is_success() {
-        assert!(
-            committed.elapsed() < Duration::from_secs(60),
-            "the pools never arrived"
-        );
-    }
+    served(url, &largest, committed).await;
     let served_after_ms = (committed.elapsed() - committed_at).as_secs_f64() * 1_000.0;
-    db.close().await;
     let mut rps = vec![Vec::new(); POOLS.len()];
     for run in 1..=opts.runs {
         for (i, n) in POOLS.iter().enumerate() {
@@ -881,6 +918,11 @@ async fn main() {
     if opts.instructions_only {
         for (name, n) in &counts {
             println!("{name}: {n:.0} instructions a request");
+        }
+        seed_pools(&pg, mock).await;
+        let pool_counts = pool_instructions(&cluster_env("bench-callgrind"), &callgrind_dir).await;
+        for (pool, n) in &pool_counts {
+            println!("cluster, pool of {pool}: {n:.0} instructions a request");
         }
         return;
     }

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::limits::Limiter;
 use crate::metrics::{Health, Metrics};
 use crate::pipeline::Gateway;
 use crate::source::postgres::{self, Postgres};
@@ -104,6 +105,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     )?;
     let hard_stop = CancellationToken::new();
     let config = Arc::new(config);
+    let limiter_clock = clock.clone();
     let gateway = Gateway::new(
         config.clone(),
         catalog,
@@ -118,6 +120,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         gateway,
         draining: Arc::new(AtomicBool::new(false)),
         bodies,
+        limiter: Arc::new(Limiter::new(limiter_clock)),
     };
     let shutdown = CancellationToken::new();
     // The one untracked spawn: its handle is owned by `Running`, whose

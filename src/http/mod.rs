@@ -3,6 +3,7 @@
 //! imports axum.
 
 mod admin;
+mod admit;
 mod anthropic;
 mod auth;
 mod budget;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// The bytes of request bodies held now, under their cap.
     pub bodies: Arc<BodyBudget>,
+    /// The keys' request limits, counted on this replica.
+    pub limiter: Arc<crate::limits::Limiter>,
 }
 
 impl AppState {

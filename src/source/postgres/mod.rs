@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::CatalogHandle;
-use crate::catalog::{ApiKey, Catalog, Credential, CredentialModel, OperatorData};
+use crate::catalog::{ApiKey, Catalog, Credential, CredentialModel, KeyLimits, OperatorData};
 use crate::metrics::{Health, Metrics};
 use crate::secret::Secret;
 
@@ -95,10 +95,13 @@ impl Postgres {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let keys =
-            sqlx::query("select name, key_hash, enabled, expires_at from api_keys order by name")
-                .fetch_all(&mut *tx)
-                .await?;
+        let keys = sqlx::query(
+            "select name, key_hash, enabled, expires_at, rpm_limit, tpm_limit, \
+                 (budget_usd * 1000000)::bigint as budget_micro_usd, budget_period, models \
+                 from api_keys order by name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
 
         let mut data = OperatorData::default();
@@ -141,6 +144,7 @@ impl Postgres {
                 key_hash: row.try_get("key_hash")?,
                 enabled: row.try_get("enabled")?,
                 expires_at: row.try_get::<Option<DateTime<Utc>>, _>("expires_at")?,
+                limits: key_limits(&row)?,
             });
         }
         Ok((data, version))
@@ -155,6 +159,20 @@ impl Postgres {
             .await?;
         Ok(())
     }
+}
+
+/// A key's limit columns (V5). A period the check constraint let through
+/// but this build does not know is read as the default, monthly.
+fn key_limits(row: &sqlx::postgres::PgRow) -> Result<KeyLimits, sqlx::Error> {
+    let count = |v: Option<i32>| v.map(|n| u64::try_from(n).unwrap_or(0));
+    let period: String = row.try_get("budget_period")?;
+    Ok(KeyLimits {
+        rpm: count(row.try_get("rpm_limit")?),
+        tpm: count(row.try_get("tpm_limit")?),
+        budget_micro_usd: row.try_get("budget_micro_usd")?,
+        budget_period: period.parse().unwrap_or_default(),
+        models: row.try_get("models")?,
+    })
 }
 
 /// `headers` jsonb as a map; non-string values are sent as their JSON text.

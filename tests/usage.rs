@@ -1,0 +1,208 @@
+//! A key's limits as its client sees them (contract section 9): the models
+//! it may use (403 before 404, and the model lists), and its request limit
+//! per UTC minute (429 in the client's format, with `Retry-After` and the
+//! `x-ratelimit-*` headers, before any upstream call).
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Cred, Gateway, Mock, gateway_with_clock};
+use serde_json::{Value, json};
+use switchyard::clock::{ManualClock, SystemClock};
+
+const MODELS: &[(&str, &str)] = &[("gpt-a", "up-a"), ("claude-x", "up-x"), ("other", "up-o")];
+const LIMITED_KEY: &str = "sk-limited-key";
+
+/// 15 s into a UTC minute (1_800_000_000_000 ms is a whole minute): 45 s left.
+const QUARTER_PAST: i64 = 1_800_000_000_000 + 15_000;
+
+/// A gateway whose file also holds the key `limited` with `fields` (TOML
+/// lines of its `[[api_keys]]` table).
+async fn gateway_with_key(fields: &str, clock: switchyard::clock::SharedClock) -> Gateway {
+    let mock = Mock::start().await;
+    let gw = gateway_with_clock(mock, &[Cred::new("only", 0, MODELS)], &[], clock).await;
+    let mut text = std::fs::read_to_string(&gw.config_path).unwrap();
+    text.push_str(&format!(
+        "\n[[api_keys]]\nname = \"limited\"\nkey_hash = {:?}\n{fields}\n",
+        switchyard::catalog::hash_key(LIMITED_KEY)
+    ));
+    std::fs::write(&gw.config_path, text).unwrap();
+    common::eventually("the key is loaded", Duration::from_secs(5), async || {
+        models(&gw, "/v1/models", "authorization").await.0 == 200
+    })
+    .await;
+    gw
+}
+
+async fn models(gw: &Gateway, path: &str, header: &str) -> (u16, Value) {
+    let value = if header == "authorization" {
+        format!("Bearer {LIMITED_KEY}")
+    } else {
+        LIMITED_KEY.to_string()
+    };
+    let r = gw
+        .client
+        .get(format!("{}{path}", gw.url))
+        .header(header, value)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// One generation request of `model` in `format` with the limited key.
+async fn ask(gw: &Gateway, format: &str, model: &str) -> reqwest::Response {
+    let c = &gw.client;
+    let request = match format {
+        "openai" => c
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(LIMITED_KEY)
+            .json(&Gateway::chat_body(model, false)),
+        "anthropic" => c
+            .post(format!("{}/v1/messages", gw.url))
+            .header("x-api-key", LIMITED_KEY)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})),
+        "gemini" => c
+            .post(format!("{}/v1beta/models/{model}:generateContent", gw.url))
+            .header("x-goog-api-key", LIMITED_KEY)
+            .json(&json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})),
+        other => panic!("no format {other}"),
+    };
+    request.send().await.unwrap()
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn a_key_limited_to_some_models_gets_403_for_others_and_sees_only_its_models() {
+    let gw = gateway_with_key("models = [\"gpt-a\", \"claude-*\"]", Arc::new(SystemClock)).await;
+    for format in ["openai", "anthropic", "gemini"] {
+        assert_eq!(ask(&gw, format, "gpt-a").await.status(), 200, "{format}");
+        assert_eq!(ask(&gw, format, "claude-x").await.status(), 200, "{format}");
+    }
+    let served = gw.mock.hits().len();
+    assert_eq!(served, 6);
+    // A name the key may not use, served or not, is 403 (before the 404).
+    for model in ["other", "nowhere"] {
+        let r = ask(&gw, "openai", model).await;
+        assert_eq!(r.status(), 403, "{model}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "model_not_allowed", "{v}");
+        let r = ask(&gw, "anthropic", model).await;
+        assert_eq!(r.status(), 403);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "permission_error", "{v}");
+        let r = ask(&gw, "gemini", model).await;
+        assert_eq!(r.status(), 403);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["status"], "PERMISSION_DENIED", "{v}");
+    }
+    assert_eq!(
+        gw.mock.hits().len(),
+        served,
+        "a refused model reached an upstream"
+    );
+
+    let (status, v) = models(&gw, "/v1/models", "authorization").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["claude-x", "gpt-a"]);
+    let (_, v) = models(&gw, "/v1beta/models", "x-goog-api-key").await;
+    let names: Vec<&str> = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["models/claude-x", "models/gpt-a"]);
+    let (status, _) = models(&gw, "/v1beta/models/other", "x-goog-api-key").await;
+    assert_eq!(status, 403);
+
+    // The test key of the file has no restriction: it still sees all three.
+    let r = gw
+        .client
+        .get(format!("{}/v1/models", gw.url))
+        .bearer_auth(common::CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 3);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_request_over_the_rpm_limit_is_refused_in_each_format_until_the_next_minute() {
+    let clock = ManualClock::at(QUARTER_PAST);
+    let gw = gateway_with_key("rpm_limit = 3", clock.clone()).await;
+    for left in ["2", "1", "0"] {
+        let r = ask(&gw, "openai", "gpt-a").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "x-ratelimit-limit-requests").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining-requests").as_deref(),
+            Some(left)
+        );
+    }
+    let r = ask(&gw, "openai", "gpt-a").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("45"));
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        header(&r, "x-ratelimit-reset-requests").as_deref(),
+        Some("45s")
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+
+    let r = ask(&gw, "anthropic", "gpt-a").await;
+    assert_eq!(r.status(), 429);
+    assert!(header(&r, "retry-after").is_some());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+
+    let r = ask(&gw, "gemini", "gpt-a").await;
+    assert_eq!(r.status(), 429);
+    assert!(header(&r, "x-ratelimit-limit-requests").is_some());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED", "{v}");
+
+    assert_eq!(
+        gw.mock.hits().len(),
+        3,
+        "a refused request reached an upstream"
+    );
+    assert!(gw.blocks().await.is_empty(), "a refusal taught something");
+
+    // Other keys are not limited by this one's count.
+    assert_eq!(gw.chat("gpt-a").await.status(), 200);
+
+    clock.advance_ms(45_000);
+    let r = ask(&gw, "gemini", "gpt-a").await;
+    assert_eq!(r.status(), 200, "the next minute serves again");
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("2")
+    );
+    gw.stop().await;
+}

@@ -92,7 +92,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         ));
         "embedded"
     };
-    let store = learned_store(&config, &clock, &metrics, &background).await?;
+    let (store, shared_counters) = learned_store(&config, &clock, &metrics, &background).await?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -106,6 +106,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     let hard_stop = CancellationToken::new();
     let config = Arc::new(config);
     let limiter_clock = clock.clone();
+    let limiter_metrics = metrics.clone();
     let gateway = Gateway::new(
         config.clone(),
         catalog,
@@ -120,7 +121,11 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         gateway,
         draining: Arc::new(AtomicBool::new(false)),
         bodies,
-        limiter: Arc::new(Limiter::new(limiter_clock)),
+        limiter: Arc::new(Limiter::new(
+            limiter_clock,
+            shared_counters,
+            limiter_metrics,
+        )),
     };
     let shutdown = CancellationToken::new();
     // The one untracked spawn: its handle is owned by `Running`, whose
@@ -148,7 +153,7 @@ async fn learned_store(
     clock: &SharedClock,
     metrics: &Arc<Metrics>,
     background: &Background,
-) -> anyhow::Result<Arc<dyn LearnedStore>> {
+) -> anyhow::Result<(Arc<dyn LearnedStore>, Option<RedisStore>)> {
     match &config.redis_url {
         Some(url) => {
             let store = RedisStore::connect(
@@ -162,7 +167,7 @@ async fn learned_store(
             .await
             .context("REDIS_URL")?;
             store.spawn_tasks(&background.tasks, background.stop.clone());
-            Ok(Arc::new(store))
+            Ok((Arc::new(store.clone()), Some(store)))
         }
         None => {
             if config.is_cluster() {
@@ -170,7 +175,7 @@ async fn learned_store(
                     "DATABASE_URL is set without REDIS_URL: learned state stays in this process, so replicas would not share it; run one replica"
                 );
             }
-            Ok(Arc::new(MemoryStore::new(clock.clone())))
+            Ok((Arc::new(MemoryStore::new(clock.clone())), None))
         }
     }
 }

@@ -206,3 +206,98 @@ async fn the_request_over_the_rpm_limit_is_refused_in_each_format_until_the_next
     );
     gw.stop().await;
 }
+
+/// Waits, when less than 15 s of the current UTC minute are left, for the
+/// next one: the cluster tests count within one window of Redis' clock
+/// (the same machine's clock), and must not see it roll over half way.
+async fn early_in_a_minute() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let into = now % 60_000;
+    if into > 45_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - into + 200)).await;
+    }
+}
+
+/// Two replicas behind nginx over one openai credential serving `m`, and
+/// the key `limited` with `limits` (SQL column assignments).
+async fn cluster_with_key(limits: &str) -> common::cluster::Cluster {
+    let mut c = common::cluster::Cluster::services().await;
+    c.sql(&c.credential_sql("only", 0, &[("m", "up-m")])).await;
+    c.sql(&format!(
+        "insert into api_keys (name, key_hash) values ('limited', '{}'); update api_keys set {limits} where name = 'limited'",
+        switchyard::catalog::hash_key(LIMITED_KEY)
+    ))
+    .await;
+    c.add_replica(&[]).await;
+    c.add_replica(&[]).await;
+    c
+}
+
+async fn chat_at(c: &common::cluster::Cluster, base: &str) -> u16 {
+    c.client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(LIMITED_KEY)
+        .json(&Gateway::chat_body("m", false))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn an_rpm_limit_holds_across_replicas() {
+    let c = cluster_with_key("rpm_limit = 5").await;
+    early_in_a_minute().await;
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        statuses.push(chat_at(&c, &c.replicas[i % 2].url).await);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429, 429, 429, 429],
+        "five requests a minute for the key, whichever replica each reaches"
+    );
+    assert_eq!(c.mock.hits().len(), 5);
+
+    // The same limit raised with one UPDATE is seen by both replicas.
+    c.sql("update api_keys set rpm_limit = 7 where name = 'limited'")
+        .await;
+    let mut served = 0;
+    common::eventually("the raised limit", Duration::from_secs(5), async || {
+        if chat_at(&c, &c.replicas[served % 2].url).await == 200 {
+            served += 1;
+        }
+        served == 2
+    })
+    .await;
+    assert_eq!(chat_at(&c, &c.replicas[0].url).await, 429);
+    assert_eq!(chat_at(&c, &c.replicas[1].url).await, 429);
+    assert_eq!(c.mock.hits().len(), 7);
+}
+
+#[tokio::test]
+async fn with_redis_down_each_replica_enforces_the_limit_on_its_own_traffic() {
+    let mut c = cluster_with_key("rpm_limit = 2").await;
+    c.redis.kill();
+    early_in_a_minute().await;
+    for r in &c.replicas {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(chat_at(&c, &r.url).await);
+        }
+        assert_eq!(statuses, [200, 200, 429], "{}", r.url);
+    }
+    assert_eq!(c.mock.hits().len(), 4);
+    for r in &c.replicas {
+        assert!(
+            r.metric("switchyard_limits_local_total").await.unwrap() >= 3.0,
+            "{}",
+            r.url
+        );
+        assert_eq!(r.metric("switchyard_redis_up").await, Some(0.0));
+    }
+}

@@ -15,7 +15,7 @@ use crate::wire::{ErrorKind, Format};
 
 /// Admits one request of `key` for `model`, or the refusal to answer.
 /// `counted` is false for token counting, which no limit spends.
-pub fn admit(
+pub async fn admit(
     state: &AppState,
     format: Format,
     key: &ApiKey,
@@ -28,7 +28,7 @@ pub fn admit(
     if !counted {
         return Ok(None);
     }
-    let Some(admission) = state.limiter.admit(key) else {
+    let Some(admission) = state.limiter.admit(key).await else {
         return Ok(None);
     };
     if admission.admitted {

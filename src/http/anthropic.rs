@@ -58,7 +58,7 @@ async fn serve(
         Err(e) => return render(format, &e),
     };
     let model = request.model.clone();
-    let admission = match admit(&state, format, &key, &model, !count) {
+    let admission = match admit(&state, format, &key, &model, !count).await {
         Ok(a) => a,
         Err(refusal) => return *refusal,
     };

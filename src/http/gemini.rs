@@ -50,7 +50,7 @@ pub async fn model_action(
         Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };
-    let admission = match admit(&state, format, &key, &model, action != Action::Count) {
+    let admission = match admit(&state, format, &key, &model, action != Action::Count).await {
         Ok(a) => a,
         Err(refusal) => return *refusal,
     };

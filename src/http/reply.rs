@@ -119,7 +119,7 @@ pub async fn generation(
         Err(e) => return render(format, &e),
     };
     let model = request.model.clone();
-    let admission = match admit(&state, format, &key, &model, true) {
+    let admission = match admit(&state, format, &key, &model, true).await {
         Ok(a) => a,
         Err(refusal) => return *refusal,
     };

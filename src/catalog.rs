@@ -139,6 +139,16 @@ pub enum BudgetPeriod {
     Month,
 }
 
+impl BudgetPeriod {
+    /// The column's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Month => "month",
+        }
+    }
+}
+
 impl std::str::FromStr for BudgetPeriod {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

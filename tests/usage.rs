@@ -301,3 +301,56 @@ async fn with_redis_down_each_replica_enforces_the_limit_on_its_own_traffic() {
         assert_eq!(r.metric("switchyard_redis_up").await, Some(0.0));
     }
 }
+
+#[tokio::test]
+async fn keys_create_stores_the_limits_it_is_given() {
+    let c = common::cluster::Cluster::services().await;
+    let out = common::cluster::run_switchyard(
+        &[
+            "keys",
+            "create",
+            "bob",
+            "--rpm",
+            "10",
+            "--tpm",
+            "2000",
+            "--budget-usd",
+            "2.5",
+            "--budget-period",
+            "day",
+            "--models",
+            "gpt-a,claude-*",
+        ],
+        &c.pg.url("postgres"),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let row: (String, i32, i32, String, String, Vec<String>) = sqlx::query_as(
+        "select key_hash, rpm_limit, tpm_limit, budget_usd::text, budget_period, models from api_keys where name = 'bob'",
+    )
+    .fetch_one(&c.db)
+    .await
+    .unwrap();
+    assert_eq!(row.0, switchyard::catalog::hash_key(&key));
+    assert_eq!((row.1, row.2), (10, 2000));
+    assert_eq!(row.3, "2.500000");
+    assert_eq!(row.4, "day");
+    assert_eq!(row.5, ["gpt-a", "claude-*"]);
+
+    let bad = common::cluster::run_switchyard(
+        &["keys", "create", "carol", "--budget-usd=-1"],
+        &c.pg.url("postgres"),
+    )
+    .await;
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("--budget-usd") && said.contains("dollars"),
+        "{said}"
+    );
+}

@@ -150,13 +150,28 @@ impl Postgres {
         Ok((data, version))
     }
 
-    /// Stores a new client key's hash under `name`.
-    pub async fn create_key(&self, name: &str, key_hash: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("insert into api_keys (name, key_hash) values ($1, $2)")
-            .bind(name)
-            .bind(key_hash)
-            .execute(&self.pool)
-            .await?;
+    /// Stores a new client key's hash under `name`, with its limits.
+    pub async fn create_key(
+        &self,
+        name: &str,
+        key_hash: &str,
+        limits: &KeyLimits,
+    ) -> Result<(), sqlx::Error> {
+        let count = |n: Option<u64>| n.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let period = limits.budget_period.as_str();
+        sqlx::query(
+            "insert into api_keys (name, key_hash, rpm_limit, tpm_limit, budget_usd, budget_period, models) \
+             values ($1, $2, $3, $4, $5::bigint::numeric / 1000000, $6, $7)",
+        )
+        .bind(name)
+        .bind(key_hash)
+        .bind(count(limits.rpm))
+        .bind(count(limits.tpm))
+        .bind(limits.budget_micro_usd)
+        .bind(period)
+        .bind(&limits.models)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

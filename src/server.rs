@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::ledger::Ledger;
 use crate::limits::Limiter;
 use crate::metrics::{Health, Metrics};
 use crate::pipeline::Gateway;
@@ -66,8 +67,10 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         stop: CancellationToken::new(),
     };
     let catalog = CatalogHandle::new();
+    let mut usage_db = None;
     let mode = if let Some(url) = &config.database_url {
         let pg = Postgres::new(url).context("DATABASE_URL is not a valid Postgres URL")?;
+        usage_db = Some(pg.clone());
         metrics.set_postgres(Health::Down);
         background.tasks.spawn(postgres::follow(
             pg,
@@ -106,6 +109,12 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     let hard_stop = CancellationToken::new();
     let config = Arc::new(config);
     let limiter_clock = clock.clone();
+    // Started before the listener, stopped after the drain: its last flush
+    // writes what the drained requests counted.
+    let ledger = Ledger::new(clock.clone(), usage_db);
+    background
+        .tasks
+        .spawn(ledger.clone().run(background.stop.clone()));
     let limiter_metrics = metrics.clone();
     let gateway = Gateway::new(
         config.clone(),
@@ -126,6 +135,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
             shared_counters,
             limiter_metrics,
         )),
+        ledger,
     };
     let shutdown = CancellationToken::new();
     // The one untracked spawn: its handle is owned by `Running`, whose

@@ -22,8 +22,17 @@ const QUARTER_PAST: i64 = 1_800_000_000_000 + 15_000;
 /// A gateway whose file also holds the key `limited` with `fields` (TOML
 /// lines of its `[[api_keys]]` table).
 async fn gateway_with_key(fields: &str, clock: switchyard::clock::SharedClock) -> Gateway {
+    gateway_with_key_and(fields, clock, &[]).await
+}
+
+/// The same, with settings in `env`.
+async fn gateway_with_key_and(
+    fields: &str,
+    clock: switchyard::clock::SharedClock,
+    env: &[(&str, &str)],
+) -> Gateway {
     let mock = Mock::start().await;
-    let gw = gateway_with_clock(mock, &[Cred::new("only", 0, MODELS)], &[], clock).await;
+    let gw = gateway_with_clock(mock, &[Cred::new("only", 0, MODELS)], env, clock).await;
     let mut text = std::fs::read_to_string(&gw.config_path).unwrap();
     text.push_str(&format!(
         "\n[[api_keys]]\nname = \"limited\"\nkey_hash = {:?}\n{fields}\n",
@@ -353,4 +362,143 @@ async fn keys_create_stores_the_limits_it_is_given() {
         said.contains("--budget-usd") && said.contains("dollars"),
         "{said}"
     );
+}
+
+async fn admin_usage(client: &reqwest::Client, base: &str, query: &str) -> Value {
+    let r = client
+        .get(format!("{base}/admin/usage?{query}"))
+        .bearer_auth(common::cluster::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// `(group, requests, errors)` of an `/admin/usage` answer.
+fn groups(v: &Value) -> Vec<(String, u64, u64)> {
+    v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["group"].as_str().unwrap().to_string(),
+                g["requests"].as_u64().unwrap(),
+                g["errors"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn embedded_mode_keeps_usage_in_memory_and_the_admin_api_groups_it() {
+    let gw = gateway_with_key_and(
+        "models = [\"gpt-a\"]",
+        Arc::new(SystemClock),
+        &[("SWITCHYARD_ADMIN_KEY", common::cluster::ADMIN_KEY)],
+    )
+    .await;
+    for format in ["openai", "anthropic", "gemini"] {
+        assert_eq!(ask(&gw, format, "gpt-a").await.status(), 200);
+    }
+    assert_eq!(ask(&gw, "openai", "other").await.status(), 403);
+    assert_eq!(gw.chat("other").await.status(), 200);
+    assert_eq!(gw.chat("nowhere").await.status(), 404);
+    // Token counting is not usage.
+    let r = gw
+        .client
+        .post(format!("{}/v1/messages/count_tokens", gw.url))
+        .header("x-api-key", LIMITED_KEY)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let by_key = admin_usage(&gw.client, &gw.url, "by=key").await;
+    assert_eq!(
+        groups(&by_key),
+        [("limited".into(), 4, 1), ("tester".into(), 2, 1)]
+    );
+    let by_model = admin_usage(&gw.client, &gw.url, "by=model").await;
+    assert_eq!(
+        groups(&by_model),
+        [
+            ("gpt-a".into(), 3, 0),
+            ("nowhere".into(), 1, 1),
+            ("other".into(), 2, 1)
+        ]
+    );
+    // Refusals and the unknown model reached no credential.
+    let by_credential = admin_usage(&gw.client, &gw.url, "by=credential").await;
+    assert_eq!(
+        groups(&by_credential),
+        [("".into(), 2, 2), ("only".into(), 4, 0)]
+    );
+    // A range that ended before the requests holds nothing.
+    let old = admin_usage(
+        &gw.client,
+        &gw.url,
+        "from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z&by=key",
+    )
+    .await;
+    assert!(groups(&old).is_empty());
+    let r = gw
+        .client
+        .get(format!("{}/admin/usage?by=team", gw.url))
+        .bearer_auth(common::cluster::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn requests_on_two_replicas_are_all_in_usage_after_sigterm_and_a_postgres_outage() {
+    let mut c = cluster_with_key("rpm_limit = null").await;
+    let mut sent = 0u64;
+    for i in 0..40 {
+        assert_eq!(chat_at(&c, &c.replicas[i % 2].url).await, 200);
+        sent += 1;
+    }
+    // Postgres away: the counts are kept and written when it is back.
+    c.pg.stop();
+    for i in 0..20 {
+        assert_eq!(chat_at(&c, &c.replicas[i % 2].url).await, 200);
+        sent += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    c.pg.start_again();
+    common::eventually(
+        "counts written after the outage",
+        Duration::from_secs(30),
+        async || {
+            let v = admin_usage(&c.client, &c.replicas[0].url, "by=key").await;
+            groups(&v) == [("limited".to_string(), 60, 0)]
+        },
+    )
+    .await;
+    // More, then SIGTERM right away: the drain writes them.
+    for i in 0..30 {
+        assert_eq!(chat_at(&c, &c.replicas[i % 2].url).await, 200);
+        sent += 1;
+    }
+    for r in &c.replicas {
+        r.sigterm();
+    }
+    for r in &mut c.replicas {
+        assert_eq!(r.exit_code().await, 0);
+    }
+    let (requests, errors, credential): (i64, i64, String) = sqlx::query_as(
+        "select sum(requests)::bigint, sum(errors)::bigint, min(credential_id) from usage where api_key = 'limited' and model = 'm' and upstream_model = 'up-m'",
+    )
+    .fetch_one(&c.db)
+    .await
+    .unwrap();
+    assert_eq!(requests as u64, sent);
+    assert_eq!(errors, 0);
+    assert_eq!(credential, "only");
 }

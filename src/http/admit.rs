@@ -6,11 +6,11 @@
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 
-use super::AppState;
 use super::error::render;
+use super::{AppState, RequestLog};
 use crate::catalog::ApiKey;
 use crate::limits::Admission;
-use crate::pipeline::GatewayError;
+use crate::pipeline::{GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
 
 /// Admits one request of `key` for `model`, or the refusal to answer.
@@ -23,7 +23,7 @@ pub async fn admit(
     counted: bool,
 ) -> Result<Option<Admission>, Box<Response>> {
     if !key.limits.allows(model) {
-        return Err(Box::new(render(format, &forbidden(model))));
+        return Err(refused(format, &forbidden(model), key, model, None));
     }
     if !counted {
         return Ok(None);
@@ -42,9 +42,26 @@ pub async fn admit(
         ),
         retry_after_s: Some(admission.retry_after_s()),
     };
-    let mut response = render(format, &e);
-    add_headers(&mut response, Some(&admission));
-    Err(Box::new(response))
+    Err(refused(format, &e, key, model, Some(&admission)))
+}
+
+/// A refusal in the client's format, left for the access log and the
+/// ledger like any other answer (counted as an error of no credential).
+fn refused(
+    format: Format,
+    e: &GatewayError,
+    key: &ApiKey,
+    model: &str,
+    admission: Option<&Admission>,
+) -> Box<Response> {
+    let mut response = render(format, e);
+    add_headers(&mut response, admission);
+    response.extensions_mut().insert(RequestLog {
+        key_name: key.name.clone(),
+        model: model.to_string(),
+        trace: Trace::default(),
+    });
+    Box::new(response)
 }
 
 /// The 403 of a model the key's `models` leave out.

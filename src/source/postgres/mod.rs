@@ -5,6 +5,7 @@
 //! The only module that touches sqlx.
 
 pub mod migrate;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

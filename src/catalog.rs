@@ -93,6 +93,93 @@ pub struct ApiKey {
     pub key_hash: String,
     pub enabled: bool,
     pub expires_at: Option<DateTime<Utc>>,
+    pub limits: KeyLimits,
+}
+
+/// A key's limits (contract section 9); `None` is unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Requests per UTC minute, across all replicas.
+    pub rpm: Option<u64>,
+    /// Input plus output tokens per UTC minute, across all replicas.
+    pub tpm: Option<u64>,
+    /// Spend allowed per period, in millionths of a dollar (the column's
+    /// six decimals, kept exact).
+    pub budget_micro_usd: Option<i64>,
+    pub budget_period: BudgetPeriod,
+    /// Names or patterns (as `credential_models.model`) the key may use.
+    pub models: Option<Vec<String>>,
+}
+
+impl KeyLimits {
+    /// Whether the key has any counted limit (rpm, tpm or budget): keys
+    /// without one cost nothing in the limiter.
+    pub fn counted(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.budget_micro_usd.is_some()
+    }
+
+    /// Whether the key may ask for `model`: an exact name, or a pattern
+    /// (`claude-*`) it starts with, as credential rows match.
+    pub fn allows(&self, model: &str) -> bool {
+        let Some(models) = &self.models else {
+            return true;
+        };
+        models.iter().any(|m| match m.strip_suffix('*') {
+            Some(prefix) => model.starts_with(prefix),
+            None => m == model,
+        })
+    }
+}
+
+/// The calendar period of a budget, in UTC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BudgetPeriod {
+    Day,
+    #[default]
+    Month,
+}
+
+impl BudgetPeriod {
+    /// The column's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Month => "month",
+        }
+    }
+}
+
+impl std::str::FromStr for BudgetPeriod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "day" => Ok(BudgetPeriod::Day),
+            "month" => Ok(BudgetPeriod::Month),
+            other => Err(format!(
+                "budget_period must be 'day' or 'month', not {other:?}"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn models_restrict_by_name_and_pattern() {
+        let open = KeyLimits::default();
+        assert!(open.allows("anything"));
+        let some = KeyLimits {
+            models: Some(vec!["gpt-4o".into(), "claude-*".into()]),
+            ..Default::default()
+        };
+        assert!(some.allows("gpt-4o"));
+        assert!(some.allows("claude-sonnet-4"));
+        assert!(!some.allows("gpt-4o-mini"));
+        assert!(!some.allows("gemini-2.5-pro"));
+        assert!(!some.counted());
+    }
 }
 
 /// Everything an operator defines, as plain rows.
@@ -256,7 +343,7 @@ pub struct Catalog {
     routes: HashMap<String, Arc<Route>>,
     /// Pattern rows, and the routes of names only they serve.
     patterns: patterns::Patterns,
-    keys: HashMap<String, ApiKey>,
+    keys: HashMap<String, Arc<ApiKey>>,
     /// Model names some enabled credential has an exact row for, sorted:
     /// what the model lists show (patterns are not names).
     pub models: Vec<String>,
@@ -277,7 +364,7 @@ impl fmt::Debug for Catalog {
 /// The outcome of looking up a client key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyCheck {
-    Valid { name: String },
+    Valid(Arc<ApiKey>),
     Unknown,
     Disabled,
     Expired,
@@ -371,7 +458,7 @@ impl Catalog {
             if !names.insert(k.name.clone()) {
                 return Err(CatalogError::DuplicateKeyName(k.name));
             }
-            keys.insert(k.key_hash.clone(), k);
+            keys.insert(k.key_hash.clone(), Arc::new(k));
         }
 
         Ok(Self {
@@ -449,9 +536,7 @@ impl Catalog {
             None => KeyCheck::Unknown,
             Some(k) if !k.enabled => KeyCheck::Disabled,
             Some(k) if k.expires_at.is_some_and(|at| at <= now) => KeyCheck::Expired,
-            Some(k) => KeyCheck::Valid {
-                name: k.name.clone(),
-            },
+            Some(k) => KeyCheck::Valid(k.clone()),
         }
     }
 
@@ -854,6 +939,7 @@ pub(crate) mod tests {
                 key_hash: "nothex".into(),
                 enabled: true,
                 expires_at: None,
+                limits: KeyLimits::default(),
             }],
         };
         let (cat, problems) = Catalog::build_lenient(data);
@@ -870,6 +956,7 @@ pub(crate) mod tests {
             key_hash: hash_key(secret),
             enabled,
             expires_at,
+            limits: KeyLimits::default(),
         };
         let cat = Catalog::build(OperatorData {
             api_keys: vec![
@@ -885,12 +972,7 @@ pub(crate) mod tests {
             ..Default::default()
         })
         .expect("valid");
-        assert_eq!(
-            cat.check_key("sk-alice", now),
-            KeyCheck::Valid {
-                name: "alice".into()
-            }
-        );
+        assert!(matches!(cat.check_key("sk-alice", now), KeyCheck::Valid(k) if k.name == "alice"));
         assert_eq!(cat.check_key("sk-bob", now), KeyCheck::Disabled);
         assert_eq!(cat.check_key("sk-carol", now), KeyCheck::Expired);
         assert_eq!(cat.check_key("sk-nobody", now), KeyCheck::Unknown);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::catalog::hash_key;
+use crate::catalog::{BudgetPeriod, KeyLimits, hash_key};
 use crate::clock::SystemClock;
 use crate::config::{Config, Sources};
 use crate::source::postgres::Postgres;
@@ -41,7 +41,51 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Create a client key: prints the key once; only its hash is stored.
-    Create { name: String },
+    Create {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+/// A new key's limits (contract section 9); each one unset is unlimited.
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Requests per minute, across all replicas.
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Input plus output tokens per minute, across all replicas.
+    #[arg(long)]
+    tpm: Option<u32>,
+    /// Dollars the key may spend per budget period.
+    #[arg(long, value_parser = parse_dollars)]
+    budget_usd: Option<i64>,
+    /// The budget's period: `day` or `month` (UTC calendar).
+    #[arg(long, default_value = "month")]
+    budget_period: BudgetPeriod,
+    /// The model names or patterns (`claude-*`) the key may use, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> KeyLimits {
+        KeyLimits {
+            rpm: self.rpm.map(u64::from),
+            tpm: self.tpm.map(u64::from),
+            budget_micro_usd: self.budget_usd,
+            budget_period: self.budget_period,
+            models: self.models.clone(),
+        }
+    }
+}
+
+/// Dollars as millionths of a dollar (the column keeps six decimals).
+fn parse_dollars(text: &str) -> Result<i64, String> {
+    match text.parse::<f64>() {
+        Ok(usd) if usd.is_finite() && (0.0..1e8).contains(&usd) => Ok((usd * 1e6).round() as i64),
+        _ => Err(format!("{text:?} is not an amount of dollars (0 or more)")),
+    }
 }
 
 /// Runs the command line and returns the process exit code.
@@ -97,8 +141,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys {
-            command: KeysCommand::Create { name },
-        } => create_key(cli.config, &name).await,
+            command: KeysCommand::Create { name, limits },
+        } => create_key(cli.config, &name, &limits.limits()).await,
         Command::Ready => ready(cli.config).await,
     }
 }
@@ -136,14 +180,18 @@ fn postgres(config_file: Option<PathBuf>) -> anyhow::Result<Postgres> {
 
 /// Prints a new client key once and stores only its hash: in Postgres in
 /// cluster mode, or as a snippet for the config file in embedded mode.
-async fn create_key(config_file: Option<PathBuf>, name: &str) -> anyhow::Result<()> {
+async fn create_key(
+    config_file: Option<PathBuf>,
+    name: &str,
+    limits: &KeyLimits,
+) -> anyhow::Result<()> {
     let config = Config::load(&sources(config_file.clone())?)?;
     let key = new_key();
     let hash = hash_key(&key);
     if config.is_cluster() {
         let pg = postgres(config_file)?;
         pg.migrate().await?;
-        pg.create_key(name, &hash)
+        pg.create_key(name, &hash, limits)
             .await
             .with_context(|| format!("storing key {name:?} (does a key of that name exist?)"))?;
         println!("{key}");
@@ -151,10 +199,34 @@ async fn create_key(config_file: Option<PathBuf>, name: &str) -> anyhow::Result<
     } else {
         println!("{key}");
         eprintln!(
-            "Add this to the config file; the key above is shown only once:\n\n[[api_keys]]\nname = {name:?}\nkey_hash = \"{hash}\"\n"
+            "Add this to the config file; the key above is shown only once:\n\n[[api_keys]]\nname = {name:?}\nkey_hash = \"{hash}\"\n{}",
+            limit_lines(limits)
         );
     }
     Ok(())
+}
+
+/// A key's limits as lines of its `[[api_keys]]` table.
+fn limit_lines(limits: &KeyLimits) -> String {
+    let mut out = String::new();
+    if let Some(n) = limits.rpm {
+        out.push_str(&format!("rpm_limit = {n}\n"));
+    }
+    if let Some(n) = limits.tpm {
+        out.push_str(&format!("tpm_limit = {n}\n"));
+    }
+    if let Some(micro) = limits.budget_micro_usd {
+        let period = limits.budget_period.as_str();
+        out.push_str(&format!(
+            "budget_usd = {}.{:06}\nbudget_period = \"{period}\"\n",
+            micro / 1_000_000,
+            micro % 1_000_000
+        ));
+    }
+    if let Some(models) = &limits.models {
+        out.push_str(&format!("models = {models:?}\n"));
+    }
+    out
 }
 
 /// A new client key: `sk-sy-` and 48 hex characters of randomness.

@@ -21,6 +21,8 @@ pub mod upstream;
 pub mod wire;
 
 pub mod http;
+pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

@@ -137,6 +137,9 @@ pub struct Metrics {
     redis_failures: [AtomicU64; 3],
     /// Blocks and deletes this replica holds that Redis has not taken yet.
     redis_unsynced: AtomicU64,
+    /// Requests whose key limits this replica counted on its own because
+    /// the shared counters in Redis did not answer.
+    limits_local: AtomicU64,
     postgres: AtomicI64,
     propagation: Histogram,
     /// Bytes of request bodies held now (their cap is
@@ -167,6 +170,7 @@ impl Metrics {
             redis: AtomicI64::new(-1),
             redis_failures: Default::default(),
             redis_unsynced: AtomicU64::new(0),
+            limits_local: AtomicU64::new(0),
             postgres: AtomicI64::new(-1),
             body_bytes: AtomicU64::new(0),
             propagation: Histogram {
@@ -227,6 +231,10 @@ impl Metrics {
 
     pub fn set_redis_unsynced(&self, n: usize) {
         self.redis_unsynced.store(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn limit_counted_locally(&self) {
+        self.limits_local.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_postgres(&self, health: Health) {
@@ -363,6 +371,12 @@ impl Metrics {
                     self.redis_failures[why as usize].load(Ordering::Relaxed)
                 );
             }
+            let name = "switchyard_limits_local_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Requests whose key limits (rpm) this replica counted on its own traffic because Redis did not answer.\n# TYPE {name} counter\n{name} {}",
+                self.limits_local.load(Ordering::Relaxed)
+            );
             let name = "switchyard_redis_unsynced";
             let _ = writeln!(
                 out,

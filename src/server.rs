@@ -18,6 +18,8 @@ use tokio_util::task::TaskTracker;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::ledger::Ledger;
+use crate::limits::Limiter;
 use crate::metrics::{Health, Metrics};
 use crate::pipeline::Gateway;
 use crate::source::postgres::{self, Postgres};
@@ -65,8 +67,10 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         stop: CancellationToken::new(),
     };
     let catalog = CatalogHandle::new();
+    let mut usage_db = None;
     let mode = if let Some(url) = &config.database_url {
         let pg = Postgres::new(url).context("DATABASE_URL is not a valid Postgres URL")?;
+        usage_db = Some(pg.clone());
         metrics.set_postgres(Health::Down);
         background.tasks.spawn(postgres::follow(
             pg,
@@ -91,7 +95,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         ));
         "embedded"
     };
-    let store = learned_store(&config, &clock, &metrics, &background).await?;
+    let (store, shared_counters) = learned_store(&config, &clock, &metrics, &background).await?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -104,6 +108,14 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     )?;
     let hard_stop = CancellationToken::new();
     let config = Arc::new(config);
+    let limiter_clock = clock.clone();
+    // Started before the listener, stopped after the drain: its last flush
+    // writes what the drained requests counted.
+    let ledger = Ledger::new(clock.clone(), usage_db);
+    background
+        .tasks
+        .spawn(ledger.clone().run(background.stop.clone()));
+    let limiter_metrics = metrics.clone();
     let gateway = Gateway::new(
         config.clone(),
         catalog,
@@ -118,6 +130,12 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         gateway,
         draining: Arc::new(AtomicBool::new(false)),
         bodies,
+        limiter: Arc::new(Limiter::new(
+            limiter_clock,
+            shared_counters,
+            limiter_metrics,
+        )),
+        ledger,
     };
     let shutdown = CancellationToken::new();
     // The one untracked spawn: its handle is owned by `Running`, whose
@@ -145,7 +163,7 @@ async fn learned_store(
     clock: &SharedClock,
     metrics: &Arc<Metrics>,
     background: &Background,
-) -> anyhow::Result<Arc<dyn LearnedStore>> {
+) -> anyhow::Result<(Arc<dyn LearnedStore>, Option<RedisStore>)> {
     match &config.redis_url {
         Some(url) => {
             let store = RedisStore::connect(
@@ -159,7 +177,7 @@ async fn learned_store(
             .await
             .context("REDIS_URL")?;
             store.spawn_tasks(&background.tasks, background.stop.clone());
-            Ok(Arc::new(store))
+            Ok((Arc::new(store.clone()), Some(store)))
         }
         None => {
             if config.is_cluster() {
@@ -167,7 +185,7 @@ async fn learned_store(
                     "DATABASE_URL is set without REDIS_URL: learned state stays in this process, so replicas would not share it; run one replica"
                 );
             }
-            Ok(Arc::new(MemoryStore::new(clock.clone())))
+            Ok((Arc::new(MemoryStore::new(clock.clone())), None))
         }
     }
 }

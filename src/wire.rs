@@ -21,6 +21,8 @@ pub enum Format {
 pub enum ErrorKind {
     BadRequest,
     Unauthorized,
+    /// The client's key may not use the model it asked for.
+    ModelForbidden,
     ModelNotFound,
     RouteNotFound,
     MethodNotAllowed,
@@ -41,6 +43,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => 400,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::ModelForbidden => 403,
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -57,6 +60,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => ("invalid_request_error", None),
             ErrorKind::Unauthorized => ("authentication_error", Some("invalid_api_key")),
+            ErrorKind::ModelForbidden => ("permission_error", Some("model_not_allowed")),
             ErrorKind::ModelNotFound => ("invalid_request_error", Some("model_not_found")),
             ErrorKind::RouteNotFound => ("invalid_request_error", Some("unknown_url")),
             ErrorKind::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
@@ -74,6 +78,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest | ErrorKind::MethodNotAllowed => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::ModelForbidden => "permission_error",
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => "not_found_error",
             ErrorKind::PayloadTooLarge => "request_too_large",
             ErrorKind::RequestTimeout => "timeout_error",
@@ -90,6 +95,7 @@ impl ErrorKind {
                 "INVALID_ARGUMENT"
             }
             ErrorKind::Unauthorized => "UNAUTHENTICATED",
+            ErrorKind::ModelForbidden => "PERMISSION_DENIED",
             ErrorKind::RequestTimeout => "DEADLINE_EXCEEDED",
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => "NOT_FOUND",
             ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",

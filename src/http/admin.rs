@@ -15,7 +15,7 @@ use crate::state::{Block, Scope, View};
 use crate::wire::{ErrorKind, Format};
 
 /// Checks `Authorization: Bearer <admin key>` in constant time.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let expected = state.gateway.config().admin_key.as_ref();
     let given = headers
         .get("authorization")

@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
 use super::AppState;
+use super::admit::{add_headers, admit};
 use super::auth::authenticate;
 use super::error::render;
 use super::reply::{
@@ -44,8 +45,8 @@ async fn serve(
 ) -> Response {
     let format = Format::Anthropic;
     let catalog = state.gateway.catalog().load();
-    let key_name = match authenticate(&catalog, &headers, &uri) {
-        Ok(name) => name,
+    let key = match authenticate(&catalog, &headers, &uri) {
+        Ok(key) => key,
         Err(e) => return render(format, &e),
     };
     let (bytes, _held) = match read_body(&state, &headers, body).await {
@@ -57,13 +58,19 @@ async fn serve(
         Err(e) => return render(format, &e),
     };
     let model = request.model.clone();
+    let admission = match admit(&state, format, &key, &model, !count).await {
+        Ok(a) => a,
+        Err(refusal) => return *refusal,
+    };
     let mut trace = Trace::default();
     let reply = if count {
         state.gateway.count_tokens(request, &mut trace).await
     } else {
         state.gateway.generate(request, &mut trace).await
     };
-    finish(format, reply, key_name, model, trace)
+    let mut response = finish(format, reply, key.name.clone(), model, trace);
+    add_headers(&mut response, admission.as_ref());
+    response
 }
 
 fn parse(bytes: Vec<u8>, headers: &HeaderMap, count: bool) -> Result<ClientRequest, GatewayError> {

@@ -4,7 +4,9 @@
 use axum::http::HeaderMap;
 use axum::http::Uri;
 
-use crate::catalog::{Catalog, KeyCheck};
+use std::sync::Arc;
+
+use crate::catalog::{ApiKey, Catalog, KeyCheck};
 use crate::pipeline::GatewayError;
 use crate::wire::ErrorKind;
 
@@ -58,12 +60,12 @@ pub fn find_key(headers: &HeaderMap, uri: &Uri) -> Option<(String, KeyPlace)> {
     })
 }
 
-/// The name of the client's key, or the 401 to answer.
+/// The client's key (its name and limits), or the 401 to answer.
 pub fn authenticate(
     catalog: &Catalog,
     headers: &HeaderMap,
     uri: &Uri,
-) -> Result<String, GatewayError> {
+) -> Result<Arc<ApiKey>, GatewayError> {
     let Some(key) = client_key(headers, uri) else {
         return Err(GatewayError::new(
             ErrorKind::Unauthorized,
@@ -71,7 +73,7 @@ pub fn authenticate(
         ));
     };
     match catalog.check_key(&key, chrono::Utc::now()) {
-        KeyCheck::Valid { name } => Ok(name),
+        KeyCheck::Valid(key) => Ok(key),
         KeyCheck::Unknown => Err(GatewayError::new(
             ErrorKind::Unauthorized,
             "invalid API key",

@@ -37,29 +37,27 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
         Format::OpenAi
     };
     let catalog = state.gateway.catalog().load();
-    if let Err(e) = authenticate(&catalog, &headers, &uri) {
-        return render(format, &e);
-    }
+    let key = match authenticate(&catalog, &headers, &uri) {
+        Ok(key) => key,
+        Err(e) => return render(format, &e),
+    };
     if gemini {
-        return gemini::list_reply(&catalog);
+        return gemini::list_reply(&catalog, &key);
     }
+    let allowed = || catalog.models.iter().filter(|m| key.limits.allows(m));
     if anthropic {
-        let data: Vec<Value> = catalog
-            .models
-            .iter()
+        let data: Vec<Value> = allowed()
             .map(|m| json!({"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}))
             .collect();
         return axum::Json(json!({
             "data": data,
             "has_more": false,
-            "first_id": catalog.models.first(),
-            "last_id": catalog.models.last(),
+            "first_id": allowed().next(),
+            "last_id": allowed().next_back(),
         }))
         .into_response();
     }
-    let data: Vec<Value> = catalog
-        .models
-        .iter()
+    let data: Vec<Value> = allowed()
         .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "switchyard"}))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()

@@ -10,10 +10,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::admit::{add_headers, admit, forbidden};
 use super::auth::authenticate;
 use super::error::render;
 use super::reply::{bad, finish, header_text, json_object, read_body, require_array};
-use crate::catalog::Catalog;
+use crate::catalog::{ApiKey, Catalog};
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
 
@@ -33,8 +34,8 @@ pub async fn model_action(
 ) -> Response {
     let format = Format::Gemini;
     let catalog = state.gateway.catalog().load();
-    let key_name = match authenticate(&catalog, &headers, &uri) {
-        Ok(name) => name,
+    let key = match authenticate(&catalog, &headers, &uri) {
+        Ok(key) => key,
         Err(e) => return render(format, &e),
     };
     let (model, action) = match route(&rest, &uri) {
@@ -49,12 +50,18 @@ pub async fn model_action(
         Ok(r) => r.with_session(|h| header_text(&headers, h)),
         Err(e) => return render(format, &e),
     };
+    let admission = match admit(&state, format, &key, &model, action != Action::Count).await {
+        Ok(a) => a,
+        Err(refusal) => return *refusal,
+    };
     let mut trace = Trace::default();
     let reply = match action {
         Action::Count => state.gateway.count_tokens(request, &mut trace).await,
         Action::Generate | Action::Stream => state.gateway.generate(request, &mut trace).await,
     };
-    finish(format, reply, key_name, model, trace)
+    let mut response = finish(format, reply, key.name.clone(), model, trace);
+    add_headers(&mut response, admission.as_ref());
+    response
 }
 
 /// `{model}:{action}`; streams must ask for SSE (`alt=sse`).
@@ -113,16 +120,21 @@ fn parse(bytes: Vec<u8>, model: String, action: Action) -> Result<ClientRequest,
 /// `GET /v1beta/models`.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
     let catalog = state.gateway.catalog().load();
-    if let Err(e) = authenticate(&catalog, &headers, &uri) {
-        return render(Format::Gemini, &e);
+    match authenticate(&catalog, &headers, &uri) {
+        Ok(key) => list_reply(&catalog, &key),
+        Err(e) => render(Format::Gemini, &e),
     }
-    list_reply(&catalog)
 }
 
 /// Gemini's model list, for `GET /v1beta/models` and for a `GET /v1/models`
 /// that authenticates the Gemini way.
-pub fn list_reply(catalog: &Catalog) -> Response {
-    let models: Vec<Value> = catalog.models.iter().map(|m| model_json(m)).collect();
+pub fn list_reply(catalog: &Catalog, key: &ApiKey) -> Response {
+    let models: Vec<Value> = catalog
+        .models
+        .iter()
+        .filter(|m| key.limits.allows(m))
+        .map(|m| model_json(m))
+        .collect();
     axum::Json(json!({ "models": models })).into_response()
 }
 
@@ -136,13 +148,17 @@ pub async fn get_model(
 ) -> Response {
     let format = Format::Gemini;
     let catalog = state.gateway.catalog().load();
-    if let Err(e) = authenticate(&catalog, &headers, &uri) {
-        return render(format, &e);
-    }
+    let key = match authenticate(&catalog, &headers, &uri) {
+        Ok(key) => key,
+        Err(e) => return render(format, &e),
+    };
     let model = rest.strip_prefix("models/").unwrap_or(&rest);
     if model.is_empty() || model.contains(':') {
         let e = GatewayError::new(ErrorKind::RouteNotFound, "expected models/{model}");
         return render(format, &e);
+    }
+    if !key.limits.allows(model) {
+        return render(format, &forbidden(model));
     }
     if catalog.route(model).is_none() {
         let e = GatewayError::new(

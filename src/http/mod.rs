@@ -3,6 +3,7 @@
 //! imports axum.
 
 mod admin;
+mod admit;
 mod anthropic;
 mod auth;
 mod budget;
@@ -13,6 +14,7 @@ mod ops;
 mod reply;
 mod responses;
 mod serve;
+mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +42,10 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// The bytes of request bodies held now, under their cap.
     pub bodies: Arc<BodyBudget>,
+    /// The keys' request limits, counted on this replica.
+    pub limiter: Arc<crate::limits::Limiter>,
+    /// What each key used: counted here, written off the request path.
+    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 impl AppState {
@@ -83,7 +89,8 @@ pub fn router(state: AppState) -> Router {
                 "/admin/blocks/{credential_id}/{*upstream_model}",
                 axum::routing::delete(admin::delete_pair_block),
             )
-            .route("/admin/credentials", get(admin::credentials));
+            .route("/admin/credentials", get(admin::credentials))
+            .route("/admin/usage", get(usage::usage));
     }
     router
         .fallback(not_found)
@@ -147,6 +154,28 @@ fn gemini_route(path: &str, beta: bool) -> &'static str {
     }
 }
 
+/// Counts a generation request in the ledger: answered or refused, with
+/// the credential that answered ('' when none did). Token counting is not
+/// usage.
+fn count_usage(state: &AppState, path: &str, status: u16, log: &RequestLog) {
+    if path.ends_with("/count_tokens") || path.ends_with(":countTokens") {
+        return;
+    }
+    let upstream = log
+        .trace
+        .credential
+        .as_deref()
+        .zip(log.trace.upstream_model.as_deref());
+    let counts = crate::ledger::Counts {
+        requests: 1,
+        errors: u64::from(status >= 400),
+        ..Default::default()
+    };
+    state
+        .ledger
+        .record(&log.key_name, &log.model, upstream, counts);
+}
+
 /// What a proxied request leaves for its log line (a response extension).
 #[derive(Debug, Clone)]
 pub struct RequestLog {
@@ -169,6 +198,9 @@ async fn access_log(State(state): State<AppState>, request: Request, next: Next)
     state.gateway.metrics().request(route_label(&path), status);
     let ms = started.elapsed().as_secs_f64() * 1_000.0;
     let log = response.extensions().get::<RequestLog>();
+    if let Some(l) = log {
+        count_usage(&state, &path, status, l);
+    }
     let key = log.map(|l| l.key_name.as_str());
     let model = log.map(|l| l.model.as_str());
     let credential = log.and_then(|l| l.trace.credential.as_deref());

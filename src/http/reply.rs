@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
+use super::admit::{add_headers, admit};
 use super::auth::authenticate;
 use super::budget::Reservation;
 use super::error::render;
@@ -105,8 +106,8 @@ pub async fn generation(
     parse: fn(Vec<u8>) -> Result<ClientRequest, GatewayError>,
 ) -> Response {
     let catalog = state.gateway.catalog().load();
-    let key_name = match authenticate(&catalog, &headers, &uri) {
-        Ok(name) => name,
+    let key = match authenticate(&catalog, &headers, &uri) {
+        Ok(key) => key,
         Err(e) => return render(format, &e),
     };
     let (bytes, _held) = match read_body(&state, &headers, body).await {
@@ -118,9 +119,15 @@ pub async fn generation(
         Err(e) => return render(format, &e),
     };
     let model = request.model.clone();
+    let admission = match admit(&state, format, &key, &model, true).await {
+        Ok(a) => a,
+        Err(refusal) => return *refusal,
+    };
     let mut trace = Trace::default();
     let reply = state.gateway.generate(request, &mut trace).await;
-    finish(format, reply, key_name, model, trace)
+    let mut response = finish(format, reply, key.name.clone(), model, trace);
+    add_headers(&mut response, admission.as_ref());
+    response
 }
 
 /// A request header as text, when it is present and not empty.

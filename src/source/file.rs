@@ -12,7 +12,10 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::CatalogHandle;
-use crate::catalog::{ApiKey, Catalog, CatalogError, Credential, CredentialModel, OperatorData};
+use crate::catalog::{
+    ApiKey, BudgetPeriod, Catalog, CatalogError, Credential, CredentialModel, KeyLimits,
+    OperatorData,
+};
 use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,12 @@ pub enum FileError {
     ApiKeySource { path: PathBuf, id: String },
     #[error("{path}: api key {name:?}: expires_at must be an RFC 3339 date-time with a time zone")]
     BadExpiry { path: PathBuf, name: String },
+    #[error("{path}: api key {name:?}: {message}")]
+    BadLimit {
+        path: PathBuf,
+        name: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +98,11 @@ struct KeyRow {
     #[serde(default = "yes")]
     enabled: bool,
     expires_at: Option<Timestamp>,
+    rpm_limit: Option<u64>,
+    tpm_limit: Option<u64>,
+    budget_usd: Option<f64>,
+    budget_period: Option<String>,
+    models: Option<Vec<String>>,
 }
 
 /// A TOML date-time (`2030-01-01T00:00:00Z`) or an RFC 3339 string.
@@ -251,11 +265,37 @@ pub fn parse(
                 name: k.name.clone(),
             })?),
         };
+        let budget_period = match &k.budget_period {
+            None => BudgetPeriod::default(),
+            Some(p) => p.parse().map_err(|message| FileError::BadLimit {
+                path: path.to_path_buf(),
+                name: k.name.clone(),
+                message,
+            })?,
+        };
+        let budget_micro_usd = match k.budget_usd {
+            None => None,
+            Some(usd) if usd.is_finite() && usd >= 0.0 => Some((usd * 1e6).round() as i64),
+            Some(_) => {
+                return Err(FileError::BadLimit {
+                    path: path.to_path_buf(),
+                    name: k.name,
+                    message: "budget_usd must be a number of dollars, 0 or more".into(),
+                });
+            }
+        };
         api_keys.push(ApiKey {
             name: k.name,
             key_hash: k.key_hash.to_ascii_lowercase(),
             enabled: k.enabled,
             expires_at,
+            limits: KeyLimits {
+                rpm: k.rpm_limit,
+                tpm: k.tpm_limit,
+                budget_micro_usd,
+                budget_period,
+                models: k.models,
+            },
         });
     }
     Ok(FileContents {

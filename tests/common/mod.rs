@@ -134,6 +134,16 @@ pub async fn gateway(creds: &[Cred<'_>], env: &[(&str, &str)]) -> Gateway {
 }
 
 pub async fn gateway_on(mock: Mock, creds: &[Cred<'_>], env: &[(&str, &str)]) -> Gateway {
+    gateway_with_clock(mock, creds, env, Arc::new(SystemClock)).await
+}
+
+/// A gateway whose clock the test holds (limits' windows, blocks' times).
+pub async fn gateway_with_clock(
+    mock: Mock,
+    creds: &[Cred<'_>],
+    env: &[(&str, &str)],
+    clock: switchyard::clock::SharedClock,
+) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("switchyard.toml");
     std::fs::write(&config_path, config_toml(&mock, creds)).unwrap();
@@ -153,7 +163,7 @@ pub async fn gateway_on(mock: Mock, creds: &[Cred<'_>], env: &[(&str, &str)]) ->
         host_name: None,
     })
     .unwrap();
-    let running = server::start(config, Arc::new(SystemClock)).await.unwrap();
+    let running = server::start(config, clock).await.unwrap();
     let url = format!("http://{}", running.addr);
     Gateway {
         running: Some(running),

@@ -13,6 +13,7 @@
 //! Blocks are listed from an index (a sorted set under the prefix), never by
 //! scanning the keyspace.
 
+mod limits;
 mod scripts;
 mod sync;
 
@@ -70,6 +71,8 @@ struct Pending {
     what: Unsynced,
 }
 
+/// Cheap to clone: every clone shares one connection and one local view.
+#[derive(Clone)]
 pub struct RedisStore {
     shared: Arc<Shared>,
 }
@@ -107,6 +110,8 @@ struct Shared {
     clear: Script,
     release: Script,
     withdraw: Script,
+    /// Counts a request against a key's limit (`limits`).
+    admit: Script,
 }
 
 impl RedisStore {
@@ -149,6 +154,7 @@ impl RedisStore {
             clear: Script::new(scripts::CLEAR),
             release: Script::new(scripts::RELEASE),
             withdraw: Script::new(scripts::WITHDRAW),
+            admit: limits::admit_script(),
         });
         if let Err(e) = shared.reconnect().await {
             tracing::warn!(error = %e, "Redis unreachable at start; serving on this replica's own learned state");

@@ -1,0 +1,504 @@
+//! A key's limits as its client sees them (contract section 9): the models
+//! it may use (403 before 404, and the model lists), and its request limit
+//! per UTC minute (429 in the client's format, with `Retry-After` and the
+//! `x-ratelimit-*` headers, before any upstream call).
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Cred, Gateway, Mock, gateway_with_clock};
+use serde_json::{Value, json};
+use switchyard::clock::{ManualClock, SystemClock};
+
+const MODELS: &[(&str, &str)] = &[("gpt-a", "up-a"), ("claude-x", "up-x"), ("other", "up-o")];
+const LIMITED_KEY: &str = "sk-limited-key";
+
+/// 15 s into a UTC minute (1_800_000_000_000 ms is a whole minute): 45 s left.
+const QUARTER_PAST: i64 = 1_800_000_000_000 + 15_000;
+
+/// A gateway whose file also holds the key `limited` with `fields` (TOML
+/// lines of its `[[api_keys]]` table).
+async fn gateway_with_key(fields: &str, clock: switchyard::clock::SharedClock) -> Gateway {
+    gateway_with_key_and(fields, clock, &[]).await
+}
+
+/// The same, with settings in `env`.
+async fn gateway_with_key_and(
+    fields: &str,
+    clock: switchyard::clock::SharedClock,
+    env: &[(&str, &str)],
+) -> Gateway {
+    let mock = Mock::start().await;
+    let gw = gateway_with_clock(mock, &[Cred::new("only", 0, MODELS)], env, clock).await;
+    let mut text = std::fs::read_to_string(&gw.config_path).unwrap();
+    text.push_str(&format!(
+        "\n[[api_keys]]\nname = \"limited\"\nkey_hash = {:?}\n{fields}\n",
+        switchyard::catalog::hash_key(LIMITED_KEY)
+    ));
+    std::fs::write(&gw.config_path, text).unwrap();
+    common::eventually("the key is loaded", Duration::from_secs(5), async || {
+        models(&gw, "/v1/models", "authorization").await.0 == 200
+    })
+    .await;
+    gw
+}
+
+async fn models(gw: &Gateway, path: &str, header: &str) -> (u16, Value) {
+    let value = if header == "authorization" {
+        format!("Bearer {LIMITED_KEY}")
+    } else {
+        LIMITED_KEY.to_string()
+    };
+    let r = gw
+        .client
+        .get(format!("{}{path}", gw.url))
+        .header(header, value)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// One generation request of `model` in `format` with the limited key.
+async fn ask(gw: &Gateway, format: &str, model: &str) -> reqwest::Response {
+    let c = &gw.client;
+    let request = match format {
+        "openai" => c
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(LIMITED_KEY)
+            .json(&Gateway::chat_body(model, false)),
+        "anthropic" => c
+            .post(format!("{}/v1/messages", gw.url))
+            .header("x-api-key", LIMITED_KEY)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})),
+        "gemini" => c
+            .post(format!("{}/v1beta/models/{model}:generateContent", gw.url))
+            .header("x-goog-api-key", LIMITED_KEY)
+            .json(&json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})),
+        other => panic!("no format {other}"),
+    };
+    request.send().await.unwrap()
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn a_key_limited_to_some_models_gets_403_for_others_and_sees_only_its_models() {
+    let gw = gateway_with_key("models = [\"gpt-a\", \"claude-*\"]", Arc::new(SystemClock)).await;
+    for format in ["openai", "anthropic", "gemini"] {
+        assert_eq!(ask(&gw, format, "gpt-a").await.status(), 200, "{format}");
+        assert_eq!(ask(&gw, format, "claude-x").await.status(), 200, "{format}");
+    }
+    let served = gw.mock.hits().len();
+    assert_eq!(served, 6);
+    // A name the key may not use, served or not, is 403 (before the 404).
+    for model in ["other", "nowhere"] {
+        let r = ask(&gw, "openai", model).await;
+        assert_eq!(r.status(), 403, "{model}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "model_not_allowed", "{v}");
+        let r = ask(&gw, "anthropic", model).await;
+        assert_eq!(r.status(), 403);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "permission_error", "{v}");
+        let r = ask(&gw, "gemini", model).await;
+        assert_eq!(r.status(), 403);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["status"], "PERMISSION_DENIED", "{v}");
+    }
+    assert_eq!(
+        gw.mock.hits().len(),
+        served,
+        "a refused model reached an upstream"
+    );
+
+    let (status, v) = models(&gw, "/v1/models", "authorization").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["claude-x", "gpt-a"]);
+    let (_, v) = models(&gw, "/v1beta/models", "x-goog-api-key").await;
+    let names: Vec<&str> = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["models/claude-x", "models/gpt-a"]);
+    let (status, _) = models(&gw, "/v1beta/models/other", "x-goog-api-key").await;
+    assert_eq!(status, 403);
+
+    // The test key of the file has no restriction: it still sees all three.
+    let r = gw
+        .client
+        .get(format!("{}/v1/models", gw.url))
+        .bearer_auth(common::CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 3);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_request_over_the_rpm_limit_is_refused_in_each_format_until_the_next_minute() {
+    let clock = ManualClock::at(QUARTER_PAST);
+    let gw = gateway_with_key("rpm_limit = 3", clock.clone()).await;
+    for left in ["2", "1", "0"] {
+        let r = ask(&gw, "openai", "gpt-a").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "x-ratelimit-limit-requests").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining-requests").as_deref(),
+            Some(left)
+        );
+    }
+    let r = ask(&gw, "openai", "gpt-a").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("45"));
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        header(&r, "x-ratelimit-reset-requests").as_deref(),
+        Some("45s")
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+
+    let r = ask(&gw, "anthropic", "gpt-a").await;
+    assert_eq!(r.status(), 429);
+    assert!(header(&r, "retry-after").is_some());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+
+    let r = ask(&gw, "gemini", "gpt-a").await;
+    assert_eq!(r.status(), 429);
+    assert!(header(&r, "x-ratelimit-limit-requests").is_some());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED", "{v}");
+
+    assert_eq!(
+        gw.mock.hits().len(),
+        3,
+        "a refused request reached an upstream"
+    );
+    assert!(gw.blocks().await.is_empty(), "a refusal taught something");
+
+    // Other keys are not limited by this one's count.
+    assert_eq!(gw.chat("gpt-a").await.status(), 200);
+
+    clock.advance_ms(45_000);
+    let r = ask(&gw, "gemini", "gpt-a").await;
+    assert_eq!(r.status(), 200, "the next minute serves again");
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("2")
+    );
+    gw.stop().await;
+}
+
+/// Waits, when less than 15 s of the current UTC minute are left, for the
+/// next one: the cluster tests count within one window of Redis' clock
+/// (the same machine's clock), and must not see it roll over half way.
+async fn early_in_a_minute() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let into = now % 60_000;
+    if into > 45_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - into + 200)).await;
+    }
+}
+
+/// Two replicas behind nginx over one openai credential serving `m`, and
+/// the key `limited` with `limits` (SQL column assignments).
+async fn cluster_with_key(limits: &str) -> common::cluster::Cluster {
+    let mut c = common::cluster::Cluster::services().await;
+    c.sql(&c.credential_sql("only", 0, &[("m", "up-m")])).await;
+    c.sql(&format!(
+        "insert into api_keys (name, key_hash) values ('limited', '{}'); update api_keys set {limits} where name = 'limited'",
+        switchyard::catalog::hash_key(LIMITED_KEY)
+    ))
+    .await;
+    c.add_replica(&[]).await;
+    c.add_replica(&[]).await;
+    c
+}
+
+async fn chat_at(c: &common::cluster::Cluster, base: &str) -> u16 {
+    c.client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(LIMITED_KEY)
+        .json(&Gateway::chat_body("m", false))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn an_rpm_limit_holds_across_replicas() {
+    let c = cluster_with_key("rpm_limit = 5").await;
+    early_in_a_minute().await;
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        statuses.push(chat_at(&c, &c.replicas[i % 2].url).await);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429, 429, 429, 429],
+        "five requests a minute for the key, whichever replica each reaches"
+    );
+    assert_eq!(c.mock.hits().len(), 5);
+
+    // The same limit raised with one UPDATE is seen by both replicas.
+    c.sql("update api_keys set rpm_limit = 7 where name = 'limited'")
+        .await;
+    let mut served = 0;
+    common::eventually("the raised limit", Duration::from_secs(5), async || {
+        if chat_at(&c, &c.replicas[served % 2].url).await == 200 {
+            served += 1;
+        }
+        served == 2
+    })
+    .await;
+    assert_eq!(chat_at(&c, &c.replicas[0].url).await, 429);
+    assert_eq!(chat_at(&c, &c.replicas[1].url).await, 429);
+    assert_eq!(c.mock.hits().len(), 7);
+}
+
+#[tokio::test]
+async fn with_redis_down_each_replica_enforces_the_limit_on_its_own_traffic() {
+    let mut c = cluster_with_key("rpm_limit = 2").await;
+    c.redis.kill();
+    early_in_a_minute().await;
+    for r in &c.replicas {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(chat_at(&c, &r.url).await);
+        }
+        assert_eq!(statuses, [200, 200, 429], "{}", r.url);
+    }
+    assert_eq!(c.mock.hits().len(), 4);
+    for r in &c.replicas {
+        assert!(
+            r.metric("switchyard_limits_local_total").await.unwrap() >= 3.0,
+            "{}",
+            r.url
+        );
+        assert_eq!(r.metric("switchyard_redis_up").await, Some(0.0));
+    }
+}
+
+#[tokio::test]
+async fn keys_create_stores_the_limits_it_is_given() {
+    let c = common::cluster::Cluster::services().await;
+    let out = common::cluster::run_switchyard(
+        &[
+            "keys",
+            "create",
+            "bob",
+            "--rpm",
+            "10",
+            "--tpm",
+            "2000",
+            "--budget-usd",
+            "2.5",
+            "--budget-period",
+            "day",
+            "--models",
+            "gpt-a,claude-*",
+        ],
+        &c.pg.url("postgres"),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let row: (String, i32, i32, String, String, Vec<String>) = sqlx::query_as(
+        "select key_hash, rpm_limit, tpm_limit, budget_usd::text, budget_period, models from api_keys where name = 'bob'",
+    )
+    .fetch_one(&c.db)
+    .await
+    .unwrap();
+    assert_eq!(row.0, switchyard::catalog::hash_key(&key));
+    assert_eq!((row.1, row.2), (10, 2000));
+    assert_eq!(row.3, "2.500000");
+    assert_eq!(row.4, "day");
+    assert_eq!(row.5, ["gpt-a", "claude-*"]);
+
+    let bad = common::cluster::run_switchyard(
+        &["keys", "create", "carol", "--budget-usd=-1"],
+        &c.pg.url("postgres"),
+    )
+    .await;
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("--budget-usd") && said.contains("dollars"),
+        "{said}"
+    );
+}
+
+async fn admin_usage(client: &reqwest::Client, base: &str, query: &str) -> Value {
+    let r = client
+        .get(format!("{base}/admin/usage?{query}"))
+        .bearer_auth(common::cluster::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// `(group, requests, errors)` of an `/admin/usage` answer.
+fn groups(v: &Value) -> Vec<(String, u64, u64)> {
+    v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["group"].as_str().unwrap().to_string(),
+                g["requests"].as_u64().unwrap(),
+                g["errors"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn embedded_mode_keeps_usage_in_memory_and_the_admin_api_groups_it() {
+    let gw = gateway_with_key_and(
+        "models = [\"gpt-a\"]",
+        Arc::new(SystemClock),
+        &[("SWITCHYARD_ADMIN_KEY", common::cluster::ADMIN_KEY)],
+    )
+    .await;
+    for format in ["openai", "anthropic", "gemini"] {
+        assert_eq!(ask(&gw, format, "gpt-a").await.status(), 200);
+    }
+    assert_eq!(ask(&gw, "openai", "other").await.status(), 403);
+    assert_eq!(gw.chat("other").await.status(), 200);
+    assert_eq!(gw.chat("nowhere").await.status(), 404);
+    // Token counting is not usage.
+    let r = gw
+        .client
+        .post(format!("{}/v1/messages/count_tokens", gw.url))
+        .header("x-api-key", LIMITED_KEY)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let by_key = admin_usage(&gw.client, &gw.url, "by=key").await;
+    assert_eq!(
+        groups(&by_key),
+        [("limited".into(), 4, 1), ("tester".into(), 2, 1)]
+    );
+    let by_model = admin_usage(&gw.client, &gw.url, "by=model").await;
+    assert_eq!(
+        groups(&by_model),
+        [
+            ("gpt-a".into(), 3, 0),
+            ("nowhere".into(), 1, 1),
+            ("other".into(), 2, 1)
+        ]
+    );
+    // Refusals and the unknown model reached no credential.
+    let by_credential = admin_usage(&gw.client, &gw.url, "by=credential").await;
+    assert_eq!(
+        groups(&by_credential),
+        [("".into(), 2, 2), ("only".into(), 4, 0)]
+    );
+    // A range that ended before the requests holds nothing.
+    let old = admin_usage(
+        &gw.client,
+        &gw.url,
+        "from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z&by=key",
+    )
+    .await;
+    assert!(groups(&old).is_empty());
+    let r = gw
+        .client
+        .get(format!("{}/admin/usage?by=team", gw.url))
+        .bearer_auth(common::cluster::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn requests_on_two_replicas_are_all_in_usage_after_sigterm_and_a_postgres_outage() {
+    let mut c = cluster_with_key("rpm_limit = null").await;
+    let mut sent = 0u64;
+    for i in 0..40 {
+        assert_eq!(chat_at(&c, &c.replicas[i % 2].url).await, 200);
+        sent += 1;
+    }
+    // Postgres away: the counts are kept and written when it is back.
+    c.pg.stop();
+    for i in 0..20 {
+        assert_eq!(chat_at(&c, &c.replicas[i % 2].url).await, 200);
+        sent += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    c.pg.start_again();
+    common::eventually(
+        "counts written after the outage",
+        Duration::from_secs(30),
+        async || {
+            let v = admin_usage(&c.client, &c.replicas[0].url, "by=key").await;
+            groups(&v) == [("limited".to_string(), 60, 0)]
+        },
+    )
+    .await;
+    // More, then SIGTERM right away: the drain writes them.
+    for i in 0..30 {
+        assert_eq!(chat_at(&c, &c.replicas[i % 2].url).await, 200);
+        sent += 1;
+    }
+    for r in &c.replicas {
+        r.sigterm();
+    }
+    for r in &mut c.replicas {
+        assert_eq!(r.exit_code().await, 0);
+    }
+    let (requests, errors, credential): (i64, i64, String) = sqlx::query_as(
+        "select sum(requests)::bigint, sum(errors)::bigint, min(credential_id) from usage where api_key = 'limited' and model = 'm' and upstream_model = 'up-m'",
+    )
+    .fetch_one(&c.db)
+    .await
+    .unwrap();
+    assert_eq!(requests as u64, sent);
+    assert_eq!(errors, 0);
+    assert_eq!(credential, "only");
+}

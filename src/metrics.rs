@@ -140,6 +140,9 @@ pub struct Metrics {
     /// Requests whose key limits this replica counted on its own because
     /// the shared counters in Redis did not answer.
     limits_local: AtomicU64,
+    /// Answers counted with the local token estimate: the upstream reported
+    /// no usage, or the client left before it did.
+    usage_estimated: AtomicU64,
     postgres: AtomicI64,
     propagation: Histogram,
     /// Bytes of request bodies held now (their cap is
@@ -171,6 +174,7 @@ impl Metrics {
             redis_failures: Default::default(),
             redis_unsynced: AtomicU64::new(0),
             limits_local: AtomicU64::new(0),
+            usage_estimated: AtomicU64::new(0),
             postgres: AtomicI64::new(-1),
             body_bytes: AtomicU64::new(0),
             propagation: Histogram {
@@ -235,6 +239,10 @@ impl Metrics {
 
     pub fn limit_counted_locally(&self) {
         self.limits_local.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn usage_estimated(&self) {
+        self.usage_estimated.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_postgres(&self, health: Health) {
@@ -388,6 +396,12 @@ impl Metrics {
             out,
             "# HELP switchyard_request_body_bytes Bytes of request bodies this replica holds now.\n# TYPE switchyard_request_body_bytes gauge\nswitchyard_request_body_bytes {}",
             self.body_bytes.load(Ordering::Relaxed)
+        );
+        let name = "switchyard_usage_estimated_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Answers counted in usage with the local token estimate: the upstream reported no usage, or the client left before it did.\n# TYPE {name} counter\n{name} {}",
+            self.usage_estimated.load(Ordering::Relaxed)
         );
         let degraded = i64::from(
             self.redis() == Health::Down || self.redis_unsynced.load(Ordering::Relaxed) > 0,

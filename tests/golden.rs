@@ -232,6 +232,7 @@ fn translator(provider: Provider, client: Format, include_usage: bool) -> Stream
         client,
         model: "m",
         include_usage,
+        usage_added: false,
         input_estimate: 100,
         custom_tools: Vec::new(),
     })

@@ -502,3 +502,245 @@ async fn requests_on_two_replicas_are_all_in_usage_after_sigterm_and_a_postgres_
     assert_eq!(errors, 0);
     assert_eq!(credential, "only");
 }
+
+/// One request of the sums test: the client format, the model (each served
+/// by one provider), and whether it streams.
+async fn spend(c: &common::cluster::Cluster, base: &str, format: &str, model: &str, stream: bool) {
+    let http = &c.client;
+    let prompt = "count me";
+    let request = match format {
+        "openai" => http
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(LIMITED_KEY)
+            .json(&json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": prompt}]})),
+        "responses" => http
+            .post(format!("{base}/v1/responses"))
+            .bearer_auth(LIMITED_KEY)
+            .json(&json!({"model": model, "stream": stream, "input": prompt})),
+        "anthropic" => http
+            .post(format!("{base}/v1/messages"))
+            .header("x-api-key", LIMITED_KEY)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": model, "stream": stream, "max_tokens": 50, "messages": [{"role": "user", "content": prompt}]})),
+        _ => {
+            let action = if stream {
+                "streamGenerateContent?alt=sse"
+            } else {
+                "generateContent"
+            };
+            http.post(format!("{base}/v1beta/models/{model}:{action}"))
+                .header("x-goog-api-key", LIMITED_KEY)
+                .json(&json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}))
+        }
+    };
+    let r = request.send().await.unwrap();
+    assert_eq!(r.status(), 200, "{format} {model} stream={stream}");
+    let text = r.text().await.unwrap();
+    if format == "openai" && stream {
+        // The gateway asked the upstream for the usage chunk; a client
+        // that did not ask does not get it.
+        assert!(!text.contains("prompt_tokens"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn usage_sums_equal_what_the_upstreams_reported_over_a_thousand_requests() {
+    let mut c = common::cluster::Cluster::services().await;
+    let (openai, root) = (c.mock.base_url(), c.mock.root_url());
+    c.sql(&format!(
+        "insert into credentials (id, provider, base_url, api_key, responses_api) values
+             ('oa', 'openai', '{openai}', 'sk-up-oa', false),
+             ('rs', 'openai', '{openai}', 'sk-up-rs', true),
+             ('an', 'anthropic', '{root}', 'sk-up-an', false),
+             ('ge', 'gemini', '{root}', 'sk-up-ge', false);
+         insert into credential_models (credential_id, model, upstream_model) values
+             ('oa', 'm-openai', 'up-oa'), ('rs', 'm-responses', 'up-rs'),
+             ('an', 'm-anthropic', 'up-an'), ('ge', 'm-gemini', 'up-ge');
+         insert into api_keys (name, key_hash) values ('limited', '{}');
+         insert into model_prices (model, input_usd_per_mtok, output_usd_per_mtok, cached_usd_per_mtok)
+             values ('m-*', 3, 15, 1), ('m-gemini', 2, 12, null);",
+        switchyard::catalog::hash_key(LIMITED_KEY)
+    ))
+    .await;
+    c.add_replica(&[]).await;
+    c.add_replica(&[]).await;
+    c.mock.random_usage(0x5eed);
+    let formats = ["openai", "responses", "anthropic", "gemini"];
+    let models = ["m-openai", "m-responses", "m-anthropic", "m-gemini"];
+    // Every format against every provider, streamed and not, on both
+    // replicas: 32 combinations, each about 31 times.
+    let jobs: Vec<(usize, &str, &str, bool)> = (0..1000)
+        .map(|i| {
+            (
+                i % 2,
+                formats[i % 4],
+                models[(i / 4) % 4],
+                (i / 16) % 2 == 1,
+            )
+        })
+        .collect();
+    for batch in jobs.chunks(10) {
+        let c = &c;
+        futures_util::future::join_all(batch.iter().map(
+            |&(r, format, model, stream)| async move {
+                spend(c, &c.replicas[r].url, format, model, stream).await
+            },
+        ))
+        .await;
+    }
+    let hits = c.mock.hits();
+    assert_eq!(hits.len(), 1000, "one upstream call a request");
+    for r in &c.replicas {
+        r.sigterm();
+    }
+    for r in &mut c.replicas {
+        assert_eq!(r.exit_code().await, 0);
+    }
+    // What the mock reported, in section 9's one meaning, and its price.
+    let mut want = [0u64; 6];
+    let mut micro_usd = 0u64;
+    for h in &hits {
+        let u = h.used;
+        for (slot, n) in
+            want.iter_mut()
+                .zip([1, u.input, u.output, u.cached, u.cache_write, u.reasoning])
+        {
+            *slot += n;
+        }
+        let (input, output, cached) = if h.model == "up-ge" {
+            (2, 12, 2)
+        } else {
+            (3, 15, 1)
+        };
+        micro_usd += (u.input - u.cached) * input + u.cached * cached + u.output * output;
+    }
+    let got: (i64, i64, i64, i64, i64, i64, i64, String) = sqlx::query_as(
+        "select sum(requests)::bigint, sum(input_tokens)::bigint, sum(output_tokens)::bigint,
+                sum(cached_tokens)::bigint, sum(cache_write_tokens)::bigint,
+                sum(reasoning_tokens)::bigint, sum(errors)::bigint, sum(cost_usd)::text
+         from usage where api_key = 'limited'",
+    )
+    .fetch_one(&c.db)
+    .await
+    .unwrap();
+    let sums = [got.0, got.1, got.2, got.3, got.4, got.5].map(|n| n as u64);
+    assert_eq!(
+        sums, want,
+        "requests, input, output, cached, cache-write and reasoning tokens"
+    );
+    assert_eq!(got.6, 0, "no errors");
+    // Whole dollars per million tokens: every cost is exact to the micro-dollar.
+    assert_eq!(
+        got.7,
+        format!("{}.{:06}", micro_usd / 1_000_000, micro_usd % 1_000_000)
+    );
+    // Each provider's own fields were reported: none of them is all zero.
+    for (i, name) in ["input", "output", "cached", "cache_write", "reasoning"]
+        .iter()
+        .enumerate()
+    {
+        assert!(want[i + 1] > 0, "{name}");
+    }
+}
+
+/// A metric's value in a `/metrics` text.
+async fn metric(gw: &Gateway, name: &str) -> u64 {
+    let text = gw
+        .client
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn answers_without_usage_and_clients_that_leave_are_counted_with_the_estimate() {
+    let gw = gateway_with_key_and(
+        "",
+        Arc::new(SystemClock),
+        &[("SWITCHYARD_ADMIN_KEY", common::cluster::ADMIN_KEY)],
+    )
+    .await;
+    let upstream = common::key_of("only");
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up-a",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    // An upstream that reports no usage, though it was asked for it.
+    let long = "word ".repeat(200);
+    gw.mock.script(
+        &upstream,
+        [common::mock::Reply::Events(vec![
+            (
+                None,
+                chunk(json!({"role": "assistant", "content": long}), Value::Null),
+            ),
+            (None, chunk(json!({}), json!("stop"))),
+            (None, "[DONE]".into()),
+        ])],
+    );
+    let r = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(LIMITED_KEY)
+        .json(&Gateway::chat_body("gpt-a", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("[DONE]"));
+    assert_eq!(
+        gw.mock.hits()[0].body["stream_options"]["include_usage"],
+        true,
+        "the upstream is asked for its usage"
+    );
+    let estimated = "switchyard_usage_estimated_total";
+    common::eventually("the estimate counted", Duration::from_secs(5), async || {
+        metric(&gw, estimated).await == 1
+    })
+    .await;
+    let v = admin_usage(&gw.client, &gw.url, "by=key").await;
+    let g = &v["groups"][0];
+    assert_eq!(g["requests"], 1);
+    // About four characters a token: 1,000 characters of content.
+    let output = g["output_tokens"].as_u64().unwrap();
+    assert!((200..=300).contains(&output), "{g}");
+    assert!(g["input_tokens"].as_u64().unwrap() > 0, "{g}");
+
+    // A client that leaves mid-stream is counted with what it got.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    gw.mock
+        .script(&upstream, [common::mock::Reply::Gated(gate.clone())]);
+    let mut r = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(LIMITED_KEY)
+        .json(&Gateway::chat_body("gpt-a", true))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.chunk().await.unwrap().is_some());
+    drop(r);
+    common::eventually(
+        "the client that left counted",
+        Duration::from_secs(5),
+        async || metric(&gw, estimated).await == 2,
+    )
+    .await;
+    let v = admin_usage(&gw.client, &gw.url, "by=key").await;
+    assert_eq!(v["groups"][0]["requests"], 2, "{v}");
+    gate.notify_waiters();
+
+    // An answer that reports its usage is counted with it, estimating nothing.
+    assert_eq!(ask(&gw, "anthropic", "gpt-a").await.status(), 200);
+    let v = admin_usage(&gw.client, &gw.url, "by=key").await;
+    assert_eq!(v["groups"][0]["requests"], 3, "{v}");
+    assert_eq!(metric(&gw, estimated).await, 2);
+}

@@ -14,6 +14,7 @@ mod ops;
 mod reply;
 mod responses;
 mod serve;
+mod tally;
 mod usage;
 
 use std::sync::Arc;
@@ -155,25 +156,16 @@ fn gemini_route(path: &str, beta: bool) -> &'static str {
 }
 
 /// Counts a generation request in the ledger: answered or refused, with
-/// the credential that answered ('' when none did). Token counting is not
-/// usage.
-fn count_usage(state: &AppState, path: &str, status: u16, log: &RequestLog) {
+/// the credential that answered ('' when none did) and what it used (a
+/// stream's when it ends). Token counting is not usage.
+fn count_usage(state: &AppState, path: &str, status: u16, response: Response) -> Response {
     if path.ends_with("/count_tokens") || path.ends_with(":countTokens") {
-        return;
+        return response;
     }
-    let upstream = log
-        .trace
-        .credential
-        .as_deref()
-        .zip(log.trace.upstream_model.as_deref());
-    let counts = crate::ledger::Counts {
-        requests: 1,
-        errors: u64::from(status >= 400),
-        ..Default::default()
+    let Some(log) = response.extensions().get::<RequestLog>() else {
+        return response;
     };
-    state
-        .ledger
-        .record(&log.key_name, &log.model, upstream, counts);
+    tally::Count::new(state, status, log).attach(response)
 }
 
 /// What a proxied request leaves for its log line (a response extension).
@@ -197,10 +189,8 @@ async fn access_log(State(state): State<AppState>, request: Request, next: Next)
     let status = response.status().as_u16();
     state.gateway.metrics().request(route_label(&path), status);
     let ms = started.elapsed().as_secs_f64() * 1_000.0;
+    let response = count_usage(&state, &path, status, response);
     let log = response.extensions().get::<RequestLog>();
-    if let Some(l) = log {
-        count_usage(&state, &path, status, l);
-    }
     let key = log.map(|l| l.key_name.as_str());
     let model = log.map(|l| l.model.as_str());
     let credential = log.and_then(|l| l.trace.credential.as_deref());

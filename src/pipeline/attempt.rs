@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::prepare::Prepared;
 use super::{
-    AttemptEnd, Attempted, ClientRequest, ERROR_BODY_LIMIT, Gateway, Refused, Reply, contains,
-    error_text, relay,
+    AttemptEnd, Attempted, ClientRequest, ERROR_BODY_LIMIT, Gateway, Refused, Reply, Tally,
+    contains, error_text, relay,
 };
 use crate::catalog::Provider;
 use crate::json::{Json, span_in};
@@ -15,8 +15,9 @@ use crate::routing::{Failure, Next, Outcome, hints};
 use crate::secret::scrub;
 use crate::sse;
 use crate::translate::{
-    self,
+    self, ir,
     stream::{Rename, StreamSpec, StreamTranslator},
+    usage::{self, Spent},
 };
 use crate::upstream::{self, Payload, anthropic, gemini, openai};
 use crate::wire::{self, ErrorKind, Format, UpstreamError};
@@ -49,11 +50,13 @@ impl Gateway {
                 client: request.format,
                 model: &request.model,
                 include_usage: request.include_usage,
+                usage_added: asks_for_usage(request, same),
                 input_estimate: prepared.input_estimate,
                 custom_tools: prepared.custom_tools(),
             });
+            let input_estimate = input_estimate(request, prepared);
             return self
-                .begin_stream(at, response, translator, request.format)
+                .begin_stream(at, response, translator, request.format, input_estimate)
                 .await;
         }
         let body = match response
@@ -66,9 +69,11 @@ impl Gateway {
         if body.iter().all(u8::is_ascii_whitespace) {
             return self.failed(at, Failure::Empty).await;
         }
+        let reported;
         let answer = if same {
-            if let Err(message) = check_answer(upstream_format, &body) {
-                return self.failed_with(at, Failure::Malformed, &message).await;
+            match check_answer(upstream_format, &body) {
+                Ok(usage) => reported = usage,
+                Err(message) => return self.failed_with(at, Failure::Malformed, &message).await,
             }
             renamed(upstream_format, body, &request.model)
         } else {
@@ -80,6 +85,7 @@ impl Gateway {
                     .failed_with(at, Failure::Malformed, "the upstream answer is not JSON")
                     .await;
             };
+            reported = usage::of_answer(upstream_format, v);
             match translate::parse_response(provider, v) {
                 Ok(r) => Bytes::from(translate::build_response(
                     request.format,
@@ -101,6 +107,20 @@ impl Gateway {
         let response_id = (same && request.format == Format::Responses)
             .then(|| response_id(&answer))
             .flatten();
+        let spent = match reported {
+            Some(usage) => Spent {
+                usage,
+                reported: true,
+            },
+            None => Spent {
+                usage: ir::Usage {
+                    input_tokens: input_estimate(request, prepared),
+                    output_tokens: usage::estimate_of_body(answer.len()),
+                    ..ir::Usage::default()
+                },
+                reported: false,
+            },
+        };
         AttemptEnd::Answered {
             reply: Reply::Body {
                 status: 200,
@@ -108,6 +128,7 @@ impl Gateway {
                 body: answer,
             },
             response_id,
+            spent: Tally::Known(spent),
         }
     }
 
@@ -119,6 +140,7 @@ impl Gateway {
         mut response: upstream::Response,
         mut translator: StreamTranslator,
         format: Format,
+        input_estimate: u64,
     ) -> AttemptEnd {
         let mut parser = sse::Parser::new();
         // What the client gets once the upstream has sent content.
@@ -151,18 +173,24 @@ impl Gateway {
         self.learn(at, &Outcome::Success, "").await;
         self.headroom(at, &response).await;
         let response_id = translator.response_id().map(String::from);
+        let tally = Tally::stream();
         let stream = relay::relay(
             self.clone(),
-            at.clone(),
-            response,
-            parser,
-            translator,
-            held,
-            format,
+            relay::Start {
+                attempted: at.clone(),
+                response,
+                parser,
+                translator,
+                first: held,
+                format,
+                tally: tally.clone(),
+                input_estimate,
+            },
         );
         AttemptEnd::Answered {
             reply: Reply::Stream(stream),
             response_id,
+            spent: tally,
         }
     }
 
@@ -259,6 +287,10 @@ fn build(
         let renamed = Value::from(model.as_str()).to_string();
         let set: &[(&str, &str)] = match cred.provider {
             Provider::Gemini => &[],
+            _ if asks_for_usage(request, same) => &[
+                ("model", &renamed),
+                ("stream_options", r#"{"include_usage":true}"#),
+            ],
             _ => &[("model", &renamed)],
         };
         own.rewrite(set, |_| true).into()
@@ -345,7 +377,24 @@ fn renamed(format: Format, body: Vec<u8>, model: &str) -> Bytes {
 
 /// A 2xx body of the client's own format: JSON, and not an error object in
 /// disguise (some OpenAI-compatible servers answer failures with a 200).
-fn check_answer(format: Format, body: &[u8]) -> Result<(), String> {
+/// Whether a passed-through OpenAI chat stream is sent asking for the usage
+/// chunk its client did not ask for (the ledger reads it; the client does
+/// not get it).
+fn asks_for_usage(request: &ClientRequest, same: bool) -> bool {
+    same && request.stream && request.format == Format::OpenAi && !request.include_usage
+}
+
+/// The local estimate of the prompt's tokens: the neutral form's, else the
+/// body's length.
+fn input_estimate(request: &ClientRequest, prepared: &Prepared) -> u64 {
+    match prepared.input_estimate {
+        0 => usage::estimate_of_body(request.body.len()),
+        n => n,
+    }
+}
+
+/// A passed-through answer checked, and the usage it reports.
+fn check_answer(format: Format, body: &[u8]) -> Result<Option<ir::Usage>, String> {
     let Some(v) = std::str::from_utf8(body)
         .ok()
         .and_then(|t| Json::parse(t).ok())
@@ -363,7 +412,7 @@ fn check_answer(format: Format, body: &[u8]) -> Result<(), String> {
             return Err(error_text(body));
         }
     }
-    Ok(())
+    Ok(usage::of_answer(format, v))
 }
 
 /// An upstream error that is the request's own fault, for the client: as it

@@ -38,6 +38,7 @@ use crate::routing::{
 use crate::secret::scrub;
 use crate::source::CatalogHandle;
 use crate::state::{Affinity, Block, LearnedStore, Probe, QuotaHit, Reason, Scope};
+use crate::translate::usage::Spent;
 use crate::upstream::Upstream;
 use crate::wire::{ErrorKind, Format};
 
@@ -120,6 +121,41 @@ pub struct Trace {
     pub upstream_model: Option<String>,
     /// Time spent waiting for blocks to end.
     pub waited_ms: u64,
+    /// What the answer used.
+    pub spent: Tally,
+}
+
+/// What a request used, for the ledger and the key's limits: known when
+/// the answer is whole; a stream's is known when it ends (or its client
+/// leaves), so the relay shares it with whoever counts it.
+#[derive(Debug, Clone, Default)]
+pub enum Tally {
+    /// No upstream answered.
+    #[default]
+    Nothing,
+    Known(Spent),
+    /// Filled in by the relay when the stream ends.
+    Stream(Arc<std::sync::Mutex<Option<Spent>>>),
+}
+
+impl Tally {
+    fn stream() -> Self {
+        Tally::Stream(Arc::default())
+    }
+
+    /// What was used: `None` for a stream still going.
+    pub fn spent(&self) -> Option<Spent> {
+        match self {
+            Tally::Nothing => Some(Spent::default()),
+            Tally::Known(s) => Some(*s),
+            Tally::Stream(cell) => *cell.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Whether what was used is known only when a stream ends.
+    pub fn streaming(&self) -> bool {
+        matches!(self, Tally::Stream(_))
+    }
 }
 
 impl Trace {
@@ -184,6 +220,8 @@ enum AttemptEnd {
     Answered {
         reply: Reply,
         response_id: Option<String>,
+        /// What it used (a stream's, once it ends).
+        spent: Tally,
     },
     /// On to the next candidate; a failure the identical-failure rule may
     /// lift says what it wrote.
@@ -280,7 +318,12 @@ impl Gateway {
                     drop(seen.probe.take());
                     match end {
                         AttemptEnd::Done(reply) => return reply,
-                        AttemptEnd::Answered { reply, response_id } => {
+                        AttemptEnd::Answered {
+                            reply,
+                            response_id,
+                            spent,
+                        } => {
+                            trace.spent = spent;
                             let conv = conversation.as_deref();
                             self.remember(
                                 &request,

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use super::{Attempted, Gateway};
+use super::{Attempted, Gateway, Tally};
 use crate::routing::{Failure, Outcome};
 use crate::sse::{Event, Parser};
 use crate::translate::stream::StreamTranslator;
@@ -21,33 +21,55 @@ struct Relay {
     translator: StreamTranslator,
     format: Format,
     finished: bool,
+    /// Where what the stream used is left when it ends, however it ends.
+    tally: Tally,
+    input_estimate: u64,
 }
 
-pub(super) fn relay(
-    gateway: Gateway,
-    attempted: Attempted,
-    response: Response,
-    parser: Parser,
-    translator: StreamTranslator,
-    first: Vec<Event>,
-    format: Format,
-) -> BoxStream<'static, Bytes> {
+/// A stream whose first events have arrived, to be relayed.
+pub(super) struct Start {
+    pub attempted: Attempted,
+    pub response: Response,
+    pub parser: Parser,
+    pub translator: StreamTranslator,
+    /// The client's events so far.
+    pub first: Vec<Event>,
+    pub format: Format,
+    pub tally: Tally,
+    /// The local estimate of the prompt, should the upstream report nothing.
+    pub input_estimate: u64,
+}
+
+pub(super) fn relay(gateway: Gateway, start: Start) -> BoxStream<'static, Bytes> {
     let relay = Relay {
         gateway,
-        attempted,
-        response,
-        parser,
-        translator,
-        format,
+        attempted: start.attempted,
+        response: start.response,
+        parser: start.parser,
+        translator: start.translator,
+        format: start.format,
         finished: false,
+        tally: start.tally,
+        input_estimate: start.input_estimate,
     };
-    let head = encode(&first);
+    let head = encode(&start.first);
     let head = futures_util::stream::once(async move { head });
     let rest = futures_util::stream::unfold(relay, |mut r| async move {
         let chunk = r.next_chunk().await?;
         Some((chunk, r))
     });
     head.chain(rest).boxed()
+}
+
+impl Drop for Relay {
+    /// The stream ended, was cut, or its client left: what it used so far
+    /// (the upstream's report, else the estimate) is what it is counted with.
+    fn drop(&mut self) {
+        if let Tally::Stream(cell) = &self.tally {
+            let spent = self.translator.spent(self.input_estimate);
+            *cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(spent);
+        }
+    }
 }
 
 fn encode(events: &[Event]) -> Bytes {

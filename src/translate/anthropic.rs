@@ -307,7 +307,6 @@ pub fn parse_response(v: Json<'_>) -> Result<Response, Untranslatable> {
             _ => {}
         }
     }
-    let n = |path: &str| v.pointer(path).and_then(Json::as_u64).unwrap_or(0);
     Ok(Response {
         id: v
             .get("id")
@@ -320,12 +319,10 @@ pub fn parse_response(v: Json<'_>) -> Result<Response, Untranslatable> {
                 .and_then(Json::as_str)
                 .unwrap_or(Cow::Borrowed("end_turn")),
         ),
-        usage: Usage {
-            input_tokens: n("/usage/input_tokens"),
-            output_tokens: n("/usage/output_tokens"),
-            cached_tokens: n("/usage/cache_read_input_tokens"),
-            reasoning_tokens: 0,
-        },
+        usage: v
+            .get("usage")
+            .map(super::usage::anthropic)
+            .unwrap_or_default(),
     })
 }
 
@@ -407,7 +404,8 @@ pub struct Decoder {
     /// Content block index -> our tool call index.
     tool_blocks: Vec<(u64, usize)>,
     tools: usize,
-    input_tokens: u64,
+    /// The usage `message_start` reported, updated by `message_delta`.
+    usage: super::usage::AnthropicUsage,
 }
 
 impl Decoder {
@@ -424,10 +422,9 @@ impl Decoder {
         match kind.as_ref() {
             "message_start" => {
                 let m = v.field("message");
-                self.input_tokens = m
-                    .pointer("/usage/input_tokens")
-                    .and_then(Json::as_u64)
-                    .unwrap_or(0);
+                if let Some(u) = m.get("usage") {
+                    self.usage.update(u);
+                }
                 out.push(Delta::Start {
                     id: text_of(m, "id"),
                     model: text_of(m, "model"),
@@ -481,14 +478,8 @@ impl Decoder {
                     out.push(Delta::Stop(stop_from(&r)));
                 }
                 if let Some(u) = v.get("usage") {
-                    out.push(Delta::Usage(Usage {
-                        input_tokens: u
-                            .get("input_tokens")
-                            .and_then(Json::as_u64)
-                            .unwrap_or(self.input_tokens),
-                        output_tokens: u.get("output_tokens").and_then(Json::as_u64).unwrap_or(0),
-                        ..Usage::default()
-                    }));
+                    self.usage.update(u);
+                    out.push(Delta::Usage(self.usage.usage()));
                 }
             }
             "message_stop" => return Ok(None),

@@ -384,14 +384,7 @@ pub fn stop_to(reason: StopReason) -> &'static str {
 }
 
 fn usage_of(v: Json<'_>) -> Option<Usage> {
-    let u = v.get("usageMetadata")?;
-    let n = |key: &str| u.get(key).and_then(Json::as_u64).unwrap_or(0);
-    Some(Usage {
-        input_tokens: n("promptTokenCount"),
-        output_tokens: n("candidatesTokenCount") + n("thoughtsTokenCount"),
-        cached_tokens: n("cachedContentTokenCount"),
-        reasoning_tokens: n("thoughtsTokenCount"),
-    })
+    v.get("usageMetadata").map(super::usage::gemini)
 }
 
 /// The parts of a candidate, with ids made up for calls that lack one.

@@ -210,6 +210,8 @@ pub struct Usage {
     pub output_tokens: u64,
     /// Prompt tokens read from the provider's cache (part of `input_tokens`).
     pub cached_tokens: u64,
+    /// Prompt tokens written to the provider's cache (part of `input_tokens`).
+    pub cache_write_tokens: u64,
     /// Reasoning tokens (part of `output_tokens`).
     pub reasoning_tokens: u64,
 }

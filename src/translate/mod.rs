@@ -12,6 +12,7 @@ pub mod out;
 pub mod policy;
 pub mod responses;
 pub mod stream;
+pub mod usage;
 
 use serde::Serialize;
 

@@ -359,13 +359,7 @@ pub fn parse_response(v: Json<'_>) -> Result<Response, Untranslatable> {
 
 /// Usage as OpenAI reports it, with its cached and reasoning details.
 fn usage_from(u: Json<'_>) -> Usage {
-    let n = |path: &str| u.pointer(path).and_then(Json::as_u64).unwrap_or(0);
-    Usage {
-        input_tokens: n("/prompt_tokens"),
-        output_tokens: n("/completion_tokens"),
-        cached_tokens: n("/prompt_tokens_details/cached_tokens"),
-        reasoning_tokens: n("/completion_tokens_details/reasoning_tokens"),
-    }
+    super::usage::openai(u)
 }
 
 /// The reasoning OpenAI-compatible servers return beside the content

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use serde_json::Value;
 
 use super::ir::{Delta, Untranslatable};
+use super::usage::{Meter, Spent};
 use super::{anthropic, gemini, openai, responses};
 use crate::json::{Json, span_in};
 use crate::sse::Event;
@@ -50,6 +51,13 @@ pub struct StreamTranslator {
     sequence: u64,
     /// A passed-through Responses stream's response id (from its first events).
     response_id: Option<String>,
+    /// The upstream's format, whose events the meter reads.
+    upstream: Format,
+    /// The usage the upstream's events report, and the content they carried.
+    meter: Meter,
+    /// The upstream was asked for a usage chunk the client did not ask for:
+    /// it is read, not passed on.
+    hide_usage: bool,
 }
 
 /// Gives passthrough answers the model name the client asked for, touching
@@ -95,6 +103,9 @@ pub struct StreamSpec<'a> {
     pub model: &'a str,
     /// Whether an OpenAI client asked for a usage chunk.
     pub include_usage: bool,
+    /// Whether the gateway asked a passed-through OpenAI upstream for one
+    /// the client did not ask for.
+    pub usage_added: bool,
     /// The local estimate of the prompt's tokens.
     pub input_estimate: u64,
     /// The request's custom tools (Responses clients get their calls as such).
@@ -139,6 +150,9 @@ impl StreamTranslator {
             content: false,
             sequence: 0,
             response_id: None,
+            upstream: spec.upstream,
+            meter: Meter::default(),
+            hide_usage: spec.usage_added && !spec.include_usage,
             rename: Rename::new(
                 spec.model,
                 if spec.client == Format::Gemini {
@@ -160,6 +174,12 @@ impl StreamTranslator {
         self.response_id.as_deref()
     }
 
+    /// What the stream used so far: the upstream's report, else the local
+    /// estimate (`input_estimate` for the prompt).
+    pub fn spent(&self, input_estimate: u64) -> Spent {
+        self.meter.spent(input_estimate)
+    }
+
     /// Whether the upstream has sent content yet.
     pub fn has_content(&self) -> bool {
         self.content
@@ -168,10 +188,11 @@ impl StreamTranslator {
     /// One upstream event in, the client's events out. An error means the
     /// upstream reported a failure inside the stream or sent something broken.
     pub fn feed(&mut self, event: &Event) -> Result<Vec<Event>, Untranslatable> {
+        self.meter.event(self.upstream, event);
         match &mut self.mode {
             Mode::Same(format) => {
                 let format = *format;
-                Ok(vec![self.pass(format, event)?])
+                Ok(self.pass(format, event)?.into_iter().collect())
             }
             Mode::Translate { decoder, encoder } => {
                 let deltas = match decoder {
@@ -185,9 +206,12 @@ impl StreamTranslator {
                         for d in &deltas {
                             match d {
                                 Delta::Stop(_) => self.complete = true,
-                                Delta::Text(_) | Delta::Thinking(_) | Delta::ToolStart { .. } => {
+                                Delta::Text(t) | Delta::Thinking(t) => {
                                     self.content = true;
+                                    self.meter.content(t.len());
                                 }
+                                Delta::ToolStart { .. } => self.content = true,
+                                Delta::ToolArgs { json, .. } => self.meter.content(json.len()),
                                 _ => {}
                             }
                             encode(encoder, d, &mut out);
@@ -239,12 +263,13 @@ impl StreamTranslator {
     }
 
     /// An event of the client's own format: checked for errors, content and
-    /// the end, and given the client's model name.
-    fn pass(&mut self, format: Format, event: &Event) -> Result<Event, Untranslatable> {
+    /// the end, and given the client's model name; `None` for the usage
+    /// chunk the client did not ask for.
+    fn pass(&mut self, format: Format, event: &Event) -> Result<Option<Event>, Untranslatable> {
         let data = event.data.trim();
         if format == Format::OpenAi && data == "[DONE]" {
             self.complete = true;
-            return Ok(event.clone());
+            return Ok(Some(event.clone()));
         }
         if format == Format::Anthropic {
             match event.event.as_deref() {
@@ -252,14 +277,19 @@ impl StreamTranslator {
                 Some("error") => {
                     return Err(Untranslatable(crate::wire::error_text(data.as_bytes())));
                 }
-                Some("content_block_start" | "content_block_delta") => self.content = true,
+                Some("content_block_start") => self.content = true,
+                Some("content_block_delta") => {
+                    self.content = true;
+                    self.meter
+                        .content(data.len().saturating_sub(ANTHROPIC_DELTA_FRAME));
+                }
                 _ => {}
             }
             // Only message_start names the model.
             if event.event.as_deref() != Some("message_start")
                 || !self.rename.needed(data.as_bytes())
             {
-                return Ok(event.clone());
+                return Ok(Some(event.clone()));
             }
         }
         let v =
@@ -274,16 +304,25 @@ impl StreamTranslator {
                 }
                 if openai_content(v) {
                     self.content = true;
+                    self.meter.content(openai_content_bytes(v));
+                }
+                if self.hide_usage
+                    && v.field("choices").items().next().is_none()
+                    && v.get("usage").is_some_and(Json::is_object)
+                {
+                    return Ok(None);
                 }
             }
             Format::Gemini => {
                 if v.pointer("/candidates/0/finishReason").is_some() {
                     self.complete = true;
                 }
-                if v.pointer("/candidates/0/content/parts")
-                    .is_some_and(|p| p.items().next().is_some())
+                if let Some(parts) = v
+                    .pointer("/candidates/0/content/parts")
+                    .filter(|p| p.items().next().is_some())
                 {
                     self.content = true;
+                    self.meter.content(parts.text().len());
                 }
             }
             Format::Responses => {
@@ -298,7 +337,11 @@ impl StreamTranslator {
                 }
                 let kind = v.get("type").and_then(Json::as_str).unwrap_or_default();
                 match responses::event_kind(&kind) {
-                    responses::EventKind::Content => self.content = true,
+                    responses::EventKind::Content => {
+                        self.content = true;
+                        self.meter
+                            .content(v.get("delta").map_or(0, |d| d.text().len()));
+                    }
                     responses::EventKind::Done => self.complete = true,
                     responses::EventKind::Failed => {
                         return Err(Untranslatable(crate::wire::error_text(data.as_bytes())));
@@ -309,7 +352,7 @@ impl StreamTranslator {
             Format::Anthropic => {}
         }
         if !self.rename.needed(data.as_bytes()) {
-            return Ok(event.clone());
+            return Ok(Some(event.clone()));
         }
         let slot = match format {
             Format::OpenAi => v.get("model"),
@@ -318,16 +361,46 @@ impl StreamTranslator {
             Format::Gemini => v.get("modelVersion"),
         };
         let Some(slot) = slot else {
-            return Ok(event.clone());
+            return Ok(Some(event.clone()));
         };
         // The model's name replaced in the event's text; the rest as it came.
         let at = span_in(data, slot.text());
         let name = Value::String(self.rename.model().to_string()).to_string();
-        Ok(Event {
+        Ok(Some(Event {
             event: event.event.clone(),
             data: format!("{}{name}{}", &data[..at.start], &data[at.end..]),
-        })
+        }))
     }
+}
+
+/// The framing of an Anthropic `content_block_delta` event around its text,
+/// left out of the content the local estimate counts.
+const ANTHROPIC_DELTA_FRAME: usize = 72;
+
+/// The length of the text, reasoning and tool arguments an OpenAI chunk
+/// carries, as written (for the local estimate).
+fn openai_content_bytes(v: Json<'_>) -> usize {
+    v.field("choices")
+        .items()
+        .map(|c| {
+            let d = c.field("delta");
+            let text: usize = ["content", "reasoning_content", "reasoning"]
+                .iter()
+                .filter_map(|k| d.get(k))
+                .filter(|t| !t.is_null())
+                .map(|t| t.text().len())
+                .sum();
+            let calls: usize = d
+                .field("tool_calls")
+                .items()
+                .map(|t| {
+                    t.pointer("/function/arguments")
+                        .map_or(0, |a| a.text().len())
+                })
+                .sum();
+            text + calls
+        })
+        .sum()
 }
 
 /// Whether an OpenAI chunk carries text, reasoning or a tool call.

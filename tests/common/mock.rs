@@ -103,6 +103,8 @@ pub struct Hit {
     pub stream: bool,
     pub headers: HashMap<String, String>,
     pub body: Value,
+    /// The usage its answer reports, should it be answered with one.
+    pub used: Used,
 }
 
 #[derive(Default)]
@@ -114,6 +116,9 @@ struct State {
     /// Replies given, per key, to requests whose body contains a needle.
     when: HashMap<String, Vec<(String, Reply)>>,
     hits: Vec<Hit>,
+    /// When set, every answer reports different random counts drawn from
+    /// this state.
+    random_usage: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -175,6 +180,12 @@ impl Mock {
             .entry(key.to_string())
             .or_default()
             .push((needle.to_string(), reply));
+    }
+
+    /// From now on every answer reports different random usage (seeded:
+    /// repeatable), recorded in its [`Hit`].
+    pub fn random_usage(&self, seed: u64) {
+        self.state.lock().unwrap().random_usage = Some(seed | 1);
     }
 
     pub fn hits(&self) -> Vec<Hit> {
@@ -263,8 +274,12 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
             body["stream"].as_bool().unwrap_or(false),
         ),
     };
-    let reply = {
+    let (reply, used) = {
         let mut s = state.lock().unwrap();
+        let used = match s.random_usage.as_mut() {
+            Some(rng) => Used::random(kind, rng),
+            None => Used::default(),
+        };
         s.hits.push(Hit {
             kind,
             key: key.clone(),
@@ -273,6 +288,7 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
             stream,
             headers,
             body: body.clone(),
+            used,
         });
         // What the real provider refuses comes first, whatever is scripted.
         let text = body.to_string();
@@ -284,9 +300,10 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
         });
         let queued = matched.or_else(|| s.script.get_mut(&key).and_then(VecDeque::pop_front));
         let queued = super::provider_rules::refusal(kind_name(kind), &model, &body).or(queued);
-        queued
+        let reply = queued
             .or_else(|| s.always.get(&key).cloned())
-            .unwrap_or(Reply::Ok)
+            .unwrap_or(Reply::Ok);
+        (reply, used)
     };
     respond(
         socket,
@@ -297,6 +314,7 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
             model,
             stream,
             body,
+            used,
         },
     )
     .await
@@ -318,6 +336,7 @@ struct Request {
     model: String,
     stream: bool,
     body: Value,
+    used: Used,
 }
 
 /// What the mock answers, before it is put in a format.
@@ -416,8 +435,96 @@ fn content(key: &str, model: &str) -> String {
     format!("hello from {key} as {model}")
 }
 
-const USAGE_IN: u64 = 3;
-const USAGE_OUT: u64 = 5;
+/// The usage the mock reports for one answer, in the contract's one
+/// meaning (section 9): `input` counts every prompt token, cached and
+/// cache-written ones included; `reasoning` is part of `output`. Each
+/// provider's answer says it in that provider's own fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
+    pub cache_write: u64,
+    pub reasoning: u64,
+}
+
+impl Default for Used {
+    fn default() -> Self {
+        Self {
+            input: 3,
+            output: 5,
+            cached: 0,
+            cache_write: 0,
+            reasoning: 0,
+        }
+    }
+}
+
+impl Used {
+    /// Different counts for every field a provider of `kind` reports (the
+    /// ones it has no field for are 0).
+    fn random(kind: Kind, rng: &mut u64) -> Self {
+        let mut next = |below: u64| {
+            // xorshift64*: a test's own repeatable sequence.
+            *rng ^= *rng >> 12;
+            *rng ^= *rng << 25;
+            *rng ^= *rng >> 27;
+            rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % below.max(1)
+        };
+        let input = 200 + next(5_000);
+        let output = 20 + next(2_000);
+        let cached = next(input / 2);
+        let cache_write = match kind {
+            Kind::OpenAi | Kind::Anthropic => next(input / 4),
+            _ => 0,
+        };
+        let reasoning = match kind {
+            Kind::Anthropic => 0,
+            _ => next(output),
+        };
+        Self {
+            input,
+            output,
+            cached,
+            cache_write,
+            reasoning,
+        }
+    }
+
+    fn openai(&self) -> Value {
+        let mut v = json!({"prompt_tokens": self.input, "completion_tokens": self.output, "total_tokens": self.input + self.output});
+        if self.cached > 0 || self.cache_write > 0 {
+            v["prompt_tokens_details"] =
+                json!({"cached_tokens": self.cached, "cache_write_tokens": self.cache_write});
+        }
+        if self.reasoning > 0 {
+            v["completion_tokens_details"] = json!({"reasoning_tokens": self.reasoning});
+        }
+        v
+    }
+
+    /// Anthropic's prompt count leaves out cache reads and writes.
+    fn anthropic(&self, output: u64) -> Value {
+        let mut v = json!({"input_tokens": self.input - self.cached - self.cache_write, "output_tokens": output});
+        if self.cached > 0 || self.cache_write > 0 {
+            v["cache_read_input_tokens"] = json!(self.cached);
+            v["cache_creation_input_tokens"] = json!(self.cache_write);
+        }
+        v
+    }
+
+    /// Gemini's candidates count leaves out the thoughts.
+    fn gemini(&self) -> Value {
+        let mut v = json!({"promptTokenCount": self.input, "candidatesTokenCount": self.output - self.reasoning, "totalTokenCount": self.input + self.output});
+        if self.cached > 0 {
+            v["cachedContentTokenCount"] = json!(self.cached);
+        }
+        if self.reasoning > 0 {
+            v["thoughtsTokenCount"] = json!(self.reasoning);
+        }
+        v
+    }
+}
 
 fn json_answer(req: &Request, a: &Answer) -> Value {
     let model = &req.model;
@@ -425,14 +532,14 @@ fn json_answer(req: &Request, a: &Answer) -> Value {
         (Kind::OpenAi, Answer::Text(t)) => json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": t.concat()}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": USAGE_IN + USAGE_OUT}
+            "usage": req.used.openai()
         }),
         (Kind::OpenAi, Answer::Tool { name, args }) => json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
                 {"id": "call_mock1", "type": "function", "function": {"name": name, "arguments": args.concat()}}
             ]}, "finish_reason": "tool_calls"}],
-            "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": USAGE_IN + USAGE_OUT}
+            "usage": req.used.openai()
         }),
         (Kind::Anthropic, a) => {
             let (content, stop) = match a {
@@ -446,7 +553,7 @@ fn json_answer(req: &Request, a: &Answer) -> Value {
                 }
             };
             json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": content,
-                   "stop_reason": stop, "stop_sequence": null, "usage": {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT}})
+                   "stop_reason": stop, "stop_sequence": null, "usage": req.used.anthropic(req.used.output)})
         }
         (Kind::Gemini, a) => {
             let parts = match a {
@@ -457,10 +564,10 @@ fn json_answer(req: &Request, a: &Answer) -> Value {
                 }
             };
             json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
-                   "usageMetadata": {"promptTokenCount": USAGE_IN, "candidatesTokenCount": USAGE_OUT, "totalTokenCount": USAGE_IN + USAGE_OUT},
+                   "usageMetadata": req.used.gemini(),
                    "modelVersion": model})
         }
-        (Kind::Responses, a) => responses::response(model, &req.body, a, "completed"),
+        (Kind::Responses, a) => responses::response(model, &req.body, a, "completed", &req.used),
         (Kind::AnthropicCount, _) => json!({"input_tokens": 42}),
         (Kind::GeminiCount, _) => json!({"totalTokens": 42}),
     }
@@ -506,14 +613,14 @@ fn sse_answer(req: &Request, a: &Answer) -> Vec<(Option<&'static str>, String)> 
             out.push((None, chunk(json!({}), Some(finish))));
             if req.body.pointer("/stream_options/include_usage") == Some(&Value::Bool(true)) {
                 out.push((None, json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [],
-                    "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": USAGE_IN + USAGE_OUT}}).to_string()));
+                    "usage": req.used.openai()}).to_string()));
             }
             out.push((None, "[DONE]".into()));
         }
-        Kind::Responses => out = responses::events(model, &req.body, a),
+        Kind::Responses => out = responses::events(model, &req.body, a, &req.used),
         Kind::Anthropic | Kind::AnthropicCount => {
             out.push((Some("message_start"), json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant",
-                "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}}).to_string()));
+                "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": req.used.anthropic(1)}}).to_string()));
             let stop = match a {
                 Answer::Text(pieces) => {
                     out.push((Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}).to_string()));
@@ -534,7 +641,7 @@ fn sse_answer(req: &Request, a: &Answer) -> Vec<(Option<&'static str>, String)> 
                 Some("content_block_stop"),
                 json!({"type": "content_block_stop", "index": 0}).to_string(),
             ));
-            out.push((Some("message_delta"), json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": USAGE_OUT}}).to_string()));
+            out.push((Some("message_delta"), json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": req.used.output}}).to_string()));
             out.push((
                 Some("message_stop"),
                 json!({"type": "message_stop"}).to_string(),
@@ -546,7 +653,7 @@ fn sse_answer(req: &Request, a: &Answer) -> Vec<(Option<&'static str>, String)> 
                 let mut v = json!({"candidates": [], "modelVersion": model});
                 if last {
                     c["finishReason"] = json!("STOP");
-                    v["usageMetadata"] = json!({"promptTokenCount": USAGE_IN, "candidatesTokenCount": USAGE_OUT, "totalTokenCount": USAGE_IN + USAGE_OUT});
+                    v["usageMetadata"] = req.used.gemini();
                 }
                 v["candidates"] = json!([c]);
                 v.to_string()

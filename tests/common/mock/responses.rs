@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Answer, USAGE_IN, USAGE_OUT};
+use super::{Answer, Used};
 
 const RESPONSE_ID: &str = "resp_mock";
 const MESSAGE_ID: &str = "msg_mock";
@@ -64,7 +64,7 @@ fn item(body: &Value, a: &Answer) -> Value {
 
 /// A Response object with `status`; its output is the answer's item once
 /// the response is completed.
-pub(super) fn response(model: &str, body: &Value, a: &Answer, status: &str) -> Value {
+pub(super) fn response(model: &str, body: &Value, a: &Answer, status: &str, used: &Used) -> Value {
     let done = status == "completed";
     let output = if done {
         json!([item(body, a)])
@@ -73,9 +73,9 @@ pub(super) fn response(model: &str, body: &Value, a: &Answer, status: &str) -> V
     };
     let usage = if done {
         json!({
-            "input_tokens": USAGE_IN, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": USAGE_OUT, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": USAGE_IN + USAGE_OUT
+            "input_tokens": used.input, "input_tokens_details": {"cached_tokens": used.cached},
+            "output_tokens": used.output, "output_tokens_details": {"reasoning_tokens": used.reasoning},
+            "total_tokens": used.input + used.output
         })
     } else {
         Value::Null
@@ -92,15 +92,20 @@ pub(super) fn response(model: &str, body: &Value, a: &Answer, status: &str) -> V
 }
 
 /// The stream of an answer, as (event name, data) pairs.
-pub(super) fn events(model: &str, body: &Value, a: &Answer) -> Vec<(Option<&'static str>, String)> {
+pub(super) fn events(
+    model: &str,
+    body: &Value,
+    a: &Answer,
+    used: &Used,
+) -> Vec<(Option<&'static str>, String)> {
     let mut out: Vec<(&'static str, Value)> = vec![
         (
             "response.created",
-            json!({"response": response(model, body, a, "in_progress")}),
+            json!({"response": response(model, body, a, "in_progress", used)}),
         ),
         (
             "response.in_progress",
-            json!({"response": response(model, body, a, "in_progress")}),
+            json!({"response": response(model, body, a, "in_progress", used)}),
         ),
     ];
     let done = item(body, a);
@@ -185,7 +190,7 @@ pub(super) fn events(model: &str, body: &Value, a: &Answer) -> Vec<(Option<&'sta
     ));
     out.push((
         "response.completed",
-        json!({"response": response(model, body, a, "completed")}),
+        json!({"response": response(model, body, a, "completed", used)}),
     ));
     out.into_iter()
         .enumerate()

@@ -13,6 +13,7 @@
 //! names only patterns serve are routed on first request.
 
 mod patterns;
+pub mod prices;
 
 pub use patterns::SAME_NAME;
 
@@ -188,6 +189,7 @@ pub struct OperatorData {
     pub credentials: Vec<Credential>,
     pub models: Vec<CredentialModel>,
     pub api_keys: Vec<ApiKey>,
+    pub prices: Vec<prices::PriceRow>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -349,6 +351,8 @@ pub struct Catalog {
     pub models: Vec<String>,
     /// Each credential's models, for the admin view.
     pub credential_models: Vec<CredentialModel>,
+    /// What a requested model's tokens cost.
+    pub prices: prices::Prices,
 }
 
 impl fmt::Debug for Catalog {
@@ -379,6 +383,7 @@ impl Catalog {
             keys: HashMap::new(),
             models: Vec::new(),
             credential_models: Vec::new(),
+            prices: prices::Prices::default(),
         }
     }
 
@@ -468,6 +473,7 @@ impl Catalog {
             keys,
             models,
             credential_models: data.models,
+            prices: prices::Prices::new(&data.prices),
         })
     }
 
@@ -765,6 +771,7 @@ pub(crate) mod tests {
                 cm("c-off", "only-off", "z"),
             ],
             api_keys: vec![],
+            prices: Vec::new(),
         };
         let cat = Catalog::build(data).expect("valid");
         assert_eq!(cat.models, vec!["gpt".to_string()]);
@@ -780,6 +787,7 @@ pub(crate) mod tests {
             credentials: vec![cred("a", 0, 1), cred("b", 0, 1)],
             models,
             api_keys: vec![],
+            prices: Vec::new(),
         })
         .expect("valid")
     }
@@ -893,6 +901,7 @@ pub(crate) mod tests {
                 credentials: vec![cred("a", 0, 1)],
                 models: vec![row.clone(), cm("a", "ok-*", "*")],
                 api_keys: vec![],
+                prices: Vec::new(),
             };
             assert!(
                 matches!(
@@ -941,6 +950,7 @@ pub(crate) mod tests {
                 expires_at: None,
                 limits: KeyLimits::default(),
             }],
+            prices: Vec::new(),
         };
         let (cat, problems) = Catalog::build_lenient(data);
         assert_eq!(problems.len(), 3, "{problems:?}");

@@ -45,6 +45,9 @@ pub struct Counts {
     pub cached_tokens: u64,
     pub cache_write_tokens: u64,
     pub reasoning_tokens: u64,
+    /// What the tokens cost at the requested model's price, in
+    /// pico-dollars (0 without a price row).
+    pub cost_pico: u64,
 }
 
 impl Counts {
@@ -56,6 +59,12 @@ impl Counts {
         self.cached_tokens += other.cached_tokens;
         self.cache_write_tokens += other.cache_write_tokens;
         self.reasoning_tokens += other.reasoning_tokens;
+        self.cost_pico += other.cost_pico;
+    }
+
+    /// The cost in dollars.
+    pub fn cost_usd(&self) -> f64 {
+        self.cost_pico as f64 / 1e12
     }
 }
 

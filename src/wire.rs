@@ -29,8 +29,10 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The request body stalled.
     RequestTimeout,
-    /// Every candidate is under a quota block.
+    /// Every candidate is under a quota block, or the key's rate limit is reached.
     RateLimited,
+    /// The key's budget for the period is spent.
+    BudgetExceeded,
     /// Every candidate is blocked, not all for quota; or the gateway is draining.
     Unavailable,
     /// An upstream failed after the response began.
@@ -48,7 +50,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RequestTimeout => 408,
-            ErrorKind::RateLimited => 429,
+            ErrorKind::RateLimited | ErrorKind::BudgetExceeded => 429,
             ErrorKind::Unavailable => 503,
             ErrorKind::Upstream => 502,
             ErrorKind::Internal => 500,
@@ -67,6 +69,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
             ErrorKind::RequestTimeout => ("invalid_request_error", Some("request_timeout")),
             ErrorKind::RateLimited => ("rate_limit_error", Some("rate_limit_exceeded")),
+            ErrorKind::BudgetExceeded => ("insufficient_quota", Some("insufficient_quota")),
             ErrorKind::Unavailable => ("server_error", Some("service_unavailable")),
             ErrorKind::Upstream => ("server_error", Some("upstream_error")),
             ErrorKind::Internal => ("server_error", Some("internal_error")),
@@ -82,7 +85,7 @@ impl ErrorKind {
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => "not_found_error",
             ErrorKind::PayloadTooLarge => "request_too_large",
             ErrorKind::RequestTimeout => "timeout_error",
-            ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::RateLimited | ErrorKind::BudgetExceeded => "rate_limit_error",
             ErrorKind::Unavailable => "overloaded_error",
             ErrorKind::Upstream | ErrorKind::Internal => "api_error",
         }
@@ -98,7 +101,7 @@ impl ErrorKind {
             ErrorKind::ModelForbidden => "PERMISSION_DENIED",
             ErrorKind::RequestTimeout => "DEADLINE_EXCEEDED",
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => "NOT_FOUND",
-            ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
+            ErrorKind::RateLimited | ErrorKind::BudgetExceeded => "RESOURCE_EXHAUSTED",
             ErrorKind::Unavailable => "UNAVAILABLE",
             ErrorKind::Upstream | ErrorKind::Internal => "INTERNAL",
         }
@@ -135,6 +138,7 @@ pub fn stream_error(format: Format, kind: ErrorKind, message: &str) -> Event {
 pub fn responses_code(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::RateLimited => "rate_limit_exceeded",
+        ErrorKind::BudgetExceeded => "insufficient_quota",
         ErrorKind::Upstream | ErrorKind::Unavailable | ErrorKind::Internal => "server_error",
         _ => "invalid_request",
     }

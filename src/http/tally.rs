@@ -61,6 +61,7 @@ impl Count {
             self.state.gateway.metrics().usage_estimated();
         }
         let u = spent.usage;
+        let price = self.state.gateway.catalog().load().prices.of(&self.model);
         let counts = Counts {
             requests: 1,
             errors: u64::from(self.error),
@@ -69,6 +70,7 @@ impl Count {
             cached_tokens: u.cached_tokens,
             cache_write_tokens: u.cache_write_tokens,
             reasoning_tokens: u.reasoning_tokens,
+            cost_pico: price.map_or(0, |p| p.cost_pico(&u)),
         };
         let upstream = self
             .upstream

@@ -112,8 +112,8 @@ fn from_memory(
     sums.into_iter()
         .map(|(group, counts)| GroupSums {
             group,
+            cost_usd: counts.cost_usd(),
             counts,
-            cost_usd: 0.0,
         })
         .collect()
 }

@@ -272,6 +272,7 @@ pub(crate) mod tests {
             credentials: creds,
             models,
             api_keys: vec![],
+            prices: Vec::new(),
         })
         .expect("valid catalog");
         cat.route("m").expect("route for m").clone()

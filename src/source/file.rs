@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::CatalogHandle;
 use crate::catalog::{
     ApiKey, BudgetPeriod, Catalog, CatalogError, Credential, CredentialModel, KeyLimits,
-    OperatorData,
+    OperatorData, prices::PriceRow,
 };
 use crate::secret::Secret;
 
@@ -46,6 +46,8 @@ pub enum FileError {
         name: String,
         message: String,
     },
+    #[error("{path}: model price {model:?}: prices must be numbers of dollars, 0 or more")]
+    BadPrice { path: PathBuf, model: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +61,18 @@ struct FileShape {
     credential_models: Vec<ModelRow>,
     #[serde(default)]
     api_keys: Vec<KeyRow>,
+    #[serde(default)]
+    model_prices: Vec<PriceFileRow>,
+}
+
+/// A `[[model_prices]]` table: dollars per million tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceFileRow {
+    model: String,
+    input_usd_per_mtok: f64,
+    output_usd_per_mtok: f64,
+    cached_usd_per_mtok: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,6 +312,25 @@ pub fn parse(
             },
         });
     }
+    let mut prices = Vec::new();
+    for p in shape.model_prices {
+        let pico = |usd: f64| -> Result<u64, FileError> {
+            if usd.is_finite() && usd >= 0.0 {
+                Ok((usd * 1e6).round() as u64)
+            } else {
+                Err(FileError::BadPrice {
+                    path: path.to_path_buf(),
+                    model: p.model.clone(),
+                })
+            }
+        };
+        prices.push(PriceRow {
+            model: p.model.clone(),
+            input_pico: pico(p.input_usd_per_mtok)?,
+            output_pico: pico(p.output_usd_per_mtok)?,
+            cached_pico: p.cached_usd_per_mtok.map(pico).transpose()?,
+        });
+    }
     Ok(FileContents {
         raw: text.to_string(),
         warnings,
@@ -306,6 +339,7 @@ pub fn parse(
             credentials,
             models,
             api_keys,
+            prices,
         },
     })
 }

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::CatalogHandle;
+use crate::catalog::prices::PriceRow;
 use crate::catalog::{ApiKey, Catalog, Credential, CredentialModel, KeyLimits, OperatorData};
 use crate::metrics::{Health, Metrics};
 use crate::secret::Secret;
@@ -103,6 +104,15 @@ impl Postgres {
         )
         .fetch_all(&mut *tx)
         .await?;
+        // Dollars a million tokens are pico-dollars a token.
+        let prices = sqlx::query(
+            "select model, (input_usd_per_mtok * 1000000)::bigint as input_pico, \
+                 (output_usd_per_mtok * 1000000)::bigint as output_pico, \
+                 (cached_usd_per_mtok * 1000000)::bigint as cached_pico \
+                 from model_prices order by model",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
 
         let mut data = OperatorData::default();
@@ -137,6 +147,15 @@ impl Postgres {
                 credential_id: row.try_get("credential_id")?,
                 model: row.try_get("model")?,
                 upstream_model: row.try_get("upstream_model")?,
+            });
+        }
+        let pico = |v: Option<i64>| v.map(|n| u64::try_from(n).unwrap_or(0));
+        for row in prices {
+            data.prices.push(PriceRow {
+                model: row.try_get("model")?,
+                input_pico: pico(row.try_get("input_pico")?).unwrap_or(0),
+                output_pico: pico(row.try_get("output_pico")?).unwrap_or(0),
+                cached_pico: pico(row.try_get("cached_pico")?),
             });
         }
         for row in keys {

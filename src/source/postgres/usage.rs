@@ -9,24 +9,16 @@ use super::Postgres;
 use crate::ledger::{Counts, Row};
 
 /// Adds each row's counts to what `usage` holds (replicas writing the same
-/// row add up). The price is the requested model's row of `model_prices`:
-/// an exact row, else the longest pattern it starts with (as
-/// `credential_models` match); no price row, no cost.
+/// row add up). The cost comes priced by the replica (`catalog::prices`),
+/// in pico-dollars, so the ledger and the budget counters agree.
 const ADD: &str = "
 insert into usage (minute, api_key, credential_id, model, upstream_model, requests, errors,
                    input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd)
 select to_timestamp(t.m / 1000.0), t.k, t.c, t.md, t.u, t.r, t.e, t.i, t.o, t.ca, t.cw, t.rs,
-       coalesce(((t.i - t.ca) * p.input_usd_per_mtok
-                 + t.ca * coalesce(p.cached_usd_per_mtok, p.input_usd_per_mtok)
-                 + t.o * p.output_usd_per_mtok) / 1000000, 0)
+       t.cost / 1000000000000.0
 from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
-            $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[])
-     as t(m, k, c, md, u, r, e, i, o, ca, cw, rs)
-left join lateral (
-    select * from model_prices p
-    where p.model = t.md or (right(p.model, 1) = '*' and starts_with(t.md, left(p.model, -1)))
-    order by p.model = t.md desc, length(p.model) desc
-    limit 1) p on true
+            $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[])
+     as t(m, k, c, md, u, r, e, i, o, ca, cw, rs, cost)
 on conflict (minute, api_key, credential_id, model, upstream_model) do update set
     requests = usage.requests + excluded.requests,
     errors = usage.errors + excluded.errors,
@@ -120,6 +112,7 @@ impl Postgres {
             .bind(col(|r| big(r.1.cached_tokens)))
             .bind(col(|r| big(r.1.cache_write_tokens)))
             .bind(col(|r| big(r.1.reasoning_tokens)))
+            .bind(col(|r| big(r.1.cost_pico)))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -152,6 +145,7 @@ impl Postgres {
                         cached_tokens: n(row, "cached_tokens")?,
                         cache_write_tokens: n(row, "cache_write_tokens")?,
                         reasoning_tokens: n(row, "reasoning_tokens")?,
+                        cost_pico: 0,
                     },
                     cost_usd: row.try_get("cost_usd")?,
                 })

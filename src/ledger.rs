@@ -120,6 +120,16 @@ impl Ledger {
         self.lock().iter().map(|(r, c)| (r.clone(), *c)).collect()
     }
 
+    /// What `api_key` spent from `since_ms` on in rows not written yet (all
+    /// rows, in embedded mode), in pico-dollars.
+    pub fn cost_since(&self, api_key: &str, since_ms: i64) -> u64 {
+        self.lock()
+            .iter()
+            .filter(|(r, _)| r.api_key == api_key && r.minute_ms >= since_ms)
+            .map(|(_, c)| c.cost_pico)
+            .sum()
+    }
+
     /// Whether rows are written to Postgres (else they stay in memory).
     pub fn writes(&self) -> bool {
         self.postgres.is_some()

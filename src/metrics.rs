@@ -143,6 +143,9 @@ pub struct Metrics {
     /// Answers counted with the local token estimate: the upstream reported
     /// no usage, or the client left before it did.
     usage_estimated: AtomicU64,
+    /// Per key name, only for keys with a counted limit: a label set as
+    /// large as the keys an operator limited, however many keys there are.
+    keys: Mutex<BTreeMap<String, KeyCounts>>,
     postgres: AtomicI64,
     propagation: Histogram,
     /// Bytes of request bodies held now (their cap is
@@ -156,7 +159,58 @@ impl Default for Metrics {
     }
 }
 
+/// A limited key's counters.
+#[derive(Debug, Default)]
+struct KeyCounts {
+    admitted: u64,
+    /// Refused by its request limit, token limit, budget.
+    refused: [u64; 3],
+    tokens: u64,
+    cost_pico: u64,
+}
+
 impl Metrics {
+    fn render_keys(&self, out: &mut String) {
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let name = "switchyard_key_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests of keys with limits, by key name and outcome (admitted, or the limit that refused it).\n# TYPE {name} counter"
+        );
+        for (key, k) in keys.iter() {
+            let key = escape(key);
+            let _ = writeln!(
+                out,
+                "{name}{{key=\"{key}\",outcome=\"admitted\"}} {}",
+                k.admitted
+            );
+            for (outcome, n) in ["requests", "tokens", "budget"].iter().zip(k.refused) {
+                let _ = writeln!(out, "{name}{{key=\"{key}\",outcome=\"{outcome}\"}} {n}");
+            }
+        }
+        let name = "switchyard_key_tokens_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Tokens (input and output) used by keys with limits.\n# TYPE {name} counter"
+        );
+        for (key, k) in keys.iter() {
+            let _ = writeln!(out, "{name}{{key=\"{}\"}} {}", escape(key), k.tokens);
+        }
+        let name = "switchyard_key_spend_usd_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Dollars spent by keys with limits, at model_prices.\n# TYPE {name} counter"
+        );
+        for (key, k) in keys.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{key=\"{}\"}} {}",
+                escape(key),
+                k.cost_pico as f64 / 1e12
+            );
+        }
+    }
+
     pub fn new() -> Self {
         Self {
             replica: String::new(),
@@ -175,6 +229,7 @@ impl Metrics {
             redis_unsynced: AtomicU64::new(0),
             limits_local: AtomicU64::new(0),
             usage_estimated: AtomicU64::new(0),
+            keys: Mutex::new(BTreeMap::new()),
             postgres: AtomicI64::new(-1),
             body_bytes: AtomicU64::new(0),
             propagation: Histogram {
@@ -239,6 +294,33 @@ impl Metrics {
 
     pub fn limit_counted_locally(&self) {
         self.limits_local.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One admission of a key with a counted limit, and which limit refused it.
+    pub fn key_admission(&self, name: &str, refused: Option<crate::limits::Limit>) {
+        use crate::limits::Limit;
+        self.with_key(name, |k| match refused {
+            None => k.admitted += 1,
+            Some(Limit::Requests) => k.refused[0] += 1,
+            Some(Limit::Tokens) => k.refused[1] += 1,
+            Some(Limit::Budget) => k.refused[2] += 1,
+        });
+    }
+
+    /// What a request of a key with a counted limit used.
+    pub fn key_spent(&self, name: &str, tokens: u64, cost_pico: u64) {
+        self.with_key(name, |k| {
+            k.tokens += tokens;
+            k.cost_pico += cost_pico;
+        });
+    }
+
+    fn with_key(&self, name: &str, f: impl FnOnce(&mut KeyCounts)) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        match keys.get_mut(name) {
+            Some(k) => f(k),
+            None => f(keys.entry(name.to_string()).or_default()),
+        }
     }
 
     pub fn usage_estimated(&self) {
@@ -397,6 +479,7 @@ impl Metrics {
             "# HELP switchyard_request_body_bytes Bytes of request bodies this replica holds now.\n# TYPE switchyard_request_body_bytes gauge\nswitchyard_request_body_bytes {}",
             self.body_bytes.load(Ordering::Relaxed)
         );
+        self.render_keys(&mut out);
         let name = "switchyard_usage_estimated_total";
         let _ = writeln!(
             out,

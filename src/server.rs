@@ -115,7 +115,15 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     background
         .tasks
         .spawn(ledger.clone().run(background.stop.clone()));
-    let limiter_metrics = metrics.clone();
+    let limiter = Arc::new(Limiter::new(
+        limiter_clock,
+        shared_counters,
+        ledger.clone(),
+        metrics.clone(),
+    ));
+    background
+        .tasks
+        .spawn(limiter.clone().run(background.stop.clone()));
     let gateway = Gateway::new(
         config.clone(),
         catalog,
@@ -130,11 +138,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         gateway,
         draining: Arc::new(AtomicBool::new(false)),
         bodies,
-        limiter: Arc::new(Limiter::new(
-            limiter_clock,
-            shared_counters,
-            limiter_metrics,
-        )),
+        limiter: limiter.clone(),
         ledger,
     };
     let shutdown = CancellationToken::new();

@@ -744,3 +744,161 @@ async fn answers_without_usage_and_clients_that_leave_are_counted_with_the_estim
     assert_eq!(v["groups"][0]["requests"], 3, "{v}");
     assert_eq!(metric(&gw, estimated).await, 2);
 }
+
+/// A streamed chat request with the limited key, read to its end.
+async fn chat_stream_at(c: &common::cluster::Cluster, base: &str) -> u16 {
+    let r = c
+        .client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(LIMITED_KEY)
+        .json(&Gateway::chat_body("m", true))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let _ = r.text().await;
+    status
+}
+
+/// Longer than the limiter takes to add spend to the shared counters.
+const SPEND_SETTLES: Duration = Duration::from_millis(500);
+
+#[tokio::test]
+async fn a_token_limit_counts_reported_tokens_streams_included_across_replicas() {
+    // The mock reports 3 + 5 tokens an answer.
+    let c = cluster_with_key("tpm_limit = 20").await;
+    early_in_a_minute().await;
+    assert_eq!(chat_at(&c, &c.replicas[0].url).await, 200);
+    tokio::time::sleep(SPEND_SETTLES).await;
+    assert_eq!(chat_stream_at(&c, &c.replicas[1].url).await, 200);
+    tokio::time::sleep(SPEND_SETTLES).await;
+    // 16 of 20: answered, and it crosses the limit.
+    assert_eq!(chat_at(&c, &c.replicas[0].url).await, 200);
+    tokio::time::sleep(SPEND_SETTLES).await;
+    for r in &c.replicas {
+        let response = c
+            .client
+            .post(format!("{}/v1/chat/completions", r.url))
+            .bearer_auth(LIMITED_KEY)
+            .json(&Gateway::chat_body("m", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 429);
+        assert_eq!(
+            header(&response, "x-ratelimit-limit-tokens").as_deref(),
+            Some("20")
+        );
+        assert_eq!(
+            header(&response, "x-ratelimit-remaining-tokens").as_deref(),
+            Some("0")
+        );
+        let retry: u64 = header(&response, "retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        let v: Value = response.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("20 tokens per minute"),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        c.mock.hits().len(),
+        3,
+        "no upstream call for a refused request"
+    );
+}
+
+#[tokio::test]
+async fn a_spent_budget_is_refused_on_every_replica_and_seeded_again_from_postgres() {
+    // $1,000 a million tokens: 8 tokens cost $0.008, over a $0.01 budget
+    // after two requests.
+    let c = cluster_with_key("budget_usd = 0.01, budget_period = 'day'").await;
+    c.sql("insert into model_prices (model, input_usd_per_mtok, output_usd_per_mtok) values ('m', 1000, 1000)")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(chat_at(&c, &c.replicas[0].url).await, 200);
+    tokio::time::sleep(SPEND_SETTLES).await;
+    assert_eq!(chat_stream_at(&c, &c.replicas[1].url).await, 200);
+    tokio::time::sleep(SPEND_SETTLES).await;
+    let refused = |base: String| {
+        let client = c.client.clone();
+        async move {
+            let r = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(LIMITED_KEY)
+                .json(&Gateway::chat_body("m", false))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry = header(&r, "retry-after");
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (status, v["error"]["code"].clone(), retry)
+        }
+    };
+    for r in &c.replicas {
+        let (status, code, retry) = refused(r.url.clone()).await;
+        assert_eq!((status, code), (429, json!("insufficient_quota")));
+        let retry: u64 = retry.unwrap().parse().unwrap();
+        assert!(retry <= 86_400, "until the day ends: {retry}");
+    }
+    assert_eq!(c.mock.hits().len(), 2);
+    // The ledger writes the spend to `usage`...
+    common::eventually("the spend in usage", Duration::from_secs(15), async || {
+        let cost: Option<String> =
+            sqlx::query_scalar("select sum(cost_usd)::text from usage where api_key = 'limited'")
+                .fetch_one(&c.db)
+                .await
+                .unwrap();
+        cost.as_deref() == Some("0.016000")
+    })
+    .await;
+    // ...and with Redis' counters gone, the budget is seeded from it.
+    c.redis.cli(&["FLUSHALL"]);
+    for r in &c.replicas {
+        assert_eq!(refused(r.url.clone()).await.0, 429);
+    }
+    assert_eq!(c.mock.hits().len(), 2);
+}
+
+#[tokio::test]
+async fn a_budget_spent_today_serves_again_tomorrow() {
+    // 2027-01-01 22:00 UTC.
+    let clock = ManualClock::at(1_798_840_800_000);
+    let gw = gateway_with_key("budget_usd = 0.01\nbudget_period = \"day\"", clock.clone()).await;
+    let mut text = std::fs::read_to_string(&gw.config_path).unwrap();
+    text.push_str("\n[[model_prices]]\nmodel = \"gpt-*\"\ninput_usd_per_mtok = 1000\noutput_usd_per_mtok = 1000\n");
+    std::fs::write(&gw.config_path, text).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ask(&gw, "openai", "gpt-a").await.status(), 200);
+    assert_eq!(ask(&gw, "anthropic", "gpt-a").await.status(), 200);
+    // $0.016 of $0.01: every format refuses, until the day ends.
+    let r = ask(&gw, "openai", "gpt-a").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("7200"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "insufficient_quota", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("budget of $0.01 per day"),
+        "{v}"
+    );
+    let r = ask(&gw, "anthropic", "gpt-a").await;
+    assert_eq!(r.status(), 429);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    let r = ask(&gw, "gemini", "gpt-a").await;
+    assert_eq!(r.status(), 429);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED", "{v}");
+    assert_eq!(gw.mock.hits().len(), 2);
+    clock.advance_ms(2 * 3_600_000);
+    assert_eq!(ask(&gw, "openai", "gpt-a").await.status(), 200);
+    assert_eq!(gw.mock.hits().len(), 3);
+}

@@ -1,7 +1,10 @@
 //! A key's limits applied before a request reaches the pipeline: its
-//! `models` (403, before the 404 of an unknown name) and its request limit
-//! (429 in the client's format, with `Retry-After` and `x-ratelimit-*`).
-//! Nothing here calls an upstream or teaches anything about credentials.
+//! `models` (403, before the 404 of an unknown name), and its request and
+//! token limits and budget (429 in the client's format, with `Retry-After`
+//! and `x-ratelimit-*`). Nothing here calls an upstream or teaches anything
+//! about credentials.
+
+use std::sync::Arc;
 
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
@@ -9,7 +12,7 @@ use axum::response::Response;
 use super::error::render;
 use super::{AppState, RequestLog};
 use crate::catalog::ApiKey;
-use crate::limits::Admission;
+use crate::limits::{Admission, Limit};
 use crate::pipeline::{GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
 
@@ -18,7 +21,7 @@ use crate::wire::{ErrorKind, Format};
 pub async fn admit(
     state: &AppState,
     format: Format,
-    key: &ApiKey,
+    key: &Arc<ApiKey>,
     model: &str,
     counted: bool,
 ) -> Result<Option<Admission>, Box<Response>> {
@@ -31,15 +34,36 @@ pub async fn admit(
     let Some(admission) = state.limiter.admit(key).await else {
         return Ok(None);
     };
-    if admission.admitted {
+    let Some(limit) = admission.refused else {
         return Ok(Some(admission));
-    }
-    let e = GatewayError {
-        kind: ErrorKind::RateLimited,
-        message: format!(
-            "this API key's limit of {} requests per minute is reached",
-            admission.limit
+    };
+    let (kind, message) = match limit {
+        Limit::Requests => (
+            ErrorKind::RateLimited,
+            format!(
+                "this API key's limit of {} requests per minute is reached",
+                key.limits.rpm.unwrap_or(0)
+            ),
         ),
+        Limit::Tokens => (
+            ErrorKind::RateLimited,
+            format!(
+                "this API key's limit of {} tokens per minute is reached",
+                key.limits.tpm.unwrap_or(0)
+            ),
+        ),
+        Limit::Budget => (
+            ErrorKind::BudgetExceeded,
+            format!(
+                "this API key's budget of ${:.2} per {} is spent",
+                key.limits.budget_micro_usd.unwrap_or(0) as f64 / 1e6,
+                key.limits.budget_period.as_str()
+            ),
+        ),
+    };
+    let e = GatewayError {
+        kind,
+        message,
         retry_after_s: Some(admission.retry_after_s()),
     };
     Err(refused(format, &e, key, model, Some(&admission)))
@@ -50,14 +74,14 @@ pub async fn admit(
 fn refused(
     format: Format,
     e: &GatewayError,
-    key: &ApiKey,
+    key: &Arc<ApiKey>,
     model: &str,
     admission: Option<&Admission>,
 ) -> Box<Response> {
     let mut response = render(format, e);
     add_headers(&mut response, admission);
     response.extensions_mut().insert(RequestLog {
-        key_name: key.name.clone(),
+        key: key.clone(),
         model: model.to_string(),
         trace: Trace::default(),
     });
@@ -72,19 +96,38 @@ pub fn forbidden(model: &str) -> GatewayError {
     )
 }
 
-/// The `x-ratelimit-*` headers of the key's request limit.
+/// The `x-ratelimit-*` headers of the key's request and token limits.
 pub fn add_headers(response: &mut Response, admission: Option<&Admission>) {
     let Some(a) = admission else { return };
     let headers = response.headers_mut();
-    headers.insert(
-        HeaderName::from_static("x-ratelimit-limit-requests"),
-        HeaderValue::from(a.limit),
-    );
-    headers.insert(
-        HeaderName::from_static("x-ratelimit-remaining-requests"),
-        HeaderValue::from(a.remaining),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("{}s", a.retry_after_s())) {
-        headers.insert(HeaderName::from_static("x-ratelimit-reset-requests"), v);
+    let reset = HeaderValue::from_str(&format!("{}s", a.reset_s())).ok();
+    let windows = [
+        (
+            a.requests,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+        ),
+        (
+            a.tokens,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ),
+    ];
+    for (window, [limit, remaining, reset_name]) in windows {
+        let Some(w) = window else { continue };
+        headers.insert(HeaderName::from_static(limit), HeaderValue::from(w.limit));
+        headers.insert(
+            HeaderName::from_static(remaining),
+            HeaderValue::from(w.remaining),
+        );
+        if let Some(v) = &reset {
+            headers.insert(HeaderName::from_static(reset_name), v.clone());
+        }
     }
 }

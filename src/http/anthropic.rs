@@ -68,7 +68,7 @@ async fn serve(
     } else {
         state.gateway.generate(request, &mut trace).await
     };
-    let mut response = finish(format, reply, key.name.clone(), model, trace);
+    let mut response = finish(format, reply, key.clone(), model, trace);
     add_headers(&mut response, admission.as_ref());
     response
 }

@@ -59,7 +59,7 @@ pub async fn model_action(
         Action::Count => state.gateway.count_tokens(request, &mut trace).await,
         Action::Generate | Action::Stream => state.gateway.generate(request, &mut trace).await,
     };
-    let mut response = finish(format, reply, key.name.clone(), model, trace);
+    let mut response = finish(format, reply, key.clone(), model, trace);
     add_headers(&mut response, admission.as_ref());
     response
 }

@@ -171,8 +171,8 @@ fn count_usage(state: &AppState, path: &str, status: u16, response: Response) ->
 /// What a proxied request leaves for its log line (a response extension).
 #[derive(Debug, Clone)]
 pub struct RequestLog {
-    /// The client key's name, never the key.
-    pub key_name: String,
+    /// The client key (its name is what is logged, never the key).
+    pub key: Arc<crate::catalog::ApiKey>,
     pub model: String,
     pub trace: Trace,
 }
@@ -191,7 +191,7 @@ async fn access_log(State(state): State<AppState>, request: Request, next: Next)
     let ms = started.elapsed().as_secs_f64() * 1_000.0;
     let response = count_usage(&state, &path, status, response);
     let log = response.extensions().get::<RequestLog>();
-    let key = log.map(|l| l.key_name.as_str());
+    let key = log.map(|l| l.key.name.as_str());
     let model = log.map(|l| l.model.as_str());
     let credential = log.and_then(|l| l.trace.credential.as_deref());
     let upstream_model = log.and_then(|l| l.trace.upstream_model.as_deref());

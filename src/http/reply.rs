@@ -2,6 +2,7 @@
 //! client format.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -13,6 +14,7 @@ use super::auth::authenticate;
 use super::budget::Reservation;
 use super::error::render;
 use super::{AppState, RequestLog};
+use crate::catalog::ApiKey;
 use crate::json::{Document, Json};
 use crate::pipeline::{ClientRequest, GatewayError, Reply, Trace};
 use crate::wire::{ErrorKind, Format};
@@ -125,7 +127,7 @@ pub async fn generation(
     };
     let mut trace = Trace::default();
     let reply = state.gateway.generate(request, &mut trace).await;
-    let mut response = finish(format, reply, key.name.clone(), model, trace);
+    let mut response = finish(format, reply, key.clone(), model, trace);
     add_headers(&mut response, admission.as_ref());
     response
 }
@@ -182,16 +184,14 @@ pub fn stream_flag(body: &Document) -> Result<bool, GatewayError> {
 pub fn finish(
     format: Format,
     reply: Reply,
-    key_name: String,
+    key: Arc<ApiKey>,
     model: String,
     trace: Trace,
 ) -> Response {
     let mut response = into_response(format, reply);
-    response.extensions_mut().insert(RequestLog {
-        key_name,
-        model,
-        trace,
-    });
+    response
+        .extensions_mut()
+        .insert(RequestLog { key, model, trace });
     response
 }
 

@@ -3,6 +3,7 @@
 //! The count goes to the ledger; nothing here waits on anything.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, BodyDataStream};
@@ -11,13 +12,14 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::{AppState, RequestLog};
+use crate::catalog::ApiKey;
 use crate::ledger::Counts;
 use crate::pipeline::Tally;
 
 /// One request's count, waiting for its usage.
 pub(super) struct Count {
     state: AppState,
-    key: String,
+    key: Arc<ApiKey>,
     model: String,
     upstream: Option<(String, String)>,
     error: bool,
@@ -33,7 +35,7 @@ impl Count {
             .zip(log.trace.upstream_model.clone());
         Self {
             state: state.clone(),
-            key: log.key_name.clone(),
+            key: log.key.clone(),
             model: log.model.clone(),
             upstream,
             error: status >= 400,
@@ -78,7 +80,16 @@ impl Count {
             .map(|(c, m)| (c.as_str(), m.as_str()));
         self.state
             .ledger
-            .record(&self.key, &self.model, upstream, counts);
+            .record(&self.key.name, &self.model, upstream, counts);
+        let limits = &self.key.limits;
+        if limits.tpm.is_some() || limits.budget_micro_usd.is_some() {
+            self.state.limiter.spent(
+                limits,
+                &self.key.name,
+                u.input_tokens + u.output_tokens,
+                counts.cost_pico,
+            );
+        }
     }
 }
 

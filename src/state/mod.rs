@@ -17,7 +17,7 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use self::redis::RedisStore;
+pub use self::redis::{Ask, Counted, RedisStore, Spend};
 pub use memory::MemoryStore;
 
 /// What a block applies to.

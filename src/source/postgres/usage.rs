@@ -118,6 +118,19 @@ impl Postgres {
         Ok(())
     }
 
+    /// What `api_key` spent from `since_ms` on, in pico-dollars.
+    pub async fn spent_since(&self, api_key: &str, since_ms: i64) -> Result<u64, sqlx::Error> {
+        let pico: i64 = sqlx::query_scalar(
+            "select (coalesce(sum(cost_usd), 0) * 1000000000000)::bigint from usage \
+             where api_key = $1 and minute >= to_timestamp($2 / 1000.0)",
+        )
+        .bind(api_key)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(pico).unwrap_or(0))
+    }
+
     /// The sums of `usage` per group over [from, to).
     pub async fn usage_groups(
         &self,

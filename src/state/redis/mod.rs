@@ -14,6 +14,7 @@
 //! scanning the keyspace.
 
 mod limits;
+pub use limits::{Ask, Counted, Spend};
 mod scripts;
 mod sync;
 
@@ -112,6 +113,7 @@ struct Shared {
     withdraw: Script,
     /// Counts a request against a key's limit (`limits`).
     admit: Script,
+    spend: Script,
 }
 
 impl RedisStore {
@@ -155,6 +157,7 @@ impl RedisStore {
             release: Script::new(scripts::RELEASE),
             withdraw: Script::new(scripts::WITHDRAW),
             admit: limits::admit_script(),
+            spend: limits::spend_script(),
         });
         if let Err(e) = shared.reconnect().await {
             tracing::warn!(error = %e, "Redis unreachable at start; serving on this replica's own learned state");

@@ -28,6 +28,8 @@ use serde_json::{Value, json};
 use services::{Nginx, PgServer, RedisServer};
 
 const CLIENT_KEY: &str = "sk-bench-client";
+/// A key with generous limits (requests, tokens, a budget) and priced tokens.
+const LIMITED_KEY: &str = "sk-bench-limited";
 /// Chunks of the streaming measurement, and the mock's gap between them.
 const STREAM_CHUNKS: usize = 20;
 const STREAM_GAP: Duration = Duration::from_millis(2);
@@ -259,8 +261,12 @@ async fn seed_cluster(pg: &PgServer, mock: SocketAddr) {
          insert into credential_models values ('p', 'fast', 'fast'), ('p', 'stream', 'stream'), ('p', 'slow', 'slow');
          insert into credential_models select 'p', 'prop' || i, 'u' || i from generate_series(0, 199) i;
          insert into credential_models select 'q', 'prop' || i, 'u' || i from generate_series(0, 199) i;
-         insert into api_keys (name, key_hash) values ('bench', '{}');",
+         insert into api_keys (name, key_hash) values ('bench', '{}');
+         insert into api_keys (name, key_hash, rpm_limit, tpm_limit, budget_usd)
+           values ('bench-limited', '{}', 100000000, 2000000000, 1000000);
+         insert into model_prices (model, input_usd_per_mtok, output_usd_per_mtok) values ('fast', 1, 2);",
         switchyard::catalog::hash_key(CLIENT_KEY),
+        switchyard::catalog::hash_key(LIMITED_KEY),
     );
     sqlx::raw_sql(&seed).execute(&db).await.unwrap();
     db.close().await;
@@ -269,12 +275,17 @@ async fn seed_cluster(pg: &PgServer, mock: SocketAddr) {
 // --------------------------------------------------------- measurements
 
 fn wrk_script(dir: &Path, model: &str) -> PathBuf {
-    let path = dir.join(format!("post-{model}.lua"));
+    wrk_script_as(dir, model, CLIENT_KEY)
+}
+
+/// The same, with another client key.
+fn wrk_script_as(dir: &Path, model: &str, key: &str) -> PathBuf {
+    let path = dir.join(format!("post-{model}-{key}.lua"));
     std::fs::write(
         &path,
         format!(
             "wrk.method = \"POST\"\nwrk.body = '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n\
-             wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {CLIENT_KEY}\"\n"
+             wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {key}\"\n"
         ),
     )
     .unwrap();
@@ -283,9 +294,18 @@ fn wrk_script(dir: &Path, model: &str) -> PathBuf {
 
 /// One chat completion with the bench's client key.
 async fn chat(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
+    chat_as(client, url, body, CLIENT_KEY).await
+}
+
+async fn chat_as(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    key: &str,
+) -> reqwest::Response {
     client
         .post(format!("{url}/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
+        .bearer_auth(key)
         .json(body)
         .send()
         .await
@@ -467,6 +487,76 @@ async fn pool_instructions(cluster_env: &[(&str, String)], dir: &Path) -> Vec<(u
 /// Adds the pools' credentials (after the other rows were measured, so they
 /// do not weigh on those), times until the replica serves them, then
 /// measures throughput per route size and Redis commands per request.
+/// A key with limits against one without, on one replica: throughput
+/// (alternating runs), and the Redis commands a request adds.
+struct Limits {
+    rps_open: Vec<f64>,
+    rps_limited: Vec<f64>,
+    /// Redis commands per request with the limited key, less those without.
+    redis_added: f64,
+}
+
+async fn limits(url: &str, dir: &Path, redis: &RedisServer, opts: &Options) -> Limits {
+    let open = wrk_script(dir, "fast");
+    let limited = wrk_script_as(dir, "fast", LIMITED_KEY);
+    let mut rps_open = Vec::new();
+    let mut rps_limited = Vec::new();
+    for run in 1..=opts.runs {
+        eprintln!(
+            "==> run {run}/{}: a key with limits, and one without",
+            opts.runs
+        );
+        for (script, out) in [(&open, &mut rps_open), (&limited, &mut rps_limited)] {
+            let _ = wrk(url, script, 8, 1).await;
+            let (r, _, _, errors) = wrk(url, script, 32, opts.seconds).await;
+            assert_eq!(errors, 0, "generous limits refuse nothing");
+            out.push(r);
+        }
+    }
+    let client = reqwest::Client::new();
+    let body = json!({"model": "fast", "messages": [{"role": "user", "content": "hi"}]});
+    let requests = 1_000;
+    let mut per_request = Vec::new();
+    for key in [CLIENT_KEY, LIMITED_KEY] {
+        let _ = redis.cli(&["CONFIG", "RESETSTAT"]);
+        for _ in 0..requests {
+            assert!(
+                chat_as(&client, url, &body, key)
+                    .await
+                    .status()
+                    .is_success()
+            );
+        }
+        per_request.push(redis_calls(redis) / f64::from(requests));
+    }
+    Limits {
+        rps_open,
+        rps_limited,
+        redis_added: per_request[1] - per_request[0],
+    }
+}
+
+/// Commands Redis ran since its stats were reset, but for INFO and CONFIG.
+fn redis_calls(redis: &RedisServer) -> f64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| {
+            l.starts_with("cmdstat_")
+                && !l.starts_with("cmdstat_info")
+                && !l.starts_with("cmdstat_config")
+        })
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
+}
+
 async fn pools(
     url: &str,
     dir: &Path,
@@ -500,25 +590,9 @@ async fn pools(
         let r = chat(&client, url, &largest).await;
         assert!(r.status().is_success());
     }
-    let stats = redis.cli(&["INFO", "commandstats"]);
     // Health checks (PING, and the view's reconcile) run meanwhile: left in,
     // they only raise the figure.
-    let calls: f64 = stats
-        .lines()
-        .filter(|l| {
-            l.starts_with("cmdstat_")
-                && !l.starts_with("cmdstat_info")
-                && !l.starts_with("cmdstat_config")
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .sum();
+    let calls = redis_calls(redis);
     // 100,000 client keys: a key is one hash lookup, so throughput should not move.
     let fast = wrk_script(dir, "fast");
     let mut keys_before = Vec::new();
@@ -945,6 +1019,7 @@ async fn main() {
         }
         return;
     }
+    let limited = limits(&format!("http://{}", a.addr), tmp.path(), &redis, &opts).await;
     let pool = pools(
         &format!("http://{}", a.addr),
         tmp.path(),
@@ -968,7 +1043,7 @@ async fn main() {
         violations,
         &opts,
         &out_dir,
-        (&pool, &counts),
+        (&pool, &counts, &limited),
     );
 }
 
@@ -1034,7 +1109,7 @@ fn report(
     violations: usize,
     opts: &Options,
     out_dir: &Path,
-    (pool, counts): (&Pools, &[(&str, f64)]),
+    (pool, counts, limited): (&Pools, &[(&str, f64)], &Limits),
 ) {
     let med = |v: &[f64]| median(&mut v.to_vec());
     let direct = &rows[0];
@@ -1125,6 +1200,13 @@ fn report(
         after / before,
         pool.rss_mb
     );
+    let (open, with) = (med(&limited.rps_open), med(&limited.rps_limited));
+    println!();
+    println!(
+        "one replica, cluster mode, req/s @32: a key with limits (requests, tokens, budget; priced) {with:.0}, one without {open:.0}: {:.2}x; Redis commands a request adds: {:.2}",
+        with / open,
+        limited.redis_added
+    );
     println!();
     println!(
         "user-space instructions per request (callgrind, {COUNTED} requests on one connection):"
@@ -1141,6 +1223,8 @@ fn report(
         "pool_rows": pool.rows, "pool_rows_served_after_ms": pool.served_after_ms,
         "extra_keys": EXTRA_KEYS, "keys_rps_before": pool.keys_before, "keys_rps_after": pool.keys_after,
         "rss_mb_with_pools_and_keys": pool.rss_mb,
+        "limits": {"rps_without": limited.rps_open, "rps_with": limited.rps_limited,
+                   "ratio": with / open, "redis_commands_added_per_request": limited.redis_added},
         "runs": opts.runs, "seconds_per_load": opts.seconds, "targets": json_rows,
         "propagation_ms": {"p50": p50, "p99": p99, "max": max, "trials": prop.len(), "violations": violations},
     });

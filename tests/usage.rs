@@ -742,7 +742,68 @@ async fn answers_without_usage_and_clients_that_leave_are_counted_with_the_estim
     assert_eq!(ask(&gw, "anthropic", "gpt-a").await.status(), 200);
     let v = admin_usage(&gw.client, &gw.url, "by=key").await;
     assert_eq!(v["groups"][0]["requests"], 3, "{v}");
+    assert_eq!(v["groups"][0]["errors"], 0, "{v}");
     assert_eq!(metric(&gw, estimated).await, 2);
+
+    // A stream the upstream breaks after it began is an error, counted
+    // with what it carried.
+    gw.mock
+        .script(&upstream, [common::mock::Reply::StreamCut { events: 2 }]);
+    let r = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(LIMITED_KEY)
+        .json(&Gateway::chat_body("gpt-a", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("error"));
+    common::eventually(
+        "the broken stream counted",
+        Duration::from_secs(5),
+        async || {
+            let v = admin_usage(&gw.client, &gw.url, "by=key").await;
+            v["groups"][0]["requests"] == 4 && v["groups"][0]["errors"] == 1
+        },
+    )
+    .await;
+    assert_eq!(metric(&gw, estimated).await, 3);
+}
+
+#[tokio::test]
+async fn a_request_is_counted_under_the_credential_that_answered_it() {
+    let mock = Mock::start().await;
+    let gw = gateway_with_clock(
+        mock,
+        &[
+            Cred::new("first", 0, &[("m", "up-1")]),
+            Cred::new("second", 1, &[("m", "up-2")]),
+        ],
+        &[("SWITCHYARD_ADMIN_KEY", common::cluster::ADMIN_KEY)],
+        Arc::new(SystemClock),
+    )
+    .await;
+    // The first credential fails; the second answers.
+    gw.mock.script(
+        &common::key_of("first"),
+        [common::mock::Reply::openai_error(
+            500,
+            "boom",
+            "server_error",
+            None,
+        )],
+    );
+    assert_eq!(gw.chat("m").await.status(), 200);
+    // Every candidate blocked now: the gateway answers itself.
+    gw.mock.always(
+        &common::key_of("second"),
+        common::mock::Reply::openai_error(500, "boom", "server_error", None),
+    );
+    assert!(gw.chat("m").await.status().is_server_error());
+    let v = admin_usage(&gw.client, &gw.url, "by=credential").await;
+    let got: Vec<(String, u64, u64)> = groups(&v);
+    assert_eq!(got, [("".into(), 1, 1), ("second".into(), 1, 0)], "{v}");
 }
 
 /// A streamed chat request with the limited key, read to its end.

@@ -28,11 +28,14 @@ pub(super) struct Count {
 
 impl Count {
     pub(super) fn new(state: &AppState, status: u16, log: &RequestLog) -> Self {
+        // Counted under the credential whose answer (or error) the client
+        // got; '' when the gateway answered itself.
         let upstream = log
             .trace
             .credential
             .clone()
-            .zip(log.trace.upstream_model.clone());
+            .zip(log.trace.upstream_model.clone())
+            .filter(|_| log.trace.answered);
         Self {
             state: state.clone(),
             key: log.key.clone(),
@@ -59,14 +62,16 @@ impl Count {
 
     fn record(self) {
         let spent = self.tally.spent().unwrap_or_default();
-        if !spent.reported && self.upstream.is_some() && !self.error {
+        let error = self.error || spent.broke;
+        // An answer, whole or streamed, the upstream reported no usage for.
+        if !spent.reported && !matches!(self.tally, Tally::Nothing) {
             self.state.gateway.metrics().usage_estimated();
         }
         let u = spent.usage;
         let price = self.state.gateway.catalog().load().prices.of(&self.model);
         let counts = Counts {
             requests: 1,
-            errors: u64::from(self.error),
+            errors: u64::from(error),
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
             cached_tokens: u.cached_tokens,

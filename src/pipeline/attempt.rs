@@ -111,6 +111,7 @@ impl Gateway {
             Some(usage) => Spent {
                 usage,
                 reported: true,
+                broke: false,
             },
             None => Spent {
                 usage: ir::Usage {
@@ -119,6 +120,7 @@ impl Gateway {
                     ..ir::Usage::default()
                 },
                 reported: false,
+                broke: false,
             },
         };
         AttemptEnd::Answered {

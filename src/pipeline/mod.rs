@@ -123,6 +123,9 @@ pub struct Trace {
     pub waited_ms: u64,
     /// What the answer used.
     pub spent: Tally,
+    /// The client's answer came from the last attempt's upstream (its
+    /// answer, or its error relayed), not from the gateway itself.
+    pub answered: bool,
 }
 
 /// What a request used, for the ledger and the key's limits: known when
@@ -317,13 +320,17 @@ impl Gateway {
                     // A probe's answer is known now: its claim goes back.
                     drop(seen.probe.take());
                     match end {
-                        AttemptEnd::Done(reply) => return reply,
+                        AttemptEnd::Done(reply) => {
+                            trace.answered = !matches!(reply, Reply::Error(_));
+                            return reply;
+                        }
                         AttemptEnd::Answered {
                             reply,
                             response_id,
                             spent,
                         } => {
                             trace.spent = spent;
+                            trace.answered = true;
                             let conv = conversation.as_deref();
                             self.remember(
                                 &request,

@@ -21,6 +21,9 @@ struct Relay {
     translator: StreamTranslator,
     format: Format,
     finished: bool,
+    /// The stream ended with an error event (the upstream broke, or the
+    /// gateway is shutting down).
+    broke: bool,
     /// Where what the stream used is left when it ends, however it ends.
     tally: Tally,
     input_estimate: u64,
@@ -49,6 +52,7 @@ pub(super) fn relay(gateway: Gateway, start: Start) -> BoxStream<'static, Bytes>
         translator: start.translator,
         format: start.format,
         finished: false,
+        broke: false,
         tally: start.tally,
         input_estimate: start.input_estimate,
     };
@@ -66,7 +70,8 @@ impl Drop for Relay {
     /// (the upstream's report, else the estimate) is what it is counted with.
     fn drop(&mut self) {
         if let Tally::Stream(cell) = &self.tally {
-            let spent = self.translator.spent(self.input_estimate);
+            let mut spent = self.translator.spent(self.input_estimate);
+            spent.broke = self.broke;
             *cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(spent);
         }
     }
@@ -111,6 +116,7 @@ impl Relay {
                 biased;
                 () = hard_stop.cancelled() => {
                     self.finished = true;
+                    self.broke = true;
                     let event = self.translator.failure(self.format, ErrorKind::Unavailable, "the gateway is shutting down");
                     return Some(event.encode());
                 }
@@ -139,6 +145,7 @@ impl Relay {
     /// otherwise carry its size.
     async fn cut(&mut self, failure: Failure, why: &str, mut out: BytesMut) -> Bytes {
         self.finished = true;
+        self.broke = true;
         self.gateway
             .learn(
                 &self.attempted,

@@ -122,6 +122,8 @@ pub struct Spent {
     /// False when the upstream reported nothing and `usage` is the local
     /// estimate.
     pub reported: bool,
+    /// The stream broke after it began: the request counts as an error.
+    pub broke: bool,
 }
 
 /// A stream's usage, from the upstream's events as they pass; and, for
@@ -191,6 +193,7 @@ impl Meter {
             return Spent {
                 usage: self.usage,
                 reported: true,
+                broke: false,
             };
         }
         Spent {
@@ -200,6 +203,7 @@ impl Meter {
                 ..Usage::default()
             },
             reported: false,
+            broke: false,
         }
     }
 }

@@ -470,7 +470,7 @@ async fn requests_on_two_replicas_are_all_in_usage_after_sigterm_and_a_postgres_
         assert_eq!(chat_at(&c, &c.replicas[i % 2].url).await, 200);
         sent += 1;
     }
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     c.pg.start_again();
     common::eventually(
         "counts written after the outage",
@@ -481,7 +481,34 @@ async fn requests_on_two_replicas_are_all_in_usage_after_sigterm_and_a_postgres_
         },
     )
     .await;
-    // More, then SIGTERM right away: the drain writes them.
+    // SIGTERM under load: streams still running when it comes, more
+    // requests than that just before. The drain lets them finish and
+    // writes every count.
+    c.mock.always(
+        &common::key_of("only"),
+        common::mock::Reply::Stream {
+            chunks: 10,
+            delay_ms: 100,
+        },
+    );
+    let in_flight: Vec<_> = (0..20)
+        .map(|i| {
+            let client = c.client.clone();
+            let base = c.replicas[i % 2].url.clone();
+            tokio::spawn(async move {
+                let r = client
+                    .post(format!("{base}/v1/chat/completions"))
+                    .bearer_auth(LIMITED_KEY)
+                    .json(&Gateway::chat_body("m", true))
+                    .send()
+                    .await
+                    .unwrap();
+                let ok = r.status() == 200;
+                let text = r.text().await.unwrap();
+                ok && text.contains("[DONE]")
+            })
+        })
+        .collect();
     for i in 0..30 {
         assert_eq!(chat_at(&c, &c.replicas[i % 2].url).await, 200);
         sent += 1;
@@ -489,18 +516,27 @@ async fn requests_on_two_replicas_are_all_in_usage_after_sigterm_and_a_postgres_
     for r in &c.replicas {
         r.sigterm();
     }
+    for streamed in in_flight {
+        assert!(streamed.await.unwrap(), "a stream cut by the drain");
+        sent += 1;
+    }
     for r in &mut c.replicas {
         assert_eq!(r.exit_code().await, 0);
     }
-    let (requests, errors, credential): (i64, i64, String) = sqlx::query_as(
-        "select sum(requests)::bigint, sum(errors)::bigint, min(credential_id) from usage where api_key = 'limited' and model = 'm' and upstream_model = 'up-m'",
-    )
-    .fetch_one(&c.db)
-    .await
-    .unwrap();
+    let (requests, errors, credential, input, output): (i64, i64, String, i64, i64) =
+        sqlx::query_as(
+            "select sum(requests)::bigint, sum(errors)::bigint, min(credential_id),
+                sum(input_tokens)::bigint, sum(output_tokens)::bigint
+         from usage where api_key = 'limited' and model = 'm' and upstream_model = 'up-m'",
+        )
+        .fetch_one(&c.db)
+        .await
+        .unwrap();
     assert_eq!(requests as u64, sent);
     assert_eq!(errors, 0);
     assert_eq!(credential, "only");
+    // The mock reports 3 + 5 tokens an answer, streams included.
+    assert_eq!((input as u64, output as u64), (3 * sent, 5 * sent));
 }
 
 /// One request of the sums test: the client format, the model (each served

@@ -1,8 +1,9 @@
-//! A key's limits as its client sees them (contract section 9): the models
-//! it may use (403 before 404, and the model lists), and its request limit
-//! per UTC minute (429 in the client's format, with `Retry-After` and the
-//! `x-ratelimit-*` headers, before any upstream call).
+//! A key's limits and its usage as its client and its operator see them
+//! (contract sections 8 and 9): the models it may use, its request and
+//! token limits and budget across replicas, and a ledger that holds every
+//! request and token an upstream reported, through outages and a drain.
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+#![allow(clippy::disallowed_methods)] // A test owns and awaits what it spawns.
 
 mod common;
 

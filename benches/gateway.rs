@@ -319,11 +319,16 @@ const COUNTED: u32 = 1_000;
 /// callgrind, writing its dumps to `dir`): counters zeroed after a warm-up,
 /// then `COUNTED` requests one after another on one keep-alive connection,
 /// then a dump. A figure the machine's load cannot move.
-async fn instructions(url: &str, pid: u32, dir: &Path, model: &str) -> f64 {
+async fn instructions(url: &str, pid: u32, dir: &Path, model: &str, key: &str) -> f64 {
     let client = reqwest::Client::new();
     let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
     for _ in 0..COUNTED {
-        assert!(chat(&client, url, &body).await.status().is_success());
+        assert!(
+            chat_as(&client, url, &body, key)
+                .await
+                .status()
+                .is_success()
+        );
     }
     let control = |arg: &str| {
         let ok = std::process::Command::new("callgrind_control")
@@ -335,7 +340,12 @@ async fn instructions(url: &str, pid: u32, dir: &Path, model: &str) -> f64 {
     };
     control("-z");
     for _ in 0..COUNTED {
-        assert!(chat(&client, url, &body).await.status().is_success());
+        assert!(
+            chat_as(&client, url, &body, key)
+                .await
+                .status()
+                .is_success()
+        );
     }
     control("-d");
     let newest = std::fs::read_dir(dir)
@@ -372,25 +382,28 @@ async fn instruction_counts(
     let wrapper = ["valgrind", "--tool=callgrind", out.as_str()];
     eprintln!("==> instructions per request (callgrind): nginx");
     let floor = Nginx::start_under(&[mock], &wrapper);
-    let nginx = instructions(&floor.url(), floor.pid(), dir, "fast").await;
+    let nginx = instructions(&floor.url(), floor.pid(), dir, "fast", CLIENT_KEY).await;
     drop(floor);
     eprintln!("==> instructions per request (callgrind): switchyard embedded");
     let env = [("SWITCHYARD_CONFIG", config.to_string())];
     let mut embedded = replica_under(&wrapper, &env, &dir.join("cg-embedded.log")).await;
     let url = format!("http://{}", embedded.addr);
     let pid = embedded.child.id().unwrap();
-    let alone = instructions(&url, pid, dir, "fast").await;
+    let alone = instructions(&url, pid, dir, "fast", CLIENT_KEY).await;
     let _ = embedded.child.kill().await;
     eprintln!("==> instructions per request (callgrind): switchyard cluster");
     let mut replica = replica_under(&wrapper, cluster_env, &dir.join("cg-cluster.log")).await;
     let url = format!("http://{}", replica.addr);
     let pid = replica.child.id().unwrap();
-    let cluster = instructions(&url, pid, dir, "fast").await;
+    let cluster = instructions(&url, pid, dir, "fast", CLIENT_KEY).await;
+    eprintln!("==> instructions per request (callgrind): switchyard cluster, a key with limits");
+    let limited = instructions(&url, pid, dir, "fast", LIMITED_KEY).await;
     let _ = replica.child.kill().await;
     vec![
         ("nginx proxy_pass (floor)", nginx),
         ("switchyard embedded", alone),
         ("switchyard cluster, 1 replica", cluster),
+        ("switchyard cluster, 1 replica, a key with limits", limited),
     ]
 }
 
@@ -478,7 +491,10 @@ async fn pool_instructions(cluster_env: &[(&str, String)], dir: &Path) -> Vec<(u
     served(&url, &largest_pool(), Instant::now()).await;
     let mut counts = Vec::new();
     for n in POOLS {
-        counts.push((n, instructions(&url, pid, dir, &format!("pool{n}")).await));
+        counts.push((
+            n,
+            instructions(&url, pid, dir, &format!("pool{n}"), CLIENT_KEY).await,
+        ));
     }
     let _ = replica.child.kill().await;
     counts
@@ -492,7 +508,11 @@ async fn pool_instructions(cluster_env: &[(&str, String)], dir: &Path) -> Vec<(u
 struct Limits {
     rps_open: Vec<f64>,
     rps_limited: Vec<f64>,
-    /// Redis commands per request with the limited key, less those without.
+    /// Commands the replica sends Redis per request with the limited key,
+    /// less those without: the round trips limits add.
+    round_trips_added: f64,
+    /// Commands Redis runs per request with the limited key (a script's
+    /// included), less those without.
     redis_added: f64,
 }
 
@@ -516,8 +536,10 @@ async fn limits(url: &str, dir: &Path, redis: &RedisServer, opts: &Options) -> L
     let client = reqwest::Client::new();
     let body = json!({"model": "fast", "messages": [{"role": "user", "content": "hi"}]});
     let requests = 1_000;
-    let mut per_request = Vec::new();
+    let mut sent = Vec::new();
+    let mut ran = Vec::new();
     for key in [CLIENT_KEY, LIMITED_KEY] {
+        let monitor = Monitor::start(redis, &dir.join(format!("monitor-{key}.log")));
         let _ = redis.cli(&["CONFIG", "RESETSTAT"]);
         for _ in 0..requests {
             assert!(
@@ -527,12 +549,58 @@ async fn limits(url: &str, dir: &Path, redis: &RedisServer, opts: &Options) -> L
                     .is_success()
             );
         }
-        per_request.push(redis_calls(redis) / f64::from(requests));
+        ran.push(redis_calls(redis) / f64::from(requests));
+        sent.push(monitor.sent() / f64::from(requests));
     }
     Limits {
         rps_open,
         rps_limited,
-        redis_added: per_request[1] - per_request[0],
+        round_trips_added: sent[1] - sent[0],
+        redis_added: ran[1] - ran[0],
+    }
+}
+
+/// `redis-cli monitor` into a file: every command Redis runs, those a
+/// script runs marked as such, so what clients sent can be told apart.
+struct Monitor {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+}
+
+impl Monitor {
+    fn start(redis: &RedisServer, path: &Path) -> Monitor {
+        let child = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &redis.port.to_string(), "monitor"])
+            .stdout(std::fs::File::create(path).unwrap())
+            .spawn()
+            .expect("redis-cli runs");
+        // MONITOR has begun once Redis lists the client in that mode.
+        for _ in 0..200 {
+            if redis.cli(&["CLIENT", "LIST"]).contains("cmd=monitor") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Monitor {
+            child,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Commands clients sent (each one a round trip at most; pipelined ones
+    /// share one), less this measurement's own redis-cli calls.
+    fn sent(mut self) -> f64 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let n = text
+            .lines()
+            .filter(|l| l.contains(" \"") && !l.contains(" lua]"))
+            .filter(|l| {
+                !(l.contains("\"CONFIG\"") || l.contains("\"INFO\"") || l.contains("\"CLIENT\""))
+            })
+            .count();
+        n as f64
     }
 }
 
@@ -1203,8 +1271,9 @@ fn report(
     let (open, with) = (med(&limited.rps_open), med(&limited.rps_limited));
     println!();
     println!(
-        "one replica, cluster mode, req/s @32: a key with limits (requests, tokens, budget; priced) {with:.0}, one without {open:.0}: {:.2}x; Redis commands a request adds: {:.2}",
+        "one replica, cluster mode, req/s @32: a key with limits (requests, tokens, budget; priced) {with:.0}, one without {open:.0}: {:.2}x; Redis round trips a request adds: {:.2} (commands Redis runs: {:.2})",
         with / open,
+        limited.round_trips_added,
         limited.redis_added
     );
     println!();
@@ -1224,7 +1293,8 @@ fn report(
         "extra_keys": EXTRA_KEYS, "keys_rps_before": pool.keys_before, "keys_rps_after": pool.keys_after,
         "rss_mb_with_pools_and_keys": pool.rss_mb,
         "limits": {"rps_without": limited.rps_open, "rps_with": limited.rps_limited,
-                   "ratio": with / open, "redis_commands_added_per_request": limited.redis_added},
+                   "ratio": with / open, "redis_round_trips_added_per_request": limited.round_trips_added,
+                   "redis_commands_added_per_request": limited.redis_added},
         "runs": opts.runs, "seconds_per_load": opts.seconds, "targets": json_rows,
         "propagation_ms": {"p50": p50, "p99": p99, "max": max, "trials": prop.len(), "violations": violations},
     });

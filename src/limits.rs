@@ -2,7 +2,9 @@
 //! minute, and spend per budget period (a UTC day or month).
 //!
 //! In cluster mode the counts are shared in Redis: one script call admits a
-//! request and adds what the key's earlier requests on this replica used;
+//! batch of requests (those that arrived while the previous batch was in
+//! Redis: one call a request when they come one at a time, fewer under
+//! load) and adds what their keys' earlier requests on this replica used;
 //! what no later request carried is added every [`SPEND_EVERY`] by one call
 //! for all keys. A missing budget counter is seeded from `usage` (and what
 //! the ledger has not written yet). The replica's own counts are what
@@ -15,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{ApiKey, BudgetPeriod, KeyLimits};
@@ -27,6 +30,8 @@ const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
 /// How often spend no later request carried is added to the shared counters.
 pub const SPEND_EVERY: Duration = Duration::from_millis(200);
+/// The most requests one admission call to Redis carries.
+const BATCH: usize = 128;
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +157,20 @@ pub struct Limiter {
     local: Mutex<HashMap<String, Local>>,
     /// Key name -> spend the shared counters have not taken yet.
     pending: Mutex<HashMap<String, Pending>>,
+    /// Admissions waiting for the next batch call ([`Limiter::run`] sends them).
+    queue: mpsc::UnboundedSender<Queued>,
+    queued: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+}
+
+/// One admission waiting for its batch: the key's name, its budget period's
+/// start, the question, and where the answer goes.
+struct Queued {
+    name: String,
+    start: i64,
+    ask: Ask,
+    /// The spend `ask` carries: put back should the request stop waiting.
+    carried: Pending,
+    reply: oneshot::Sender<Option<Counted>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -166,6 +185,7 @@ impl Limiter {
         ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (queue, queued) = mpsc::unbounded_channel();
         Self {
             clock,
             shared,
@@ -173,6 +193,8 @@ impl Limiter {
             metrics,
             local: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            queue,
+            queued: Mutex::new(Some(queued)),
         }
     }
 
@@ -223,11 +245,14 @@ impl Limiter {
             budget_ttl_ms: end - now + DAY_MS,
             seed_nano: None,
         };
-        let mut counted = shared.admit(&key.name, start, &ask).await;
+        let mut counted = self.in_batch(shared, &key.name, start, ask, carried).await;
         if counted == Some(Counted::Unseeded) {
             ask.seed_nano = self.seed(&key.name, start).await;
             if ask.seed_nano.is_some() {
-                counted = shared.admit(&key.name, start, &ask).await;
+                counted = shared
+                    .admit(&[(&key.name, start, ask)])
+                    .await
+                    .and_then(|c| c.first().copied());
             }
         }
         let Some(Counted::Answer {
@@ -266,6 +291,72 @@ impl Limiter {
             reset_ms,
             end - now,
         ))
+    }
+
+    /// The answer to `ask` from the next batch call. Waits no longer than a
+    /// Redis call may take; without the batching task (stopped, or never
+    /// started) it is a call of its own.
+    async fn in_batch(
+        &self,
+        shared: &RedisStore,
+        name: &str,
+        start: i64,
+        ask: Ask,
+        carried: Pending,
+    ) -> Option<Counted> {
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            name: name.to_string(),
+            start,
+            ask,
+            carried,
+            reply,
+        };
+        if self.queue.send(queued).is_err() {
+            return shared
+                .admit(&[(name, start, ask)])
+                .await
+                .and_then(|c| c.first().copied());
+        }
+        // Twice the timeout: the batch ahead of this one, then this one.
+        match tokio::time::timeout(shared.timeout() * 2, answer).await {
+            Ok(Ok(counted)) => counted,
+            // The task stopped with this one queued: nothing was sent for it.
+            Ok(Err(_)) => shared
+                .admit(&[(name, start, ask)])
+                .await
+                .and_then(|c| c.first().copied()),
+            Err(_) => None,
+        }
+    }
+
+    /// Sends one batch of queued admissions and answers each. An admission
+    /// that stopped waiting is left out, its carried spend kept for later.
+    async fn send_batch(&self, shared: &RedisStore, batch: Vec<Queued>) {
+        let (waiting, gone): (Vec<Queued>, Vec<Queued>) =
+            batch.into_iter().partition(|q| !q.reply.is_closed());
+        for q in gone {
+            self.add_pending(&q.name, q.carried);
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        let asks: Vec<(&str, i64, Ask)> = waiting
+            .iter()
+            .map(|q| (q.name.as_str(), q.start, q.ask))
+            .collect();
+        match shared.admit(&asks).await {
+            Some(counted) => {
+                for (q, c) in waiting.into_iter().zip(counted) {
+                    let _ = q.reply.send(Some(c));
+                }
+            }
+            None => {
+                for q in waiting {
+                    let _ = q.reply.send(None);
+                }
+            }
+        }
     }
 
     /// The replica's own counts of `key`.
@@ -369,19 +460,38 @@ impl Limiter {
         e.nano = e.nano.saturating_add(p.nano);
     }
 
-    /// Adds the spend no request carried to the shared counters, every
-    /// [`SPEND_EVERY`] until `stop`, and once more after it.
+    /// Sends queued admissions in batches, one call at a time, and adds the
+    /// spend no request carried to the shared counters every
+    /// [`SPEND_EVERY`], until `stop`, and once more after it.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
+        let Some(mut queued) = lock(&self.queued).take() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(SPEND_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = tokio::time::sleep(SPEND_EVERY) => {}
                 () = stop.cancelled() => break,
+                first = queued.recv() => {
+                    let Some(first) = first else { break };
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match queued.try_recv() {
+                            Ok(q) => batch.push(q),
+                            Err(_) => break,
+                        }
+                    }
+                    self.send_batch(&shared, batch).await;
+                }
+                _ = tick.tick() => self.flush(&shared).await,
             }
-            self.flush(&shared).await;
         }
+        // Those still queued: their senders drop with the queue, and they
+        // ask on their own.
+        drop(queued);
         self.flush(&shared).await;
     }
 

@@ -313,6 +313,81 @@ async fn with_redis_down_each_replica_enforces_the_limit_on_its_own_traffic() {
 }
 
 #[tokio::test]
+async fn a_burst_on_both_replicas_at_once_is_admitted_up_to_the_limit_and_no_further() {
+    // Requests that arrive together share admission calls to Redis: each
+    // is still judged on its own, in order.
+    let c = cluster_with_key("rpm_limit = 40").await;
+    early_in_a_minute().await;
+    let burst: Vec<_> = (0..100)
+        .map(|i| {
+            let (client, base) = (c.client.clone(), c.replicas[i % 2].url.clone());
+            tokio::spawn(async move {
+                client
+                    .post(format!("{base}/v1/chat/completions"))
+                    .bearer_auth(LIMITED_KEY)
+                    .json(&Gateway::chat_body("m", false))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for b in burst {
+        statuses.push(b.await.unwrap());
+    }
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((served, refused), (40, 60), "{statuses:?}");
+    assert_eq!(c.mock.hits().len(), 40);
+}
+
+#[tokio::test]
+async fn with_redis_down_each_replica_counts_tokens_on_its_own_traffic() {
+    let mut c = cluster_with_key("tpm_limit = 5").await;
+    c.redis.kill();
+    early_in_a_minute().await;
+    // The mock reports eight tokens an answer: the request that
+    // crosses the limit is answered, the next on that replica is refused.
+    for r in &c.replicas {
+        assert_eq!(chat_at(&c, &r.url).await, 200, "{}", r.url);
+        common::eventually("the tokens counted", Duration::from_secs(2), async || {
+            chat_at(&c, &r.url).await == 429
+        })
+        .await;
+    }
+    assert_eq!(c.mock.hits().len(), 2);
+}
+
+#[tokio::test]
+async fn a_replica_killed_with_sigkill_loses_at_most_its_last_batch() {
+    let mut c = cluster_with_key("rpm_limit = 1000").await;
+    early_in_a_minute().await;
+    for _ in 0..20 {
+        assert_eq!(chat_at(&c, &c.replicas[0].url).await, 200);
+    }
+    // A batch interval passes: those twenty are written.
+    tokio::time::sleep(switchyard::ledger::FLUSH_EVERY + Duration::from_secs(1)).await;
+    for _ in 0..5 {
+        assert_eq!(chat_at(&c, &c.replicas[0].url).await, 200);
+    }
+    c.replicas[0].child.start_kill().unwrap();
+    let _ = c.replicas[0].child.wait().await;
+    let (written,): (i64,) = sqlx::query_as(
+        "select coalesce(sum(requests), 0)::bigint from usage where api_key = 'limited'",
+    )
+    .fetch_one(&c.db)
+    .await
+    .unwrap();
+    assert!(
+        (20..=25).contains(&written),
+        "{written} requests written: all but the last batch's at least"
+    );
+}
+
+#[tokio::test]
 async fn keys_create_stores_the_limits_it_is_given() {
     let c = common::cluster::Cluster::services().await;
     let out = common::cluster::run_switchyard(

@@ -1,64 +1,75 @@
 //! The shared counters of keys' limits (contract section 9): per key, its
 //! requests and tokens in the current UTC minute on Redis' own clock (so
 //! replicas whose clocks disagree share windows), and its spend in the
-//! budget period. One script admits a request and, in the same round trip,
-//! adds what the key's earlier requests on this replica used; what is left
-//! over is added every so often by one script for all keys.
+//! budget period. One script admits a batch of requests (those that arrived
+//! while the previous batch was in Redis) and, in the same round trip, adds
+//! what their keys' earlier requests on this replica used; what is left over
+//! is added every so often by one script for all keys.
 
 use redis::Script;
 
 use super::RedisStore;
 
-/// KEYS: the key's request-counter prefix, token-counter prefix, budget
-/// counter. ARGV: the request limit, the token limit, the budget (in
-/// nano-dollars; -1 for each: none), tokens and nano-dollars to add first,
-/// the budget counter's TTL, and the value to seed a missing budget counter
-/// with (-1: none). Returns {admitted, refused by (0 none, 1 requests, 2
-/// tokens, 3 budget), requests, tokens, spent, ms to the minute's end}, or
-/// {-1} when the budget counter is missing and no seed was given (nothing
-/// is counted then). A refused request is not counted.
+/// Admits a batch of requests, in order. For each: KEYS, the key's
+/// request-counter prefix, token-counter prefix and budget counter; ARGV,
+/// the request limit, the token limit, the budget (in nano-dollars; -1 for
+/// each: none), tokens and nano-dollars to add first, the budget counter's
+/// TTL, and the value to seed a missing budget counter with (-1: none).
+/// Returns, for each, {admitted, refused by (0 none, 1 requests, 2 tokens,
+/// 3 budget), requests, tokens, spent, ms to the minute's end}, or
+/// {-1, 0, 0, 0, 0, 0} when the budget counter is missing and no seed was
+/// given (nothing is counted for it then). A refused request is not
+/// counted.
 const ADMIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local minute = math.floor(now / 60000)
 local reset = (minute + 1) * 60000 - now
-local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local spent = 0
-if budget >= 0 then
-  if tonumber(ARGV[7]) >= 0 then
-    redis.call('SET', KEYS[3], ARGV[7], 'NX', 'PX', ARGV[6])
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = i * 3, i * 7
+  local rpm, tpm, budget = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local spent, tokens, n, refused = 0, 0, 0, 0
+  local unseeded = false
+  if budget >= 0 then
+    if tonumber(ARGV[a + 7]) >= 0 then
+      redis.call('SET', KEYS[k + 3], ARGV[a + 7], 'NX', 'PX', ARGV[a + 6])
+    end
+    if tonumber(ARGV[a + 5]) > 0 then
+      if redis.call('EXISTS', KEYS[k + 3]) == 0 then unseeded = true
+      else spent = redis.call('INCRBY', KEYS[k + 3], ARGV[a + 5]) end
+    else
+      local v = redis.call('GET', KEYS[k + 3])
+      if v then spent = tonumber(v) else unseeded = true end
+    end
   end
-  if redis.call('EXISTS', KEYS[3]) == 0 then return {-1} end
-  if tonumber(ARGV[5]) > 0 then
-    spent = redis.call('INCRBY', KEYS[3], ARGV[5])
+  if unseeded then
+    for _, v in ipairs({-1, 0, 0, 0, 0, 0}) do out[#out + 1] = v end
   else
-    spent = tonumber(redis.call('GET', KEYS[3]))
+    if tpm >= 0 then
+      local tk = KEYS[k + 2] .. minute
+      if tonumber(ARGV[a + 4]) > 0 then
+        tokens = redis.call('INCRBY', tk, ARGV[a + 4])
+        redis.call('PEXPIRE', tk, 120000)
+      else
+        tokens = tonumber(redis.call('GET', tk) or '0')
+      end
+    end
+    local rk = KEYS[k + 1] .. minute
+    if rpm >= 0 then n = tonumber(redis.call('GET', rk) or '0') end
+    if rpm >= 0 and n >= rpm then refused = 1
+    elseif tpm >= 0 and tokens >= tpm then refused = 2
+    elseif budget >= 0 and spent >= budget then refused = 3 end
+    if refused == 0 and rpm >= 0 then
+      n = redis.call('INCR', rk)
+      if n == 1 then redis.call('PEXPIRE', rk, 120000) end
+    end
+    local admitted = 0
+    if refused == 0 then admitted = 1 end
+    for _, v in ipairs({admitted, refused, n, tokens, spent, reset}) do out[#out + 1] = v end
   end
 end
-local tokens = 0
-if tpm >= 0 then
-  local tk = KEYS[2] .. minute
-  if tonumber(ARGV[4]) > 0 then
-    tokens = redis.call('INCRBY', tk, ARGV[4])
-    redis.call('PEXPIRE', tk, 120000)
-  else
-    tokens = tonumber(redis.call('GET', tk) or '0')
-  end
-end
-local n = 0
-local rk = KEYS[1] .. minute
-if rpm >= 0 then n = tonumber(redis.call('GET', rk) or '0') end
-local refused = 0
-if rpm >= 0 and n >= rpm then refused = 1
-elseif tpm >= 0 and tokens >= tpm then refused = 2
-elseif budget >= 0 and spent >= budget then refused = 3 end
-if refused == 0 and rpm >= 0 then
-  n = redis.call('INCR', rk)
-  if n == 1 then redis.call('PEXPIRE', rk, 120000) end
-end
-local admitted = 0
-if refused == 0 then admitted = 1 end
-return {admitted, refused, n, tokens, spent, reset}
+return out
 ";
 
 /// KEYS: pairs of (token-counter prefix, budget counter); ARGV: pairs of
@@ -128,52 +139,68 @@ fn limit(n: Option<u64>) -> i64 {
 }
 
 impl RedisStore {
+    /// How long a call may take before Redis counts as not answering.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.shared.timeout
+    }
+
     fn budget_key(&self, name: &str, period_ms: i64) -> String {
         format!("{}budget:{name}:{period_ms}", self.shared.prefix)
     }
 
-    /// Admits one request of the key `name` (adding its earlier spend first).
-    /// `None` when Redis did not answer within its timeout: the caller counts
-    /// on its own traffic instead.
-    pub async fn admit(&self, name: &str, budget_period_ms: i64, ask: &Ask) -> Option<Counted> {
+    /// Admits a batch of requests, each of the key it names (adding its
+    /// earlier spend first), in one script call. `None` when Redis did not
+    /// answer within its timeout: the callers count on their own traffic
+    /// instead.
+    pub async fn admit(&self, asks: &[(&str, i64, Ask)]) -> Option<Vec<Counted>> {
         let s = &self.shared;
-        let keys = [
-            format!("{}rpm:{name}:", s.prefix),
-            format!("{}tpm:{name}:", s.prefix),
-            self.budget_key(name, budget_period_ms),
-        ];
+        let mut keys = Vec::with_capacity(asks.len() * 3);
+        let mut args = Vec::with_capacity(asks.len() * 7);
+        for (name, budget_period_ms, ask) in asks {
+            keys.push(format!("{}rpm:{name}:", s.prefix));
+            keys.push(format!("{}tpm:{name}:", s.prefix));
+            keys.push(self.budget_key(name, *budget_period_ms));
+            args.extend([
+                limit(ask.rpm),
+                limit(ask.tpm),
+                ask.budget_nano.unwrap_or(-1),
+                i64::try_from(ask.add_tokens).unwrap_or(i64::MAX),
+                ask.add_nano,
+                ask.budget_ttl_ms.max(1),
+                ask.seed_nano.unwrap_or(-1),
+            ]);
+        }
         let script = &s.admit;
-        let args = [
-            limit(ask.rpm),
-            limit(ask.tpm),
-            ask.budget_nano.unwrap_or(-1),
-            i64::try_from(ask.add_tokens).unwrap_or(i64::MAX),
-            ask.add_nano,
-            ask.budget_ttl_ms.max(1),
-            ask.seed_nano.unwrap_or(-1),
-        ];
         let answer: Vec<i64> = s
             .call(|mut c| async move {
                 let mut call = script.prepare_invoke();
-                call.key(&keys[0]).key(&keys[1]).key(&keys[2]);
-                for a in args {
+                for k in &keys {
+                    call.key(k);
+                }
+                for a in &args {
                     call.arg(a);
                 }
                 call.invoke_async(&mut c).await
             })
             .await?;
-        let n = |i: usize| answer.get(i).copied().unwrap_or(0);
-        if n(0) == -1 {
-            return Some(Counted::Unseeded);
-        }
-        Some(Counted::Answer {
-            admitted: n(0) == 1,
-            refused_by: u8::try_from(n(1)).unwrap_or(0),
-            requests: u64::try_from(n(2)).unwrap_or(0),
-            tokens: u64::try_from(n(3)).unwrap_or(0),
-            spent_nano: n(4),
-            reset_ms: n(5),
-        })
+        let counted = answer
+            .chunks_exact(6)
+            .map(|n| {
+                if n[0] == -1 {
+                    return Counted::Unseeded;
+                }
+                Counted::Answer {
+                    admitted: n[0] == 1,
+                    refused_by: u8::try_from(n[1]).unwrap_or(0),
+                    requests: u64::try_from(n[2]).unwrap_or(0),
+                    tokens: u64::try_from(n[3]).unwrap_or(0),
+                    spent_nano: n[4],
+                    reset_ms: n[5],
+                }
+            })
+            .collect::<Vec<_>>();
+        // A short answer is a script that failed part way: nothing to trust.
+        (counted.len() == asks.len()).then_some(counted)
     }
 
     /// Adds what keys used to their counters, all in one script call.

@@ -537,6 +537,11 @@ impl Catalog {
     }
 
     /// Checks a client key against `api_keys`; only its hash is compared.
+    /// Every client key, in no order.
+    pub fn api_keys(&self) -> impl Iterator<Item = &Arc<ApiKey>> {
+        self.keys.values()
+    }
+
     pub fn check_key(&self, key: &str, now: DateTime<Utc>) -> KeyCheck {
         match self.keys.get(&hash_key(key)) {
             None => KeyCheck::Unknown,

@@ -95,6 +95,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         ));
         "embedded"
     };
+    let started_ms = clock.now_ms();
     let (store, shared_counters) = learned_store(&config, &clock, &metrics, &background).await?;
 
     let listener = TcpListener::bind(config.listen)
@@ -117,7 +118,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         .spawn(ledger.clone().run(background.stop.clone()));
     let limiter = Arc::new(Limiter::new(
         limiter_clock,
-        shared_counters,
+        shared_counters.clone(),
         ledger.clone(),
         metrics.clone(),
     ));
@@ -140,7 +141,16 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         bodies,
         limiter: limiter.clone(),
         ledger,
+        shared: shared_counters.clone(),
+        started_ms,
     };
+    if let Some(shared) = shared_counters {
+        background.tasks.spawn(http::heartbeat(
+            state.clone(),
+            shared,
+            background.stop.clone(),
+        ));
+    }
     let shutdown = CancellationToken::new();
     // The one untracked spawn: its handle is owned by `Running`, whose
     // `wait` is how the process learns the drain has finished.

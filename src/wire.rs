@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Unauthorized,
     /// The client's key may not use the model it asked for.
     ModelForbidden,
+    /// A console request from another site, or without its session's token.
+    Forbidden,
     ModelNotFound,
     RouteNotFound,
     MethodNotAllowed,
@@ -45,7 +47,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => 400,
             ErrorKind::Unauthorized => 401,
-            ErrorKind::ModelForbidden => 403,
+            ErrorKind::ModelForbidden | ErrorKind::Forbidden => 403,
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -63,6 +65,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => ("invalid_request_error", None),
             ErrorKind::Unauthorized => ("authentication_error", Some("invalid_api_key")),
             ErrorKind::ModelForbidden => ("permission_error", Some("model_not_allowed")),
+            ErrorKind::Forbidden => ("permission_error", Some("forbidden")),
             ErrorKind::ModelNotFound => ("invalid_request_error", Some("model_not_found")),
             ErrorKind::RouteNotFound => ("invalid_request_error", Some("unknown_url")),
             ErrorKind::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
@@ -81,7 +84,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest | ErrorKind::MethodNotAllowed => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
-            ErrorKind::ModelForbidden => "permission_error",
+            ErrorKind::ModelForbidden | ErrorKind::Forbidden => "permission_error",
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => "not_found_error",
             ErrorKind::PayloadTooLarge => "request_too_large",
             ErrorKind::RequestTimeout => "timeout_error",
@@ -98,7 +101,7 @@ impl ErrorKind {
                 "INVALID_ARGUMENT"
             }
             ErrorKind::Unauthorized => "UNAUTHENTICATED",
-            ErrorKind::ModelForbidden => "PERMISSION_DENIED",
+            ErrorKind::ModelForbidden | ErrorKind::Forbidden => "PERMISSION_DENIED",
             ErrorKind::RequestTimeout => "DEADLINE_EXCEEDED",
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => "NOT_FOUND",
             ErrorKind::RateLimited | ErrorKind::BudgetExceeded => "RESOURCE_EXHAUSTED",

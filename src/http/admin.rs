@@ -2,36 +2,63 @@
 //! shared store, removing them, and credentials with their blocks, secrets masked.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::console::Paging;
 use super::error::render;
+use super::session;
 use crate::catalog::SAME_NAME;
 use crate::pipeline::GatewayError;
 use crate::state::{Block, Scope, View};
 use crate::wire::{ErrorKind, Format};
 
-/// Checks `Authorization: Bearer <admin key>` in constant time.
+/// A read: `Authorization: Bearer <admin key>` (checked in constant time),
+/// or the console's session cookie.
 pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    if bearer(state, headers) || session::of_request(state, headers).is_some() {
+        Ok(())
+    } else {
+        Err(Box::new(unauthorized()))
+    }
+}
+
+/// A change: the bearer admin key, or the session cookie together with the
+/// session's token, from this site.
+pub(super) fn authorize_change(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    if bearer(state, headers) {
+        return Ok(());
+    }
+    match session::of_request(state, headers) {
+        Some(s) if session::change_allowed(&s, headers) => Ok(()),
+        Some(_) => Err(Box::new(session::forbidden(
+            "a change from another site, or without the session's token, is refused",
+        ))),
+        None => Err(Box::new(unauthorized())),
+    }
+}
+
+fn bearer(state: &AppState, headers: &HeaderMap) -> bool {
     let expected = state.gateway.config().admin_key.as_ref();
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match (expected, given) {
-        (Some(expected), Some(given)) if constant_time_eq(expected.expose(), given) => Ok(()),
-        _ => Err(Box::new(render(
-            Format::OpenAi,
-            &GatewayError::new(ErrorKind::Unauthorized, "admin key required"),
-        ))),
-    }
+    matches!((expected, given), (Some(expected), Some(given)) if constant_time_eq(expected.expose(), given))
 }
 
-fn constant_time_eq(a: &str, b: &str) -> bool {
+fn unauthorized() -> Response {
+    render(
+        Format::OpenAi,
+        &GatewayError::new(ErrorKind::Unauthorized, "admin key required"),
+    )
+}
+
+pub(super) fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -156,7 +183,7 @@ pub async fn delete_pair_block(
 }
 
 async fn delete(state: &AppState, headers: &HeaderMap, scope: Scope) -> Response {
-    if let Err(r) = authorize(state, headers) {
+    if let Err(r) = authorize_change(state, headers) {
         return *r;
     }
     let store = state.gateway.store();
@@ -185,7 +212,13 @@ async fn delete(state: &AppState, headers: &HeaderMap, scope: Scope) -> Response
     }
 }
 
-pub async fn credentials(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// `GET /admin/credentials`: every credential, or with `q`, `offset` and
+/// `limit` one page of those whose id or models match `q`.
+pub async fn credentials(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(paging): Query<Paging>,
+) -> Response {
     if let Err(r) = authorize(&state, &headers) {
         return *r;
     }
@@ -195,9 +228,25 @@ pub async fn credentials(State(state): State<AppState>, headers: HeaderMap) -> R
         Err(r) => return r,
     };
     let now = state.gateway.now_ms();
-    let credentials: Vec<Value> = catalog
+    let matching: Vec<_> = catalog
         .credentials
         .values()
+        .filter(|c| {
+            paging.matches(&c.id)
+                || catalog
+                    .credential_models
+                    .iter()
+                    .any(|m| m.credential_id == c.id && paging.matches(&m.model))
+        })
+        .collect();
+    let (page, total) = if paging.paged() {
+        paging.cut(matching)
+    } else {
+        let n = matching.len();
+        (matching, n)
+    };
+    let credentials: Vec<Value> = page
+        .into_iter()
         .map(|c| {
             let models: Vec<Value> = catalog
                 .credential_models
@@ -227,6 +276,7 @@ pub async fn credentials(State(state): State<AppState>, headers: HeaderMap) -> R
         })
         .collect();
     let mut body = view_json(view);
+    body["total"] = json!(total);
     body["credentials"] = Value::Array(credentials);
     Json(body).into_response()
 }

@@ -8,12 +8,14 @@ mod anthropic;
 mod auth;
 mod budget;
 mod chat;
+mod console;
 mod error;
 mod gemini;
 mod ops;
 mod reply;
 mod responses;
 mod serve;
+mod session;
 mod tally;
 mod usage;
 
@@ -32,6 +34,7 @@ use crate::pipeline::{Gateway, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
 
 pub use budget::BodyBudget;
+pub use console::heartbeat;
 pub use error::render;
 pub use serve::{ConnectionTimeouts, LINGER_BYTES, LINGER_TIME, serve};
 
@@ -47,6 +50,10 @@ pub struct AppState {
     pub limiter: Arc<crate::limits::Limiter>,
     /// What each key used: counted here, written off the request path.
     pub ledger: Arc<crate::ledger::Ledger>,
+    /// Redis, in cluster mode: where replicas list themselves.
+    pub shared: Option<crate::state::RedisStore>,
+    /// When this replica started (epoch ms).
+    pub started_ms: i64,
 }
 
 impl AppState {
@@ -91,7 +98,20 @@ pub fn router(state: AppState) -> Router {
                 axum::routing::delete(admin::delete_pair_block),
             )
             .route("/admin/credentials", get(admin::credentials))
-            .route("/admin/usage", get(usage::usage));
+            .route("/admin/usage", get(usage::usage))
+            .route("/admin/usage/series", get(console::series))
+            .route("/admin/keys", get(console::keys))
+            .route("/admin/models", get(console::models))
+            .route("/admin/replicas", get(console::replicas))
+            .route("/admin/ui", get(console::page))
+            .route("/admin/ui/app.js", get(console::script))
+            .route("/admin/ui/app.css", get(console::style))
+            .route(
+                "/admin/ui/session",
+                get(session::current)
+                    .post(session::sign_in)
+                    .delete(session::sign_out),
+            );
     }
     router
         .fallback(not_found)

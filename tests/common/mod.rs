@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod browser;
 pub mod cluster;
 pub mod mock;
 pub mod provider_rules;

@@ -65,15 +65,51 @@ impl GroupBy {
             GroupBy::Credential => concat!("select credential_id as g", sums!()),
         }
     }
+
+    /// The query of this grouping per time bucket of $3 seconds.
+    fn series_query(self) -> &'static str {
+        match self {
+            GroupBy::Key => concat!(bucket!(), "api_key as g", series_sums!()),
+            GroupBy::Model => concat!(bucket!(), "model as g", series_sums!()),
+            GroupBy::Credential => concat!(bucket!(), "credential_id as g", series_sums!()),
+        }
+    }
 }
 
-macro_rules! sums {
+macro_rules! bucket {
+    () => {
+        "select (floor(extract(epoch from minute) / $3) * $3 * 1000)::bigint as t, "
+    };
+}
+use bucket;
+
+macro_rules! series_sums {
+    () => {
+        concat!(
+            columns!(),
+            " from usage where minute >= $1 and minute < $2 group by 1, 2 order by 1, 2"
+        )
+    };
+}
+use series_sums;
+
+/// The sums every grouping reads, by the names `group_sums` reads them.
+macro_rules! columns {
     () => {
         ", sum(requests)::bigint as requests, sum(errors)::bigint as errors, \
          sum(input_tokens)::bigint as input_tokens, sum(output_tokens)::bigint as output_tokens, \
          sum(cached_tokens)::bigint as cached_tokens, sum(cache_write_tokens)::bigint as cache_write_tokens, \
-         sum(reasoning_tokens)::bigint as reasoning_tokens, sum(cost_usd)::float8 as cost_usd \
-         from usage where minute >= $1 and minute < $2 group by 1 order by 1"
+         sum(reasoning_tokens)::bigint as reasoning_tokens, sum(cost_usd)::float8 as cost_usd"
+    };
+}
+use columns;
+
+macro_rules! sums {
+    () => {
+        concat!(
+            columns!(),
+            " from usage where minute >= $1 and minute < $2 group by 1 order by 1"
+        )
     };
 }
 use sums;
@@ -143,26 +179,67 @@ impl Postgres {
             .bind(to)
             .fetch_all(&self.pool)
             .await?;
-        let n = |row: &sqlx::postgres::PgRow, name: &str| -> Result<u64, sqlx::Error> {
-            Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
-        };
+        rows.iter().map(group_sums).collect()
+    }
+
+    /// The sums of `usage` per bucket of `step_s` seconds (its start, in
+    /// epoch ms) and group over [from, to).
+    pub async fn usage_series(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        step_s: i64,
+        by: GroupBy,
+    ) -> Result<Vec<(i64, GroupSums)>, sqlx::Error> {
+        let rows = sqlx::query(by.series_query())
+            .bind(from)
+            .bind(to)
+            .bind(step_s as f64)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
-            .map(|row| {
-                Ok(GroupSums {
-                    group: row.try_get("g")?,
-                    counts: Counts {
-                        requests: n(row, "requests")?,
-                        errors: n(row, "errors")?,
-                        input_tokens: n(row, "input_tokens")?,
-                        output_tokens: n(row, "output_tokens")?,
-                        cached_tokens: n(row, "cached_tokens")?,
-                        cache_write_tokens: n(row, "cache_write_tokens")?,
-                        reasoning_tokens: n(row, "reasoning_tokens")?,
-                        cost_pico: 0,
-                    },
-                    cost_usd: row.try_get("cost_usd")?,
-                })
-            })
+            .map(|row| Ok((row.try_get::<i64, _>("t")?, group_sums(row)?)))
             .collect()
     }
+
+    /// What each of `keys` spent from `since_ms` on, in pico-dollars (keys
+    /// that spent nothing are left out).
+    pub async fn spent_by(
+        &self,
+        keys: &[String],
+        since_ms: i64,
+    ) -> Result<Vec<(String, u64)>, sqlx::Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "select api_key, (coalesce(sum(cost_usd), 0) * 1000000000000)::bigint from usage \
+             where api_key = any($1) and minute >= to_timestamp($2 / 1000.0) group by 1",
+        )
+        .bind(keys)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, pico)| (k, u64::try_from(pico).unwrap_or(0)))
+            .collect())
+    }
+}
+
+fn group_sums(row: &sqlx::postgres::PgRow) -> Result<GroupSums, sqlx::Error> {
+    let n = |name: &str| -> Result<u64, sqlx::Error> {
+        Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
+    };
+    Ok(GroupSums {
+        group: row.try_get("g")?,
+        counts: Counts {
+            requests: n("requests")?,
+            errors: n("errors")?,
+            input_tokens: n("input_tokens")?,
+            output_tokens: n("output_tokens")?,
+            cached_tokens: n("cached_tokens")?,
+            cache_write_tokens: n("cache_write_tokens")?,
+            reasoning_tokens: n("reasoning_tokens")?,
+            cost_pico: 0,
+        },
+        cost_usd: row.try_get("cost_usd")?,
+    })
 }

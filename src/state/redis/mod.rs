@@ -14,6 +14,7 @@
 //! scanning the keyspace.
 
 mod limits;
+mod replicas;
 pub use limits::{Ask, Counted, Spend};
 mod scripts;
 mod sync;

@@ -21,6 +21,8 @@ use crate::source::postgres::Postgres;
 
 /// How often the pending counts are written: the contract's "at least every 5 s".
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// How many times the last flush at exit is tried.
+const FINAL_TRIES: usize = 10;
 /// Rows kept while Postgres is away before the oldest minutes are folded.
 pub const MAX_ROWS: usize = 100_000;
 
@@ -144,14 +146,21 @@ impl Ledger {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes what is pending; a batch Postgres does not take is merged back.
-    pub async fn flush(&self) {
-        let Some(pg) = &self.postgres else { return };
+    /// Writes what is pending; a batch Postgres does not take is merged
+    /// back. True when nothing is left pending.
+    pub async fn flush(&self) -> bool {
+        let Some(pg) = &self.postgres else {
+            return true;
+        };
         let batch = std::mem::take(&mut *self.lock());
         if batch.is_empty() {
-            return;
+            return true;
         }
-        let rows: Vec<(Row, Counts)> = batch.into_iter().collect();
+        // In key order: replicas adding to the same rows at once take their
+        // row locks in the same order, so neither waits on the other
+        // (unordered, two drains could deadlock and one lose its batch).
+        let mut rows: Vec<(Row, Counts)> = batch.into_iter().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if let Err(e) = pg.add_usage(&rows).await {
             tracing::warn!(error = %e, rows = rows.len(), "usage not written; kept until Postgres takes it");
             let mut pending = self.lock();
@@ -159,19 +168,31 @@ impl Ledger {
                 pending.entry(row).or_default().add(&counts);
             }
             fold_oldest(&mut pending, MAX_ROWS);
+            return false;
         }
+        true
     }
 
-    /// Flushes every [`FLUSH_EVERY`] until `stop`, then once more: what was
-    /// counted before the drain ended is written.
+    /// Flushes every [`FLUSH_EVERY`] until `stop`, then once more, trying
+    /// again for a few seconds when Postgres refuses: what was counted
+    /// before the drain ended is written.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         loop {
             tokio::select! {
-                () = tokio::time::sleep(FLUSH_EVERY) => self.flush().await,
+                () = tokio::time::sleep(FLUSH_EVERY) => {
+                    self.flush().await;
+                }
                 () = stop.cancelled() => break,
             }
         }
-        self.flush().await;
+        for _ in 0..FINAL_TRIES {
+            if self.flush().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let rows = self.lock().len();
+        tracing::error!(rows, "usage not written at exit: Postgres refused it");
     }
 }
 

@@ -32,6 +32,10 @@ const DAY_MS: i64 = 86_400_000;
 pub const SPEND_EVERY: Duration = Duration::from_millis(200);
 /// The most requests one admission call to Redis carries.
 const BATCH: usize = 128;
+/// How long leased requests are used for before what is left goes back.
+const LEASE_FOR_MS: i64 = 100;
+/// The most requests one lease asks for.
+const MAX_LEASE: u64 = 64;
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +150,58 @@ struct Pending {
     period_start: i64,
 }
 
+/// Requests of one key's minute that Redis counted for this replica ahead
+/// of its requests (a lease), and the shared counts when it did: what the
+/// replica admits on its own until the lease runs out or ends.
+#[derive(Debug, Clone)]
+struct Lease {
+    /// The minute, on Redis' clock, it counts in.
+    minute: i64,
+    /// When it stops serving (this replica's clock): [`LEASE_FOR_MS`] after
+    /// it was granted, or its minute's end if sooner.
+    until_ms: i64,
+    minute_end_ms: i64,
+    granted: u64,
+    left: u64,
+    /// The shared request counter after the grant.
+    requests: u64,
+    tokens: u64,
+    spent_nano: i64,
+    /// Used by this replica's requests since.
+    tokens_since: u64,
+    nano_since: i64,
+    /// The limits it was granted under: other limits (an UPDATE) end it.
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    budget_nano: Option<i64>,
+    period_start: i64,
+}
+
+impl Lease {
+    fn serves(&self, limits: &KeyLimits, budget_nano: Option<i64>, start: i64, now: i64) -> bool {
+        self.left > 0
+            && now < self.until_ms
+            && self.rpm == limits.rpm
+            && self.tpm == limits.tpm
+            && self.budget_nano == budget_nano
+            && self.period_start == start
+            && self.tpm.is_none_or(|t| self.tokens + self.tokens_since < t)
+            && self
+                .budget_nano
+                .is_none_or(|b| self.spent_nano.saturating_add(self.nano_since) < b)
+    }
+
+    /// The next lease to ask for: twice this one when it ran out, else what
+    /// it served.
+    fn next_want(&self) -> u64 {
+        if self.left == 0 {
+            (self.granted * 2).min(MAX_LEASE)
+        } else {
+            (self.granted - self.left).max(1)
+        }
+    }
+}
+
 pub struct Limiter {
     clock: SharedClock,
     /// The shared counters, in cluster mode.
@@ -157,6 +213,8 @@ pub struct Limiter {
     local: Mutex<HashMap<String, Local>>,
     /// Key name -> spend the shared counters have not taken yet.
     pending: Mutex<HashMap<String, Pending>>,
+    /// Key name -> its lease of the current minute.
+    leases: Mutex<HashMap<String, Lease>>,
     /// Admissions waiting for the next batch call ([`Limiter::run`] sends them).
     queue: mpsc::UnboundedSender<Queued>,
     queued: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
@@ -193,6 +251,7 @@ impl Limiter {
             metrics,
             local: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
             queue,
             queued: Mutex::new(Some(queued)),
         }
@@ -229,6 +288,25 @@ impl Limiter {
         (start, end): (i64, i64),
     ) -> Option<Admission> {
         let limits = &key.limits;
+        let budget_nano = limits.budget_micro_usd.map(|m| m.saturating_mul(1000));
+        let previous = {
+            let mut leases = lock(&self.leases);
+            match leases.get_mut(&key.name) {
+                Some(l) if l.serves(limits, budget_nano, start, now) => {
+                    l.left -= 1;
+                    let counts = (
+                        l.requests - l.left,
+                        l.tokens + l.tokens_since,
+                        l.spent_nano.saturating_add(l.nano_since),
+                    );
+                    let reset_ms = l.minute_end_ms - now;
+                    drop(leases);
+                    self.seen(&key.name, now, start, counts);
+                    return Some(admission(limits, None, counts, reset_ms, end - now));
+                }
+                _ => leases.remove(&key.name),
+            }
+        };
         let pending = lock(&self.pending).remove(&key.name).unwrap_or_default();
         // Spend of an earlier period belongs to no counter this request asks.
         let carried = if pending.period_start == start {
@@ -239,11 +317,14 @@ impl Limiter {
         let mut ask = Ask {
             rpm: limits.rpm,
             tpm: limits.tpm,
-            budget_nano: limits.budget_micro_usd.map(|m| m.saturating_mul(1000)),
+            budget_nano,
             add_tokens: carried.tokens,
             add_nano: carried.nano,
             budget_ttl_ms: end - now + DAY_MS,
             seed_nano: None,
+            want: previous.as_ref().map_or(1, Lease::next_want),
+            give_back: previous.as_ref().map_or(0, |l| l.left),
+            give_minute: previous.as_ref().map_or(0, |l| l.minute),
         };
         let mut counted = self.in_batch(shared, &key.name, start, ask, carried).await;
         if counted == Some(Counted::Unseeded) {
@@ -261,11 +342,17 @@ impl Limiter {
             tokens,
             spent_nano,
             reset_ms,
+            granted,
+            minute,
             ..
         }) = counted
         else {
-            // Not taken: kept for the next call.
+            // Not taken: kept for the next call, and the old lease's unused
+            // requests for the next give-back.
             self.add_pending(&key.name, pending);
+            if let Some(l) = previous.filter(|l| l.left > 0) {
+                lock(&self.leases).insert(key.name.clone(), Lease { until_ms: now, ..l });
+            }
             return None;
         };
         let refused = match refused_by {
@@ -274,23 +361,48 @@ impl Limiter {
             3 => Some(Limit::Budget),
             _ => None,
         };
-        // The local counts start from the shared ones, should Redis go.
-        let minute = now.div_euclid(MINUTE_MS);
-        {
-            let mut local = lock(&self.local);
-            let entry = entry(&mut local, &key.name);
-            entry.at(minute, start);
-            entry.requests = requests;
-            entry.tokens = tokens;
-            entry.spent_nano = spent_nano;
+        let used = requests.saturating_sub(granted.saturating_sub(1));
+        if refused.is_none() {
+            let mut leases = lock(&self.leases);
+            // Another request of the key took a lease meanwhile (both asked
+            // in one batch): its unused requests join this lease's.
+            let (more, more_granted) = match leases.get(&key.name) {
+                Some(l) if l.minute == minute && l.left > 0 => (l.left, l.granted),
+                _ => (0, 0),
+            };
+            leases.insert(
+                key.name.clone(),
+                Lease {
+                    minute,
+                    until_ms: now + LEASE_FOR_MS.min(reset_ms),
+                    minute_end_ms: now + reset_ms,
+                    granted: granted + more_granted,
+                    left: granted.saturating_sub(1) + more,
+                    requests,
+                    tokens,
+                    spent_nano,
+                    tokens_since: 0,
+                    nano_since: 0,
+                    rpm: limits.rpm,
+                    tpm: limits.tpm,
+                    budget_nano,
+                    period_start: start,
+                },
+            );
         }
-        Some(admission(
-            limits,
-            refused,
-            (requests, tokens, spent_nano),
-            reset_ms,
-            end - now,
-        ))
+        let counts = (used, tokens, spent_nano);
+        self.seen(&key.name, now, start, counts);
+        Some(admission(limits, refused, counts, reset_ms, end - now))
+    }
+
+    /// The local counts start from the shared ones, should Redis go.
+    fn seen(&self, name: &str, now: i64, start: i64, (requests, tokens, spent): (u64, u64, i64)) {
+        let mut local = lock(&self.local);
+        let entry = entry(&mut local, name);
+        entry.at(now.div_euclid(MINUTE_MS), start);
+        entry.requests = requests;
+        entry.tokens = tokens;
+        entry.spent_nano = spent;
     }
 
     /// The answer to `ask` from the next batch call. Waits no longer than a
@@ -428,6 +540,10 @@ impl Limiter {
             e.tokens += tokens;
             e.spent_nano = e.spent_nano.saturating_add(nano);
         }
+        if let Some(l) = lock(&self.leases).get_mut(name) {
+            l.tokens_since += tokens;
+            l.nano_since = l.nano_since.saturating_add(nano);
+        }
         if self.shared.is_some() {
             self.add_pending(
                 name,
@@ -496,19 +612,48 @@ impl Limiter {
     }
 
     async fn flush(&self, shared: &RedisStore) {
+        let now = self.clock.now_ms();
+        let ended: Vec<(String, Lease)> = {
+            let mut leases = lock(&self.leases);
+            let names: Vec<String> = leases
+                .iter()
+                .filter(|(_, l)| now >= l.until_ms)
+                .map(|(n, _)| n.clone())
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|n| leases.remove(&n).map(|l| (n, l)))
+                .filter(|(_, l)| l.left > 0)
+                .collect()
+        };
         let taken: Vec<(String, Pending)> = lock(&self.pending).drain().collect();
-        if taken.is_empty() {
+        if taken.is_empty() && ended.is_empty() {
             return;
         }
-        let spends: Vec<Spend> = taken
+        let mut spends: Vec<Spend> = taken
             .iter()
             .map(|(name, p)| Spend {
                 name: name.clone(),
                 budget_period_ms: p.period_start,
                 tokens: p.tokens,
                 nano: p.nano,
+                give_back: 0,
+                give_minute: 0,
             })
             .collect();
+        for (name, l) in ended {
+            match spends.iter_mut().find(|s| s.name == name) {
+                Some(s) => (s.give_back, s.give_minute) = (l.left, l.minute),
+                None => spends.push(Spend {
+                    name,
+                    budget_period_ms: l.period_start,
+                    tokens: 0,
+                    nano: 0,
+                    give_back: l.left,
+                    give_minute: l.minute,
+                }),
+            }
+        }
         if !shared.spend(&spends).await {
             for (name, p) in taken {
                 self.add_pending(&name, p);

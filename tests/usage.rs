@@ -345,6 +345,46 @@ async fn a_burst_on_both_replicas_at_once_is_admitted_up_to_the_limit_and_no_fur
 }
 
 #[tokio::test]
+async fn a_large_limit_leased_in_parts_is_never_exceeded() {
+    // With room to spare, a replica leases several requests of the minute
+    // in one call and admits them on its own: the key still never gets
+    // past its limit, and leased requests are not lost to it.
+    let c = cluster_with_key("rpm_limit = 1280").await;
+    early_in_a_minute().await;
+    let mut served = 0;
+    let mut refused = 0;
+    for wave in 0..30 {
+        let requests: Vec<_> = (0..50)
+            .map(|i| {
+                let (client, base) = (c.client.clone(), c.replicas[(wave + i) % 2].url.clone());
+                tokio::spawn(async move {
+                    client
+                        .post(format!("{base}/v1/chat/completions"))
+                        .bearer_auth(LIMITED_KEY)
+                        .json(&Gateway::chat_body("m", false))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        for r in requests {
+            match r.await.unwrap() {
+                200 => served += 1,
+                429 => refused += 1,
+                other => panic!("{other}"),
+            }
+        }
+    }
+    assert_eq!(served + refused, 1500);
+    assert!(served <= 1280, "{served} served: past the limit");
+    assert!(served >= 1280 - 64, "{served} served: leased requests lost");
+    assert_eq!(c.mock.hits().len(), served);
+}
+
+#[tokio::test]
 async fn with_redis_down_each_replica_counts_tokens_on_its_own_traffic() {
     let mut c = cluster_with_key("tpm_limit = 5").await;
     c.redis.kill();

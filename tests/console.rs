@@ -437,7 +437,10 @@ async fn a_thousand_credentials_and_ten_thousand_keys_are_paged_and_searched() {
 
 async fn embedded() -> Gateway {
     common::gateway(
-        &[Cred::new("solo", 0, &[("m", "up-m")])],
+        &[
+            Cred::new("solo", 0, &[("m", "up-m")]),
+            Cred::new("quota", 0, &[("q", "up-q")]),
+        ],
         &[("SWITCHYARD_ADMIN_KEY", ADMIN_KEY)],
     )
     .await
@@ -471,6 +474,28 @@ async fn the_console_works_in_embedded_mode() {
         .await;
     gw.mock.always(&key_of("solo"), Reply::Ok);
     assert_eq!(gw.chat("m").await.status(), 200);
+    // A 429 without Retry-After: the pair's quota block and the first step
+    // of its backoff.
+    gw.mock.always(
+        &key_of("quota"),
+        Reply::Status {
+            status: 429,
+            body: r#"{"error":{"message":"slow down"}}"#.into(),
+            headers: vec![],
+        },
+    );
+    assert_ne!(gw.chat("q").await.status(), 200);
+    b.wait_until_text(
+        "tr[data-credential=quota] .blocks",
+        "rate-limit backoff, step",
+        WAIT,
+    )
+    .await;
+    assert!(
+        b.text("tr[data-credential=quota] .blocks")
+            .await
+            .contains("quota")
+    );
     b.click(".tabs button[data-view=replicas]").await;
     b.wait_until_text("#replicas-table tbody", "embedded", WAIT)
         .await;

@@ -13,7 +13,7 @@ use super::error::render;
 use super::session;
 use crate::catalog::SAME_NAME;
 use crate::pipeline::GatewayError;
-use crate::state::{Block, Scope, View};
+use crate::state::{Block, Scope, SideState, View};
 use crate::wire::{ErrorKind, Format};
 
 /// A read: `Authorization: Bearer <admin key>` (checked in constant time),
@@ -228,16 +228,18 @@ pub async fn credentials(
         Err(r) => return r,
     };
     let now = state.gateway.now_ms();
+    // Each credential's rows, found once (a thousand credentials, each
+    // looked up alone, would cost a million comparisons).
+    let mut rows_of: std::collections::HashMap<&str, Vec<&crate::catalog::CredentialModel>> =
+        std::collections::HashMap::new();
+    for m in &catalog.credential_models {
+        rows_of.entry(m.credential_id.as_str()).or_default().push(m);
+    }
+    let rows = |id: &str| rows_of.get(id).map_or(&[][..], Vec::as_slice);
     let matching: Vec<_> = catalog
         .credentials
         .values()
-        .filter(|c| {
-            paging.matches(&c.id)
-                || catalog
-                    .credential_models
-                    .iter()
-                    .any(|m| m.credential_id == c.id && paging.matches(&m.model))
-        })
+        .filter(|c| paging.matches(&c.id) || rows(&c.id).iter().any(|m| paging.matches(&m.model)))
         .collect();
     let (page, total) = if paging.paged() {
         paging.cut(matching)
@@ -245,13 +247,46 @@ pub async fn credentials(
         let n = matching.len();
         (matching, n)
     };
+    // Each credential's own scope and its pairs': probes and quota ladders.
+    let pairs_of = |id: &str| -> Vec<&str> {
+        let pairs: std::collections::BTreeSet<&str> = rows(id)
+            .iter()
+            .filter(|m| m.upstream_model != SAME_NAME)
+            .map(|m| m.upstream_model.as_str())
+            .collect();
+        pairs.into_iter().collect()
+    };
+    let scopes: Vec<Scope> = page
+        .iter()
+        .flat_map(|c| {
+            std::iter::once(Scope::credential(&c.id))
+                .chain(pairs_of(&c.id).into_iter().map(|u| Scope::pair(&c.id, u)))
+        })
+        .collect();
+    let sides: std::collections::HashMap<&Scope, SideState> =
+        match state.gateway.store().side_state(&scopes).await {
+            Ok(sides) => scopes.iter().zip(sides).collect(),
+            Err(e) => return store_unavailable(e),
+        };
+    let side_of = |scope: &Scope| sides.get(scope).copied().unwrap_or_default();
     let credentials: Vec<Value> = page
         .into_iter()
         .map(|c| {
-            let models: Vec<Value> = catalog
-                .credential_models
+            let own = side_of(&Scope::credential(&c.id));
+            let pairs: Vec<Value> = pairs_of(&c.id)
+                .into_iter()
+                .map(|u| {
+                    let side = side_of(&Scope::pair(&c.id, u));
+                    json!({
+                        "upstream_model": u,
+                        "quota_level": side.quota_level,
+                        "awaiting_probe": side.awaiting_probe,
+                        "probe_held": side.probe_held,
+                    })
+                })
+                .collect();
+            let models: Vec<Value> = rows(&c.id)
                 .iter()
-                .filter(|m| m.credential_id == c.id)
                 .map(|m| json!({"model": m.model, "upstream_model": m.upstream_model}))
                 .collect();
             let blocks: Vec<Value> = all
@@ -272,6 +307,9 @@ pub async fn credentials(
                 "headers": headers,
                 "models": models,
                 "blocks": blocks,
+                "awaiting_probe": own.awaiting_probe,
+                "probe_held": own.probe_held,
+                "pairs": pairs,
             })
         })
         .collect();

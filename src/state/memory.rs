@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::{
     Affinity, Block, Claim, Confirmation, LearnedStore, PROBATION_MS, PROBE_AFTER_MS, Probe,
-    QuotaHit, Reason, Scope, StoreError, View,
+    QuotaHit, Reason, Scope, SideState, StoreError, View,
 };
 use crate::clock::SharedClock;
 use crate::routing::cooldown;
@@ -204,6 +204,25 @@ impl LearnedStore for MemoryStore {
             Some(&(level, lapses)) if lapses > now => level,
             _ => 0,
         })
+    }
+
+    async fn side_state(&self, scopes: &[Scope]) -> Result<Vec<SideState>, StoreError> {
+        let now = self.clock.now_ms();
+        let inner = self.lock();
+        Ok(scopes
+            .iter()
+            .map(|s| SideState {
+                quota_level: match inner.ladders.get(s) {
+                    Some(&(level, lapses)) if lapses > now => level,
+                    _ => 0,
+                },
+                awaiting_probe: inner
+                    .probation
+                    .get(s)
+                    .is_some_and(|(_, until)| *until > now),
+                probe_held: inner.claims.get(s).is_some_and(|(_, until)| *until > now),
+            })
+            .collect())
     }
 
     async fn affinity(&self, key: &str) -> Result<Option<Affinity>, StoreError> {

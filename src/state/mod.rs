@@ -196,6 +196,16 @@ pub struct Confirmation {
     pub probe: Probe,
 }
 
+/// A scope's learned state beyond its block (see [`LearnedStore::side_state`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SideState {
+    pub quota_level: u32,
+    /// Out of a long block, waiting for one request to try it.
+    pub awaiting_probe: bool,
+    /// A request is trying it now.
+    pub probe_held: bool,
+}
+
 /// The candidate that served a conversation last (affinity).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Affinity {
@@ -291,6 +301,11 @@ pub trait LearnedStore: Send + Sync + 'static {
 
     /// The current quota ladder level of a pair (0 when none).
     async fn quota_level(&self, pair: &Scope) -> Result<u32, StoreError>;
+
+    /// What an operator sees beside each scope's block: its quota ladder
+    /// level, whether it awaits its probe, whether a request holds the probe
+    /// now. One read for all of `scopes`.
+    async fn side_state(&self, scopes: &[Scope]) -> Result<Vec<SideState>, StoreError>;
 
     /// The candidate that served conversation `key` last, while its entry lives.
     async fn affinity(&self, key: &str) -> Result<Option<Affinity>, StoreError>;

@@ -212,7 +212,22 @@ async function credentials() {
     el("td", {}, el("span", { className: "tag " + (c.enabled ? "good" : "bad") }, c.enabled ? "yes" : "no")),
     el("td", {}, el("code", {}, c.api_key)),
     el("td", {}, c.models.map((m) => el("div", {}, m.model === m.upstream_model || m.upstream_model === "*" ? m.model : m.model + " → " + m.upstream_model))),
-    el("td", { className: "blocks" }, c.blocks.length ? c.blocks.map(blockLine) : el("span", { className: "tag good" }, "serving")))));
+    el("td", { className: "blocks" },
+      c.blocks.length ? c.blocks.map(blockLine) : el("span", { className: "tag good" }, "serving"),
+      probeLines(c)))));
+}
+
+// Probes and quota ladders: what comes after a block, and what a 429 left.
+function probeLines(c) {
+  const lines = [];
+  const say = (what, state) => {
+    if (state.probe_held) lines.push(el("div", { className: "probe" }, what + ": being probed by a request now"));
+    else if (state.awaiting_probe) lines.push(el("div", { className: "probe" }, what + ": out of a long block, its next request probes it"));
+    if (state.quota_level > 0) lines.push(el("div", { className: "probe" }, what + ": rate-limit backoff, step " + state.quota_level));
+  };
+  say("whole credential", { ...c, quota_level: 0 });
+  for (const p of c.pairs || []) say(p.upstream_model, p);
+  return lines;
 }
 
 async function models() {

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     Affinity, Block, Claim, Confirmation, LearnedStore, MemoryStore, PROBATION_MS, Probe, QuotaHit,
-    Reason, Scope, StoreError, View,
+    Reason, Scope, SideState, StoreError, View,
 };
 use crate::clock::SharedClock;
 use crate::metrics::{Health, Metrics, RedisFailure};
@@ -817,6 +817,33 @@ impl LearnedStore for RedisStore {
         {
             Some(level) => Ok(level.unwrap_or(0)),
             None => s.local.quota_level(pair).await,
+        }
+    }
+
+    async fn side_state(&self, scopes: &[Scope]) -> Result<Vec<SideState>, StoreError> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = &self.shared;
+        let mut mget = redis::cmd("MGET");
+        for scope in scopes {
+            mget.arg(s.ladder_key(scope))
+                .arg(s.side_key("probation", scope))
+                .arg(s.side_key("probe", scope));
+        }
+        let read = s
+            .call(|mut c| async move { mget.query_async::<Vec<Option<String>>>(&mut c).await })
+            .await;
+        match read {
+            Some(values) if values.len() == scopes.len() * 3 => Ok(values
+                .chunks_exact(3)
+                .map(|v| SideState {
+                    quota_level: v[0].as_deref().and_then(|l| l.parse().ok()).unwrap_or(0),
+                    awaiting_probe: v[1].is_some(),
+                    probe_held: v[2].is_some(),
+                })
+                .collect()),
+            _ => s.local.side_state(scopes).await,
         }
     }
 

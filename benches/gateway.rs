@@ -6,7 +6,7 @@
 //! one replica, and two behind nginx; optionally LiteLLM's proxy. Prints one
 //! table and writes the figures as JSON (target/bench/results.json).
 //!
-//!   ops/bench [--runs N] [--quick] [--litellm]
+//!   ops/bench [--runs N] [--quick] [--litellm] [--limits-only]
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // A bench fails loudly; its tasks live as long as it.
 
 #[path = "../tests/common/services.rs"]
@@ -43,6 +43,8 @@ struct Options {
     memory_only: bool,
     /// Only the instruction counts (for working on them).
     instructions_only: bool,
+    /// Only a limited key against an open one (for working on limits).
+    limits_only: bool,
 }
 
 fn options() -> Options {
@@ -66,6 +68,7 @@ fn options() -> Options {
         litellm: flag("--litellm"),
         memory_only,
         instructions_only,
+        limits_only: flag("--limits-only"),
     }
 }
 
@@ -1027,6 +1030,27 @@ async fn main() {
             url: url.clone(),
             pid: None,
         });
+    }
+    if opts.limits_only {
+        let l = limits(&format!("http://{}", a.addr), tmp.path(), &redis, &opts).await;
+        let med = |v: &[f64]| median(&mut v.to_vec());
+        let (open, with) = (med(&l.rps_open), med(&l.rps_limited));
+        println!(
+            "a key with limits {with:.0} req/s, one without {open:.0} (medians of {} alternating runs: {:?} / {:?}): {:.2}x; Redis round trips a request adds: {:.2} (commands Redis runs: {:.2})",
+            opts.runs,
+            l.rps_limited
+                .iter()
+                .map(|r| r.round() as u64)
+                .collect::<Vec<_>>(),
+            l.rps_open
+                .iter()
+                .map(|r| r.round() as u64)
+                .collect::<Vec<_>>(),
+            with / open,
+            l.round_trips_added,
+            l.redis_added
+        );
+        return;
     }
     let mut rows: Vec<Row> = vec![Row::default(); targets.len()];
     for run in 1..=opts.runs {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{ApiKey, BudgetPeriod, KeyLimits};
@@ -35,7 +35,7 @@ const BATCH: usize = 128;
 /// How long leased requests are used for before what is left goes back.
 const LEASE_FOR_MS: i64 = 100;
 /// The most requests one lease asks for.
-const MAX_LEASE: u64 = 64;
+const MAX_LEASE: u64 = 256;
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,9 +215,39 @@ pub struct Limiter {
     pending: Mutex<HashMap<String, Pending>>,
     /// Key name -> its lease of the current minute.
     leases: Mutex<HashMap<String, Lease>>,
+    /// Key name -> the admission asking Redis for its next lease: requests
+    /// that find no lease meanwhile wait for that one's instead of asking.
+    /// Whether its last lease was of more than one request (else nobody
+    /// waits for it).
+    asking: Mutex<HashMap<String, (Arc<Notify>, bool)>>,
     /// Admissions waiting for the next batch call ([`Limiter::run`] sends them).
     queue: mpsc::UnboundedSender<Queued>,
     queued: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+}
+
+/// What a request without a lease does while another asks for the key.
+enum Turn {
+    /// Asks Redis for the next lease, the others waiting for it.
+    Ask,
+    /// Waits for the one asking.
+    Wait(tokio::sync::futures::OwnedNotified),
+    /// Asks on its own.
+    Alone,
+}
+
+/// The request asking Redis for its key's next lease; when it is done (or
+/// its client left and it was dropped), the requests waiting for it go on.
+struct Asking<'a> {
+    limiter: &'a Limiter,
+    name: &'a str,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if let Some((n, _)) = lock(&self.limiter.asking).remove(self.name) {
+            n.notify_waiters();
+        }
+    }
 }
 
 /// One admission waiting for its batch: the key's name, its budget period's
@@ -252,6 +282,7 @@ impl Limiter {
             local: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
+            asking: Mutex::new(HashMap::new()),
             queue,
             queued: Mutex::new(Some(queued)),
         }
@@ -280,7 +311,91 @@ impl Limiter {
         Some(admission)
     }
 
+    /// A request of `key` admitted from its lease, or by Redis. While one
+    /// request asks Redis for the key's next lease, the others wait for it
+    /// (at most twice the Redis timeout) rather than each asking.
     async fn admit_shared(
+        &self,
+        shared: &RedisStore,
+        key: &ApiKey,
+        now: i64,
+        bounds: (i64, i64),
+    ) -> Option<Admission> {
+        let budget_nano = key.limits.budget_micro_usd.map(|m| m.saturating_mul(1000));
+        let mut waited = false;
+        loop {
+            if let Some(a) = self.admit_leased(key, budget_nano, now, bounds) {
+                return Some(a);
+            }
+            if waited {
+                // That ask left nothing for this one: it asks on its own.
+                return self.ask_shared(shared, key, now, bounds).await;
+            }
+            let turn = {
+                let mut asking = lock(&self.asking);
+                match asking.get(&key.name) {
+                    // Its last lease was of one request (the limit is
+                    // near, or small): waiting would bring nothing.
+                    Some((_, false)) => Turn::Alone,
+                    Some((n, true)) => Turn::Wait(n.clone().notified_owned()),
+                    None => {
+                        let leasing = lock(&self.leases)
+                            .get(&key.name)
+                            .is_some_and(|l| l.granted > 1);
+                        asking.insert(key.name.clone(), (Arc::new(Notify::new()), leasing));
+                        Turn::Ask
+                    }
+                }
+            };
+            match turn {
+                Turn::Alone => return self.ask_shared(shared, key, now, bounds).await,
+                Turn::Wait(asked) => {
+                    let _ = tokio::time::timeout(shared.timeout() * 2, asked).await;
+                    waited = true;
+                }
+                Turn::Ask => {
+                    let _asking = Asking {
+                        limiter: self,
+                        name: &key.name,
+                    };
+                    // A lease may have come between the two looks.
+                    if let Some(a) = self.admit_leased(key, budget_nano, now, bounds) {
+                        return Some(a);
+                    }
+                    return self.ask_shared(shared, key, now, bounds).await;
+                }
+            }
+        }
+    }
+
+    /// A request admitted from the key's lease, if it has one that serves.
+    fn admit_leased(
+        &self,
+        key: &ApiKey,
+        budget_nano: Option<i64>,
+        now: i64,
+        (start, end): (i64, i64),
+    ) -> Option<Admission> {
+        let mut leases = lock(&self.leases);
+        let l = leases.get_mut(&key.name)?;
+        if !l.serves(&key.limits, budget_nano, start, now) {
+            return None;
+        }
+        l.left -= 1;
+        let counts = (
+            l.requests - l.left,
+            l.tokens + l.tokens_since,
+            l.spent_nano.saturating_add(l.nano_since),
+        );
+        let reset_ms = l.minute_end_ms - now;
+        drop(leases);
+        self.seen(&key.name, now, start, counts);
+        Some(admission(&key.limits, None, counts, reset_ms, end - now))
+    }
+
+    /// Asks Redis: takes the key's old lease out (its unused requests go
+    /// back with the question) and keeps the new one.
+    async fn ask_shared(
         &self,
         shared: &RedisStore,
         key: &ApiKey,
@@ -289,24 +404,7 @@ impl Limiter {
     ) -> Option<Admission> {
         let limits = &key.limits;
         let budget_nano = limits.budget_micro_usd.map(|m| m.saturating_mul(1000));
-        let previous = {
-            let mut leases = lock(&self.leases);
-            match leases.get_mut(&key.name) {
-                Some(l) if l.serves(limits, budget_nano, start, now) => {
-                    l.left -= 1;
-                    let counts = (
-                        l.requests - l.left,
-                        l.tokens + l.tokens_since,
-                        l.spent_nano.saturating_add(l.nano_since),
-                    );
-                    let reset_ms = l.minute_end_ms - now;
-                    drop(leases);
-                    self.seen(&key.name, now, start, counts);
-                    return Some(admission(limits, None, counts, reset_ms, end - now));
-                }
-                _ => leases.remove(&key.name),
-            }
-        };
+        let previous = lock(&self.leases).remove(&key.name);
         let pending = lock(&self.pending).remove(&key.name).unwrap_or_default();
         // Spend of an earlier period belongs to no counter this request asks.
         let carried = if pending.period_start == start {

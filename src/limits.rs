@@ -569,6 +569,27 @@ impl Limiter {
         }
     }
 
+    /// Each key's requests and tokens this minute, for the console: the
+    /// shared counts while Redis answers (leased requests count as used),
+    /// else this replica's.
+    pub async fn this_minute(&self, names: &[&str]) -> Vec<(u64, u64)> {
+        let now = self.clock.now_ms();
+        let minute = now.div_euclid(MINUTE_MS);
+        if let Some(shared) = &self.shared {
+            if let Some(counts) = shared.minute_counts(names, minute).await {
+                return counts;
+            }
+        }
+        let local = lock(&self.local);
+        names
+            .iter()
+            .map(|n| match local.get(*n) {
+                Some(l) if l.minute == minute => (l.requests, l.tokens),
+                _ => (0, 0),
+            })
+            .collect()
+    }
+
     /// The replica's own counts of `key`.
     fn admit_locally(&self, key: &ApiKey, now: i64, (start, end): (i64, i64)) -> Admission {
         let limits = &key.limits;

@@ -146,6 +146,11 @@ async fn an_operator_signs_in_lifts_a_block_sees_usage_and_signs_out() {
     b.click(".tabs button[data-view=keys]").await;
     b.wait_until_text("tr[data-key=tester]", "% spent", WAIT)
         .await;
+    let rpm = b.text("tr[data-key=tester] .rpm").await;
+    assert!(
+        rpm.contains("/ 600") && rpm.contains("this minute"),
+        "{rpm}"
+    );
     b.screenshot(&shot("keys")).await;
     b.click(".tabs button[data-view=replicas]").await;
     b.wait_until_text("tr[data-replica=replica-2]", "healthy", WAIT)

@@ -127,9 +127,12 @@ pub async fn keys(
         Ok(s) => s,
         Err(r) => return r,
     };
+    let names: Vec<&str> = page.iter().map(|k| k.name.as_str()).collect();
+    let minute = state.limiter.this_minute(&names).await;
     let keys: Vec<Value> = page
         .iter()
-        .map(|k| {
+        .zip(minute)
+        .map(|(k, (requests, tokens))| {
             let l = &k.limits;
             let (start, end) = crate::limits::period_bounds(l.budget_period, now);
             let pico = spent.get(&k.name).copied().unwrap_or(0);
@@ -144,6 +147,8 @@ pub async fn keys(
                 "period_start_ms": start,
                 "period_end_ms": end,
                 "spent_usd": pico as f64 / 1e12,
+                "requests_this_minute": requests,
+                "tokens_this_minute": tokens,
                 "models": l.models,
             })
         })

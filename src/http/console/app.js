@@ -248,14 +248,21 @@ function budgetCell(k) {
   return el("td", {}, usd(k.budget_usd) + " a " + k.budget_period, meter, el("div", { className: "muted" }, (share * 100).toFixed(1) + "% spent"));
 }
 
+// This minute's use against a per-minute limit (counted only for keys
+// with a limit).
+function limitCell(used, limit) {
+  if (limit === null) return "–";
+  return el("span", {}, num(used) + " / " + num(limit), el("div", { className: "muted" }, "this minute"));
+}
+
 async function keys() {
   const r = await api("GET", "/admin/keys" + query("keys"));
   pager("keys", r.total);
   fill("#keys-table", r.keys.map((k) => el("tr", { "data-key": k.name },
     el("td", {}, el("strong", {}, k.name)),
     el("td", {}, el("span", { className: "tag " + (k.enabled ? "good" : "bad") }, k.enabled ? "yes" : "no")),
-    el("td", {}, num(k.rpm_limit)),
-    el("td", {}, num(k.tpm_limit)),
+    el("td", { className: "rpm" }, limitCell(k.requests_this_minute, k.rpm_limit)),
+    el("td", { className: "tpm" }, limitCell(k.tokens_this_minute, k.tpm_limit)),
     el("td", {}, k.models ? k.models.join(", ") : "all"),
     el("td", { className: "spent" }, usd(k.spent_usd)),
     budgetCell(k))));

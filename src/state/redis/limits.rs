@@ -250,6 +250,29 @@ impl RedisStore {
         (counted.len() == asks.len()).then_some(counted)
     }
 
+    /// Each key's requests and tokens counted in `minute` (epoch minutes),
+    /// for the console; `None` when Redis did not answer.
+    pub async fn minute_counts(&self, names: &[&str], minute: i64) -> Option<Vec<(u64, u64)>> {
+        if names.is_empty() {
+            return Some(Vec::new());
+        }
+        let s = &self.shared;
+        let mut mget = redis::cmd("MGET");
+        for name in names {
+            mget.arg(format!("{}rpm:{name}:{minute}", s.prefix))
+                .arg(format!("{}tpm:{name}:{minute}", s.prefix));
+        }
+        let values: Vec<Option<u64>> = s
+            .call(|mut c| async move { mget.query_async(&mut c).await })
+            .await?;
+        Some(
+            values
+                .chunks_exact(2)
+                .map(|v| (v[0].unwrap_or(0), v[1].unwrap_or(0)))
+                .collect(),
+        )
+    }
+
     /// Adds what keys used to their counters, all in one script call.
     /// False when Redis did not take it.
     pub async fn spend(&self, spends: &[Spend]) -> bool {

@@ -440,6 +440,39 @@ async fn a_thousand_credentials_and_ten_thousand_keys_are_paged_and_searched() {
     b.screenshot(&shot("phone")).await;
 }
 
+#[tokio::test]
+async fn a_replica_that_loses_redis_shows_as_degraded() {
+    let mut c = Cluster::services().await;
+    c.sql(&c.credential_sql("only", 0, &[("m", "up-m")])).await;
+    c.add_replica(&[]).await;
+    c.add_replica(&[]).await;
+    let a = c.replicas[0].url.clone();
+    let b = Browser::start().await;
+    sign_in(&b, &a, ADMIN_KEY).await;
+    b.wait_for("#app:not([hidden])", WAIT).await;
+    b.click(".tabs button[data-view=replicas]").await;
+    b.wait_until_text("tr[data-replica=replica-2]", "healthy", WAIT)
+        .await;
+    b.wait_until_text("#summary", "2 replicas, all healthy", WAIT)
+        .await;
+    c.redis.kill();
+    // This replica's own row says why; the others are out of its sight.
+    b.wait_until_text(
+        "tr[data-replica=replica-1]",
+        "degraded",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(b.text("tr[data-replica=replica-1]").await.contains("down"));
+    assert!(
+        b.text("#replicas-note")
+            .await
+            .contains("Redis does not answer")
+    );
+    assert!(b.text("#summary").await.contains("1 degraded"));
+    b.screenshot(&shot("degraded")).await;
+}
+
 async fn embedded() -> Gateway {
     common::gateway(
         &[

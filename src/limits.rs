@@ -428,10 +428,7 @@ impl Limiter {
         if counted == Some(Counted::Unseeded) {
             ask.seed_nano = self.seed(&key.name, start).await;
             if ask.seed_nano.is_some() {
-                counted = shared
-                    .admit(&[(&key.name, start, ask)])
-                    .await
-                    .and_then(|c| c.first().copied());
+                counted = admit_one(shared, &key.name, start, ask).await;
             }
         }
         let Some(Counted::Answer {
@@ -523,19 +520,13 @@ impl Limiter {
             reply,
         };
         if self.queue.send(queued).is_err() {
-            return shared
-                .admit(&[(name, start, ask)])
-                .await
-                .and_then(|c| c.first().copied());
+            return admit_one(shared, name, start, ask).await;
         }
         // Twice the timeout: the batch ahead of this one, then this one.
         match tokio::time::timeout(shared.timeout() * 2, answer).await {
             Ok(Ok(counted)) => counted,
             // The task stopped with this one queued: nothing was sent for it.
-            Ok(Err(_)) => shared
-                .admit(&[(name, start, ask)])
-                .await
-                .and_then(|c| c.first().copied()),
+            Ok(Err(_)) => admit_one(shared, name, start, ask).await,
             Err(_) => None,
         }
     }
@@ -760,8 +751,13 @@ impl Limiter {
                 give_minute: 0,
             })
             .collect();
+        let at: HashMap<String, usize> = spends
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
         for (name, l) in ended {
-            match spends.iter_mut().find(|s| s.name == name) {
+            match at.get(&name).and_then(|&i| spends.get_mut(i)) {
                 Some(s) => (s.give_back, s.give_minute) = (l.left, l.minute),
                 None => spends.push(Spend {
                     name,
@@ -779,6 +775,14 @@ impl Limiter {
             }
         }
     }
+}
+
+/// One admission in a call of its own.
+async fn admit_one(shared: &RedisStore, name: &str, start: i64, ask: Ask) -> Option<Counted> {
+    shared
+        .admit(&[(name, start, ask)])
+        .await
+        .and_then(|c| c.first().copied())
 }
 
 fn entry<'a>(map: &'a mut HashMap<String, Local>, name: &str) -> &'a mut Local {

@@ -312,15 +312,12 @@ async fn with_redis_down_each_replica_enforces_the_limit_on_its_own_traffic() {
     }
 }
 
-#[tokio::test]
-async fn a_burst_on_both_replicas_at_once_is_admitted_up_to_the_limit_and_no_further() {
-    // Requests that arrive together share admission calls to Redis: each
-    // is still judged on its own, in order.
-    let c = cluster_with_key("rpm_limit = 40").await;
-    early_in_a_minute().await;
-    let burst: Vec<_> = (0..100)
+/// The statuses of `n` requests of the limited key sent at once, to the
+/// replicas in turn starting with replica `first % 2`.
+async fn at_once(c: &common::cluster::Cluster, n: usize, first: usize) -> Vec<u16> {
+    let requests: Vec<_> = (0..n)
         .map(|i| {
-            let (client, base) = (c.client.clone(), c.replicas[i % 2].url.clone());
+            let (client, base) = (c.client.clone(), c.replicas[(first + i) % 2].url.clone());
             tokio::spawn(async move {
                 client
                     .post(format!("{base}/v1/chat/completions"))
@@ -334,10 +331,20 @@ async fn a_burst_on_both_replicas_at_once_is_admitted_up_to_the_limit_and_no_fur
             })
         })
         .collect();
-    let mut statuses = Vec::new();
-    for b in burst {
-        statuses.push(b.await.unwrap());
+    let mut statuses = Vec::with_capacity(n);
+    for r in requests {
+        statuses.push(r.await.unwrap());
     }
+    statuses
+}
+
+#[tokio::test]
+async fn a_burst_on_both_replicas_at_once_is_admitted_up_to_the_limit_and_no_further() {
+    // Requests that arrive together share admission calls to Redis: each
+    // is still judged on its own, in order.
+    let c = cluster_with_key("rpm_limit = 40").await;
+    early_in_a_minute().await;
+    let statuses = at_once(&c, 100, 0).await;
     let served = statuses.iter().filter(|s| **s == 200).count();
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((served, refused), (40, 60), "{statuses:?}");
@@ -354,24 +361,8 @@ async fn a_large_limit_leased_in_parts_is_never_exceeded() {
     let mut served = 0;
     let mut refused = 0;
     for wave in 0..30 {
-        let requests: Vec<_> = (0..50)
-            .map(|i| {
-                let (client, base) = (c.client.clone(), c.replicas[(wave + i) % 2].url.clone());
-                tokio::spawn(async move {
-                    client
-                        .post(format!("{base}/v1/chat/completions"))
-                        .bearer_auth(LIMITED_KEY)
-                        .json(&Gateway::chat_body("m", false))
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                        .as_u16()
-                })
-            })
-            .collect();
-        for r in requests {
-            match r.await.unwrap() {
+        for status in at_once(&c, 50, wave).await {
+            match status {
                 200 => served += 1,
                 429 => refused += 1,
                 other => panic!("{other}"),

@@ -506,10 +506,17 @@ async fn pool_instructions(cluster_env: &[(&str, String)], dir: &Path) -> Vec<(u
 /// Adds the pools' credentials (after the other rows were measured, so they
 /// do not weigh on those), times until the replica serves them, then
 /// measures throughput per route size and Redis commands per request.
-/// A key with limits against one without, on one replica: throughput
-/// (alternating runs), and the Redis commands a request adds.
+/// Accounting and limits against neither: throughput (alternating runs) of
+/// a key with limits on a replica that keeps the usage ledger, of a key
+/// without limits on the same replica (the ledger alone), and of that key
+/// on a replica started with `SWITCHYARD_USAGE=off` (neither); and the
+/// Redis commands the limits add a request.
 struct Limits {
+    /// Neither accounting nor limits.
+    rps_bare: Vec<f64>,
+    /// Accounting, no limits.
     rps_open: Vec<f64>,
+    /// Accounting and generous limits.
     rps_limited: Vec<f64>,
     /// Commands the replica sends Redis per request with the limited key,
     /// less those without: the round trips limits add.
@@ -519,23 +526,71 @@ struct Limits {
     redis_added: f64,
 }
 
-async fn limits(url: &str, dir: &Path, redis: &RedisServer, opts: &Options) -> Limits {
+impl Limits {
+    fn medians(&self) -> (f64, f64, f64) {
+        let med = |v: &[f64]| median(&mut v.to_vec());
+        (
+            med(&self.rps_bare),
+            med(&self.rps_open),
+            med(&self.rps_limited),
+        )
+    }
+
+    fn line(&self) -> String {
+        let (bare, open, with) = self.medians();
+        let runs = |v: &[f64]| v.iter().map(|r| r.round() as u64).collect::<Vec<_>>();
+        format!(
+            "one replica, cluster mode, req/s @32 (medians of {} alternating runs):\n  \
+             neither accounting nor limits {bare:.0} {:?}\n  \
+             accounting, a key without limits {open:.0} {:?}: {:.2}x\n  \
+             accounting, a key with limits (requests, tokens, budget; priced) {with:.0} {:?}: {:.2}x\n  \
+             Redis round trips the limits add a request: {:.2} (commands Redis runs: {:.2})",
+            self.rps_bare.len(),
+            runs(&self.rps_bare),
+            runs(&self.rps_open),
+            open / bare,
+            runs(&self.rps_limited),
+            with / bare,
+            self.round_trips_added,
+            self.redis_added
+        )
+    }
+}
+
+/// [`Limits`], against replica `url` and one started with `bare_env`.
+async fn limits(
+    url: &str,
+    bare_env: &[(&str, String)],
+    dir: &Path,
+    redis: &RedisServer,
+    opts: &Options,
+) -> Limits {
+    let mut bare_env = bare_env.to_vec();
+    bare_env.push(("SWITCHYARD_USAGE", "off".into()));
+    let mut bare = replica(&bare_env, &dir.join("bare.log")).await;
+    let bare_url = format!("http://{}", bare.addr);
     let open = wrk_script(dir, "fast");
     let limited = wrk_script_as(dir, "fast", LIMITED_KEY);
+    let mut rps_bare = Vec::new();
     let mut rps_open = Vec::new();
     let mut rps_limited = Vec::new();
     for run in 1..=opts.runs {
         eprintln!(
-            "==> run {run}/{}: a key with limits, and one without",
+            "==> run {run}/{}: no accounting; accounting; accounting and limits",
             opts.runs
         );
-        for (script, out) in [(&open, &mut rps_open), (&limited, &mut rps_limited)] {
+        for (url, script, out) in [
+            (bare_url.as_str(), &open, &mut rps_bare),
+            (url, &open, &mut rps_open),
+            (url, &limited, &mut rps_limited),
+        ] {
             let _ = wrk(url, script, 8, 1).await;
             let (r, _, _, errors) = wrk(url, script, 32, opts.seconds).await;
             assert_eq!(errors, 0, "generous limits refuse nothing");
             out.push(r);
         }
     }
+    let _ = bare.child.kill().await;
     let client = reqwest::Client::new();
     let body = json!({"model": "fast", "messages": [{"role": "user", "content": "hi"}]});
     let requests = 1_000;
@@ -556,6 +611,7 @@ async fn limits(url: &str, dir: &Path, redis: &RedisServer, opts: &Options) -> L
         sent.push(monitor.sent() / f64::from(requests));
     }
     Limits {
+        rps_bare,
         rps_open,
         rps_limited,
         round_trips_added: sent[1] - sent[0],
@@ -1031,25 +1087,11 @@ async fn main() {
             pid: None,
         });
     }
+    let a_url = format!("http://{}", a.addr);
+    let bare_env = cluster_env("bench-bare");
+    let measure_limits = async || limits(&a_url, &bare_env, tmp.path(), &redis, &opts).await;
     if opts.limits_only {
-        let l = limits(&format!("http://{}", a.addr), tmp.path(), &redis, &opts).await;
-        let med = |v: &[f64]| median(&mut v.to_vec());
-        let (open, with) = (med(&l.rps_open), med(&l.rps_limited));
-        println!(
-            "a key with limits {with:.0} req/s, one without {open:.0} (medians of {} alternating runs: {:?} / {:?}): {:.2}x; Redis round trips a request adds: {:.2} (commands Redis runs: {:.2})",
-            opts.runs,
-            l.rps_limited
-                .iter()
-                .map(|r| r.round() as u64)
-                .collect::<Vec<_>>(),
-            l.rps_open
-                .iter()
-                .map(|r| r.round() as u64)
-                .collect::<Vec<_>>(),
-            with / open,
-            l.round_trips_added,
-            l.redis_added
-        );
+        println!("{}", measure_limits().await.line());
         return;
     }
     let mut rows: Vec<Row> = vec![Row::default(); targets.len()];
@@ -1111,7 +1153,7 @@ async fn main() {
         }
         return;
     }
-    let limited = limits(&format!("http://{}", a.addr), tmp.path(), &redis, &opts).await;
+    let limited = measure_limits().await;
     let pool = pools(
         &format!("http://{}", a.addr),
         tmp.path(),
@@ -1292,14 +1334,9 @@ fn report(
         after / before,
         pool.rss_mb
     );
-    let (open, with) = (med(&limited.rps_open), med(&limited.rps_limited));
+    let (bare, open, with) = limited.medians();
     println!();
-    println!(
-        "one replica, cluster mode, req/s @32: a key with limits (requests, tokens, budget; priced) {with:.0}, one without {open:.0}: {:.2}x; Redis round trips a request adds: {:.2} (commands Redis runs: {:.2})",
-        with / open,
-        limited.round_trips_added,
-        limited.redis_added
-    );
+    println!("{}", limited.line());
     println!();
     println!(
         "user-space instructions per request (callgrind, {COUNTED} requests on one connection):"
@@ -1316,8 +1353,10 @@ fn report(
         "pool_rows": pool.rows, "pool_rows_served_after_ms": pool.served_after_ms,
         "extra_keys": EXTRA_KEYS, "keys_rps_before": pool.keys_before, "keys_rps_after": pool.keys_after,
         "rss_mb_with_pools_and_keys": pool.rss_mb,
-        "limits": {"rps_without": limited.rps_open, "rps_with": limited.rps_limited,
-                   "ratio": with / open, "redis_round_trips_added_per_request": limited.round_trips_added,
+        "limits": {"rps_neither": limited.rps_bare, "rps_accounting": limited.rps_open,
+                   "rps_accounting_and_limits": limited.rps_limited,
+                   "ratio_accounting": open / bare, "ratio_accounting_and_limits": with / bare,
+                   "redis_round_trips_added_per_request": limited.round_trips_added,
                    "redis_commands_added_per_request": limited.redis_added},
         "runs": opts.runs, "seconds_per_load": opts.seconds, "targets": json_rows,
         "propagation_ms": {"p50": p50, "p99": p99, "max": max, "trials": prop.len(), "violations": violations},

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::secret::Secret;
 use crate::state::Scope;
@@ -117,6 +116,11 @@ impl KeyLimits {
     /// without one cost nothing in the limiter.
     pub fn counted(&self) -> bool {
         self.rpm.is_some() || self.tpm.is_some() || self.budget_micro_usd.is_some()
+    }
+
+    /// Whether the key's limits count what answers use (tokens or spend).
+    pub fn spends(&self) -> bool {
+        self.tpm.is_some() || self.budget_micro_usd.is_some()
     }
 
     /// Whether the key may ask for `model`: an exact name, or a pattern
@@ -237,8 +241,62 @@ pub fn valid_credential_id(id: &str) -> bool {
 
 /// Lower-case hex SHA-256 of a whole client key, as stored in `api_keys.key_hash`.
 pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex::encode(KeyDigest::of(key).0)
 }
+
+/// The SHA-256 of a client key: what keys are looked up by. Its bytes are
+/// already uniform, so its first eight are its place in the map, and a
+/// request's key is hashed once, never hex-encoded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    fn of(key: &str) -> Self {
+        let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let mut bytes = [0; 32];
+        bytes.copy_from_slice(d.as_ref());
+        Self(bytes)
+    }
+
+    /// A `key_hash` column's value (checked to be 64 lower-case hex digits).
+    fn from_hex(hash: &str) -> Option<Self> {
+        let mut bytes = [0; 32];
+        hex::decode_to_slice(hash, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+}
+
+impl std::hash::Hash for KeyDigest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut first = [0; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// The hasher of [`KeyDigest`] maps: the digest's own bits.
+#[derive(Default)]
+struct DigestBits(u64);
+
+impl std::hash::Hasher for DigestBits {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is ever called (by `KeyDigest::hash`); folded in
+        // all the same, so another caller would still get a hash.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap = HashMap<KeyDigest, Arc<ApiKey>, std::hash::BuildHasherDefault<DigestBits>>;
 
 /// A credential and its pool of upstream models for one requested name: what
 /// a route is built from.
@@ -345,7 +403,7 @@ pub struct Catalog {
     routes: HashMap<String, Arc<Route>>,
     /// Pattern rows, and the routes of names only they serve.
     patterns: patterns::Patterns,
-    keys: HashMap<String, Arc<ApiKey>>,
+    keys: KeyMap,
     /// Model names some enabled credential has an exact row for, sorted:
     /// what the model lists show (patterns are not names).
     pub models: Vec<String>,
@@ -380,7 +438,7 @@ impl Catalog {
             credentials: BTreeMap::new(),
             routes: HashMap::new(),
             patterns: patterns::Patterns::default(),
-            keys: HashMap::new(),
+            keys: KeyMap::default(),
             models: Vec::new(),
             credential_models: Vec::new(),
             prices: prices::Prices::default(),
@@ -454,16 +512,19 @@ impl Catalog {
         let mut models: Vec<String> = routes.keys().cloned().collect();
         models.sort();
 
-        let mut keys = HashMap::new();
+        let mut keys = KeyMap::default();
         let mut names = BTreeSet::new();
         for k in data.api_keys {
-            if !valid_key_hash(&k.key_hash) {
+            let digest = valid_key_hash(&k.key_hash)
+                .then(|| KeyDigest::from_hex(&k.key_hash))
+                .flatten();
+            let Some(digest) = digest else {
                 return Err(CatalogError::BadKeyHash { name: k.name });
-            }
+            };
             if !names.insert(k.name.clone()) {
                 return Err(CatalogError::DuplicateKeyName(k.name));
             }
-            keys.insert(k.key_hash.clone(), Arc::new(k));
+            keys.insert(digest, Arc::new(k));
         }
 
         Ok(Self {
@@ -543,7 +604,7 @@ impl Catalog {
     }
 
     pub fn check_key(&self, key: &str, now: DateTime<Utc>) -> KeyCheck {
-        match self.keys.get(&hash_key(key)) {
+        match self.keys.get(&KeyDigest::of(key)) {
             None => KeyCheck::Unknown,
             Some(k) if !k.enabled => KeyCheck::Disabled,
             Some(k) if k.expires_at.is_some_and(|at| at <= now) => KeyCheck::Expired,

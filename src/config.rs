@@ -57,6 +57,9 @@ pub struct Config {
     pub worker_threads: Option<usize>,
     /// Which requests get a log line of their own.
     pub access_log: AccessLog,
+    /// Whether requests are counted into `usage` (section 9). Off, keys'
+    /// limits still hold; only what they need is read from answers.
+    pub usage: Usage,
     /// The embedded-mode TOML file.
     pub config_file: Option<PathBuf>,
 }
@@ -80,6 +83,24 @@ impl std::str::FromStr for AccessLog {
             "errors" => Ok(AccessLog::Errors),
             "off" => Ok(AccessLog::Off),
             other => Err(format!("{other:?} is not one of all, errors, off")),
+        }
+    }
+}
+
+/// `SWITCHYARD_USAGE`: whether this replica keeps the usage ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    On,
+    Off,
+}
+
+impl std::str::FromStr for Usage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(Usage::On),
+            "off" => Ok(Usage::Off),
+            other => Err(format!("{other:?} is not one of on, off")),
         }
     }
 }
@@ -149,6 +170,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("SWITCHYARD_RECONCILE_INTERVAL_MS", "2000"),
     ("SWITCHYARD_WORKER_THREADS", ""),
     ("SWITCHYARD_ACCESS_LOG", "errors"),
+    ("SWITCHYARD_USAGE", "on"),
 ];
 
 /// Where setting values come from: the environment and the file's
@@ -335,6 +357,7 @@ impl Config {
             reload_interval: positive_ms(s, "SWITCHYARD_RELOAD_INTERVAL_MS")?,
             reconcile_interval: positive_ms(s, "SWITCHYARD_RECONCILE_INTERVAL_MS")?,
             access_log: parse(s, "SWITCHYARD_ACCESS_LOG")?,
+            usage: parse(s, "SWITCHYARD_USAGE")?,
             worker_threads: match s.get("SWITCHYARD_WORKER_THREADS") {
                 None => None,
                 Some(_) => Some(parse::<usize>(s, "SWITCHYARD_WORKER_THREADS")?).filter(|n| *n > 0),

@@ -27,7 +27,7 @@ const FINAL_TRIES: usize = 10;
 pub const MAX_ROWS: usize = 100_000;
 
 /// One `usage` row's key. `credential_id` is empty when no upstream answered.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Row {
     /// The minute's start, in epoch milliseconds.
     pub minute_ms: i64,
@@ -35,6 +35,56 @@ pub struct Row {
     pub credential_id: String,
     pub model: String,
     pub upstream_model: String,
+}
+
+/// A row's key, borrowed or owned: pending rows are looked up by borrowed
+/// fields, so counting into a row that exists allocates nothing.
+trait RowKey {
+    fn fields(&self) -> (i64, &str, &str, &str, &str);
+}
+
+impl RowKey for Row {
+    fn fields(&self) -> (i64, &str, &str, &str, &str) {
+        (
+            self.minute_ms,
+            &self.api_key,
+            &self.credential_id,
+            &self.model,
+            &self.upstream_model,
+        )
+    }
+}
+
+impl RowKey for (i64, &str, &str, &str, &str) {
+    fn fields(&self) -> (i64, &str, &str, &str, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn RowKey + 'a> for Row {
+    fn borrow(&self) -> &(dyn RowKey + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn RowKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.fields().hash(state);
+    }
+}
+
+impl PartialEq for dyn RowKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields() == other.fields()
+    }
+}
+
+impl Eq for dyn RowKey + '_ {}
+
+impl std::hash::Hash for Row {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.fields().hash(state);
+    }
 }
 
 /// One row's counts; tokens follow section 9's one meaning across providers.
@@ -101,15 +151,22 @@ impl Ledger {
     ) {
         let now = self.clock.now_ms();
         let (credential_id, upstream_model) = upstream.unwrap_or(("", ""));
-        let row = Row {
-            minute_ms: now - now.rem_euclid(60_000),
-            api_key: api_key.to_string(),
-            credential_id: credential_id.to_string(),
-            model: model.to_string(),
-            upstream_model: upstream_model.to_string(),
-        };
+        let minute_ms = now - now.rem_euclid(60_000);
+        let key = (minute_ms, api_key, credential_id, model, upstream_model);
         let mut pending = self.lock();
-        pending.entry(row).or_default().add(&counts);
+        match pending.get_mut(&key as &dyn RowKey) {
+            Some(row) => row.add(&counts),
+            None => {
+                let row = Row {
+                    minute_ms,
+                    api_key: api_key.to_string(),
+                    credential_id: credential_id.to_string(),
+                    model: model.to_string(),
+                    upstream_model: upstream_model.to_string(),
+                };
+                pending.insert(row, counts);
+            }
+        }
         // Rare: embedded mode after very long, or Postgres away for long.
         if pending.len() > MAX_ROWS {
             fold_oldest(&mut pending, MAX_ROWS);

@@ -803,6 +803,56 @@ async fn metric(gw: &Gateway, name: &str) -> u64 {
 }
 
 #[tokio::test]
+async fn with_usage_off_nothing_is_counted_but_token_limits_still_hold() {
+    let gw = gateway_with_key_and(
+        "tpm_limit = 10",
+        ManualClock::at(QUARTER_PAST),
+        &[
+            ("SWITCHYARD_ADMIN_KEY", common::cluster::ADMIN_KEY),
+            ("SWITCHYARD_USAGE", "off"),
+        ],
+    )
+    .await;
+    let stream = |key: &str| {
+        gw.client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(key)
+            .json(&Gateway::chat_body("gpt-a", true))
+            .send()
+    };
+    // The mock reports 3 + 5 tokens an answer: the second crosses 10.
+    let r = stream(LIMITED_KEY).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("[DONE]"));
+    assert_eq!(ask(&gw, "openai", "gpt-a").await.status(), 200);
+    let r = ask(&gw, "openai", "gpt-a").await;
+    assert_eq!(r.status(), 429, "the key's tokens were not counted");
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("0")
+    );
+    // A key without token limits: its stream's usage is not asked for.
+    let r = stream(common::CLIENT_KEY).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("[DONE]"));
+    assert_eq!(gw.chat("gpt-a").await.status(), 200);
+    let hits = gw.mock.hits();
+    assert_eq!(hits.len(), 4, "the refused request reached the upstream");
+    assert_eq!(
+        hits[0].body["stream_options"]["include_usage"], true,
+        "the limited key's stream is asked for its usage"
+    );
+    assert!(
+        hits[2].body.get("stream_options").is_none(),
+        "{}",
+        hits[2].body
+    );
+    let v = admin_usage(&gw.client, &gw.url, "by=key").await;
+    assert!(groups(&v).is_empty(), "usage was kept: {v}");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn answers_without_usage_and_clients_that_leave_are_counted_with_the_estimate() {
     let gw = gateway_with_key_and(
         "",

@@ -10,7 +10,7 @@ use super::admit::{add_headers, admit};
 use super::auth::authenticate;
 use super::error::render;
 use super::reply::{
-    finish, header_text, json_object, model_of, read_body, require_array, stream_flag,
+    finish, header_text, json_object, metered, model_of, read_body, require_array, stream_flag,
 };
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::Format;
@@ -54,7 +54,9 @@ async fn serve(
         Err(e) => return render(format, &e),
     };
     let request = match parse(bytes, &headers, count) {
-        Ok(r) => r.with_session(|h| header_text(&headers, h)),
+        Ok(r) => r
+            .with_session(|h| header_text(&headers, h))
+            .metered(metered(&state, &key)),
         Err(e) => return render(format, &e),
     };
     let model = request.model.clone();

@@ -1,8 +1,8 @@
 //! Client keys: from `Authorization: Bearer`, `x-api-key`, `x-goog-api-key`
 //! or `?key=`, checked by hash against the catalog.
 
-use axum::http::HeaderMap;
-use axum::http::Uri;
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderName, Uri};
 
 use std::sync::Arc;
 
@@ -27,6 +27,9 @@ impl KeyPlace {
     }
 }
 
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+
 /// The client key of a request, from the first place that has one.
 pub fn client_key(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     find_key(headers, uri).map(|(key, _)| key)
@@ -34,23 +37,23 @@ pub fn client_key(headers: &HeaderMap, uri: &Uri) -> Option<String> {
 
 /// The client key and where it came from, checked in a fixed order.
 pub fn find_key(headers: &HeaderMap, uri: &Uri) -> Option<(String, KeyPlace)> {
-    let header = |name: &str| {
+    let header = |name: &HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
     };
-    if let Some(auth) = header("authorization") {
+    if let Some(auth) = header(&AUTHORIZATION) {
         let (scheme, rest) = auth.split_once(' ').unwrap_or((auth, ""));
         if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() {
             return Some((rest.trim().to_string(), KeyPlace::Bearer));
         }
     }
-    if let Some(key) = header("x-api-key") {
+    if let Some(key) = header(&X_API_KEY) {
         return Some((key.to_string(), KeyPlace::XApiKey));
     }
-    if let Some(key) = header("x-goog-api-key") {
+    if let Some(key) = header(&X_GOOG_API_KEY) {
         return Some((key.to_string(), KeyPlace::XGoogApiKey));
     }
     uri.query().and_then(|q| {

@@ -13,7 +13,7 @@ use super::AppState;
 use super::admit::{add_headers, admit, forbidden};
 use super::auth::authenticate;
 use super::error::render;
-use super::reply::{bad, finish, header_text, json_object, read_body, require_array};
+use super::reply::{bad, finish, header_text, json_object, metered, read_body, require_array};
 use crate::catalog::{ApiKey, Catalog};
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
@@ -47,7 +47,9 @@ pub async fn model_action(
         Err(e) => return render(format, &e),
     };
     let request = match parse(bytes, model.clone(), action) {
-        Ok(r) => r.with_session(|h| header_text(&headers, h)),
+        Ok(r) => r
+            .with_session(|h| header_text(&headers, h))
+            .metered(metered(&state, &key)),
         Err(e) => return render(format, &e),
     };
     let admission = match admit(&state, format, &key, &model, action != Action::Count).await {

@@ -185,6 +185,9 @@ fn count_usage(state: &AppState, path: &str, status: u16, response: Response) ->
     let Some(log) = response.extensions().get::<RequestLog>() else {
         return response;
     };
+    if !reply::metered(state, &log.key) {
+        return response;
+    }
     tally::Count::new(state, status, log).attach(response)
 }
 

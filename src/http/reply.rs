@@ -15,6 +15,7 @@ use super::budget::Reservation;
 use super::error::render;
 use super::{AppState, RequestLog};
 use crate::catalog::ApiKey;
+use crate::config::Usage;
 use crate::json::{Document, Json};
 use crate::pipeline::{ClientRequest, GatewayError, Reply, Trace};
 use crate::wire::{ErrorKind, Format};
@@ -117,7 +118,9 @@ pub async fn generation(
         Err(e) => return render(format, &e),
     };
     let request = match parse(bytes) {
-        Ok(r) => r.with_session(|h| header_text(&headers, h)),
+        Ok(r) => r
+            .with_session(|h| header_text(&headers, h))
+            .metered(metered(&state, &key)),
         Err(e) => return render(format, &e),
     };
     let model = request.model.clone();
@@ -132,8 +135,14 @@ pub async fn generation(
     response
 }
 
+/// Whether what `key`'s answers use is wanted: for the usage ledger, or
+/// for its token and budget limits.
+pub fn metered(state: &AppState, key: &ApiKey) -> bool {
+    state.gateway.config().usage == Usage::On || key.limits.spends()
+}
+
 /// A request header as text, when it is present and not empty.
-pub fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+pub fn header_text(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())

@@ -13,6 +13,7 @@ use futures_util::Stream;
 
 use super::{AppState, RequestLog};
 use crate::catalog::ApiKey;
+use crate::config::Usage;
 use crate::ledger::Counts;
 use crate::pipeline::Tally;
 
@@ -83,9 +84,11 @@ impl Count {
             .upstream
             .as_ref()
             .map(|(c, m)| (c.as_str(), m.as_str()));
-        self.state
-            .ledger
-            .record(&self.key.name, &self.model, upstream, counts);
+        if self.state.gateway.config().usage == Usage::On {
+            self.state
+                .ledger
+                .record(&self.key.name, &self.model, upstream, counts);
+        }
         let limits = &self.key.limits;
         if limits.tpm.is_some() || limits.budget_micro_usd.is_some() {
             self.state.limiter.spent(

@@ -120,6 +120,12 @@ impl<'a> Json<'a> {
 
     /// As `serde_json::Value::as_u64`: a non-negative integer that fits.
     pub fn as_u64(self) -> Option<u64> {
+        // Plain digits (what usage counts are; checked JSON has no leading
+        // zeros), up to 19 of them, always fit: no number parser needed.
+        let b = self.0.as_bytes();
+        if (1..=19).contains(&b.len()) && b.iter().all(u8::is_ascii_digit) {
+            return self.0.parse().ok();
+        }
         self.number()?.as_u64()
     }
 
@@ -139,6 +145,21 @@ impl<'a> Json<'a> {
         while let Some((k, v)) = entries.next_raw() {
             if key_is(k, key) {
                 found = Some(v);
+            }
+        }
+        found
+    }
+
+    /// The values of several keys, found in one pass over the object (the
+    /// last of each, as [`Json::get`]).
+    pub fn get_many<const N: usize>(self, keys: [&str; N]) -> [Option<Json<'a>>; N] {
+        let mut found = [None; N];
+        let mut entries = self.entries();
+        while let Some((k, v)) = entries.next_raw() {
+            for (key, slot) in keys.iter().zip(found.iter_mut()) {
+                if key_is(k, key) {
+                    *slot = Some(v);
+                }
             }
         }
         found
@@ -167,7 +188,11 @@ impl<'a> Json<'a> {
         }
         let mut at = self;
         for token in path.strip_prefix('/')?.split('/') {
-            let token = token.replace("~1", "/").replace("~0", "~");
+            let token = if token.contains('~') {
+                Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+            } else {
+                Cow::Borrowed(token)
+            };
             at = if at.is_array() {
                 at.at(token.parse().ok()?)?
             } else {
@@ -391,6 +416,30 @@ mod tests {
         assert_eq!(first.pointer("/5/b"), items[5].get("b"));
         assert!(v.get("missing").is_none() && items[0].get("a").is_none());
         assert_eq!(items[0].items().count(), 0);
+        let [a, key, missing] = v.get_many(["a", "kéy", "missing"]);
+        assert_eq!((a, key, missing), (v.get("a"), v.get("kéy"), None));
+    }
+
+    #[test]
+    fn integers_read_as_serde_json_reads_them() {
+        for text in [
+            "0",
+            "7",
+            "18446744073709551615",
+            "18446744073709551616",
+            "9999999999999999999",
+            "-1",
+            "1.0",
+            "1e3",
+            "\"1\"",
+        ] {
+            let v = Json::parse(text).unwrap();
+            let tree: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v.as_u64(), tree.as_u64(), "{text}");
+        }
+        let v = Json::parse(r#"{"a~b": {"c/d": 1}, "e": 2}"#).unwrap();
+        assert_eq!(v.pointer("/a~0b/c~1d").and_then(Json::as_u64), Some(1));
+        assert_eq!(v.pointer("/e").and_then(Json::as_u64), Some(2));
     }
 
     #[test]

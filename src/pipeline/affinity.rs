@@ -54,11 +54,11 @@ fn conversation(request: &ClientRequest) -> Option<String> {
 }
 
 /// The session headers coding agents send (Claude Code, Codex).
-pub const SESSION_HEADERS: &[&str] = &[
-    "x-claude-code-session-id",
-    "session-id",
-    "session_id",
-    "x-session-id",
+pub const SESSION_HEADERS: [http::HeaderName; 4] = [
+    http::HeaderName::from_static("x-claude-code-session-id"),
+    http::HeaderName::from_static("session-id"),
+    http::HeaderName::from_static("session_id"),
+    http::HeaderName::from_static("x-session-id"),
 ];
 
 #[cfg(test)]

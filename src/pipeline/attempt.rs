@@ -16,7 +16,7 @@ use crate::secret::scrub;
 use crate::sse;
 use crate::translate::{
     self, ir,
-    stream::{Rename, StreamSpec, StreamTranslator},
+    stream::{StreamSpec, StreamTranslator},
     usage::{self, Spent},
 };
 use crate::upstream::{self, Payload, anthropic, gemini, openai};
@@ -71,11 +71,16 @@ impl Gateway {
         }
         let reported;
         let answer = if same {
-            match check_answer(upstream_format, &body) {
-                Ok(usage) => reported = usage,
+            let rename = match check_answer(upstream_format, &body, &request.model) {
+                Ok((used, rename)) => {
+                    reported = used
+                        .filter(|_| request.metered)
+                        .and_then(|u| usage::of_field(upstream_format, u));
+                    rename
+                }
                 Err(message) => return self.failed_with(at, Failure::Malformed, &message).await,
-            }
-            renamed(upstream_format, body, &request.model)
+            };
+            renamed(body, rename, &request.model)
         } else {
             let Some(v) = std::str::from_utf8(&body)
                 .ok()
@@ -85,7 +90,10 @@ impl Gateway {
                     .failed_with(at, Failure::Malformed, "the upstream answer is not JSON")
                     .await;
             };
-            reported = usage::of_answer(upstream_format, v);
+            reported = request
+                .metered
+                .then(|| usage::of_answer(upstream_format, v))
+                .flatten();
             match translate::parse_response(provider, v) {
                 Ok(r) => Bytes::from(translate::build_response(
                     request.format,
@@ -353,23 +361,13 @@ fn untranslated(at: &Attempted, why: &str) -> Reply {
 }
 
 /// A passthrough answer naming the model the client asked for, not the one
-/// sent upstream: its `model` field replaced in the text, the rest as it came.
-fn renamed(format: Format, body: Vec<u8>, model: &str) -> Bytes {
-    let key = match format {
-        Format::OpenAi | Format::Responses | Format::Anthropic => "model",
-        Format::Gemini => "modelVersion",
-    };
-    if !Rename::new(model, key).needed(&body) {
-        return Bytes::from(body);
-    }
-    let slot = std::str::from_utf8(&body)
-        .ok()
-        .and_then(|text| Some((text, Json::parse(text).ok()?.get(key)?)))
-        .map(|(text, slot)| span_in(text, slot.text()));
+/// sent upstream: the span of its `model` field (found by [`check_answer`])
+/// replaced in the text, the rest as it came.
+fn renamed(body: Vec<u8>, slot: Option<std::ops::Range<usize>>, model: &str) -> Bytes {
     let Some(at) = slot else {
         return Bytes::from(body);
     };
-    let name = Value::from(model).to_string();
+    let name = serde_json::to_string(model).unwrap_or_default();
     let mut out = Vec::with_capacity(body.len() + name.len());
     out.extend_from_slice(&body[..at.start]);
     out.extend_from_slice(name.as_bytes());
@@ -383,7 +381,10 @@ fn renamed(format: Format, body: Vec<u8>, model: &str) -> Bytes {
 /// chunk its client did not ask for (the ledger reads it; the client does
 /// not get it).
 fn asks_for_usage(request: &ClientRequest, same: bool) -> bool {
-    same && request.stream && request.format == Format::OpenAi && !request.include_usage
+    same && request.stream
+        && request.format == Format::OpenAi
+        && !request.include_usage
+        && request.metered
 }
 
 /// The local estimate of the prompt's tokens: the neutral form's, else the
@@ -395,26 +396,35 @@ fn input_estimate(request: &ClientRequest, prepared: &Prepared) -> u64 {
     }
 }
 
-/// A passed-through answer checked, and the usage it reports.
-fn check_answer(format: Format, body: &[u8]) -> Result<Option<ir::Usage>, String> {
-    let Some(v) = std::str::from_utf8(body)
+/// A passed-through answer checked, in one pass over its fields: its usage
+/// object, and where its model field names another model than `model`
+/// (to be renamed).
+fn check_answer<'a>(
+    format: Format,
+    body: &'a [u8],
+    model: &str,
+) -> Result<(Option<Json<'a>>, Option<std::ops::Range<usize>>), String> {
+    let Some((text, v)) = std::str::from_utf8(body)
         .ok()
-        .and_then(|t| Json::parse(t).ok())
+        .and_then(|t| Some((t, Json::parse(t).ok()?)))
     else {
         return Err(Failure::Malformed.describe().into());
     };
-    if contains(body, b"\"error\"") {
-        let answer_key = match format {
-            Format::OpenAi => "choices",
-            Format::Responses => "output",
-            Format::Anthropic => "content",
-            Format::Gemini => "candidates",
-        };
-        if v.get("error").is_some() && v.get(answer_key).is_none() {
-            return Err(error_text(body));
-        }
+    let (model_key, answer_key) = match format {
+        Format::OpenAi => ("model", "choices"),
+        Format::Responses => ("model", "output"),
+        Format::Anthropic => ("model", "content"),
+        Format::Gemini => ("modelVersion", "candidates"),
+    };
+    let [named, used, error, answer] =
+        v.get_many([model_key, usage::field(format), "error", answer_key]);
+    if error.is_some() && answer.is_none() {
+        return Err(error_text(body));
     }
-    Ok(usage::of_answer(format, v))
+    let rename = named
+        .filter(|slot| slot.as_str().as_deref() != Some(model))
+        .map(|slot| span_in(text, slot.text()));
+    Ok((used, rename))
 }
 
 /// An upstream error that is the request's own fault, for the client: as it

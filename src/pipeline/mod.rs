@@ -65,6 +65,9 @@ pub struct ClientRequest {
     pub include_usage: bool,
     /// The coding agent's session header, a conversation key.
     pub session: Option<String>,
+    /// Whether what the answer used is wanted (for the usage ledger, or
+    /// for the key's token or budget limits); if not, it is not read.
+    pub metered: bool,
 }
 
 impl ClientRequest {
@@ -82,12 +85,19 @@ impl ClientRequest {
             passthrough_headers: Vec::new(),
             include_usage,
             session: None,
+            metered: true,
         }
     }
 
+    /// Says whether what the answer used is wanted.
+    pub fn metered(mut self, metered: bool) -> Self {
+        self.metered = metered;
+        self
+    }
+
     /// Reads the session headers coding agents send.
-    pub fn with_session(mut self, header: impl Fn(&str) -> Option<String>) -> Self {
-        self.session = affinity::SESSION_HEADERS.iter().find_map(|h| header(h));
+    pub fn with_session(mut self, header: impl Fn(&http::HeaderName) -> Option<String>) -> Self {
+        self.session = affinity::SESSION_HEADERS.iter().find_map(header);
         self
     }
 }

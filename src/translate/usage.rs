@@ -15,30 +15,51 @@ use crate::json::Json;
 use crate::sse::Event;
 use crate::wire::{self, Format};
 
-fn n(u: Json<'_>, path: &str) -> u64 {
-    u.pointer(path).and_then(Json::as_u64).unwrap_or(0)
+fn n(v: Option<Json<'_>>) -> u64 {
+    v.and_then(Json::as_u64).unwrap_or(0)
+}
+
+/// The fields of an object, in one pass.
+fn fields<'a, const N: usize>(v: Option<Json<'a>>, keys: [&str; N]) -> [Option<Json<'a>>; N] {
+    v.map_or([None; N], |v| v.get_many(keys))
 }
 
 /// An OpenAI chat completions `usage` object. Some compatible servers
 /// report cache writes as `prompt_tokens_details.cache_write_tokens`.
 pub fn openai(u: Json<'_>) -> Usage {
+    let [input, output, input_details, output_details] = u.get_many([
+        "prompt_tokens",
+        "completion_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+    ]);
+    let [cached, cache_write] = fields(input_details, ["cached_tokens", "cache_write_tokens"]);
+    let [reasoning] = fields(output_details, ["reasoning_tokens"]);
     Usage {
-        input_tokens: n(u, "/prompt_tokens"),
-        output_tokens: n(u, "/completion_tokens"),
-        cached_tokens: n(u, "/prompt_tokens_details/cached_tokens"),
-        cache_write_tokens: n(u, "/prompt_tokens_details/cache_write_tokens"),
-        reasoning_tokens: n(u, "/completion_tokens_details/reasoning_tokens"),
+        input_tokens: n(input),
+        output_tokens: n(output),
+        cached_tokens: n(cached),
+        cache_write_tokens: n(cache_write),
+        reasoning_tokens: n(reasoning),
     }
 }
 
 /// An OpenAI Responses `usage` object.
 pub fn responses(u: Json<'_>) -> Usage {
+    let [input, output, input_details, output_details] = u.get_many([
+        "input_tokens",
+        "output_tokens",
+        "input_tokens_details",
+        "output_tokens_details",
+    ]);
+    let [cached] = fields(input_details, ["cached_tokens"]);
+    let [reasoning] = fields(output_details, ["reasoning_tokens"]);
     Usage {
-        input_tokens: n(u, "/input_tokens"),
-        output_tokens: n(u, "/output_tokens"),
-        cached_tokens: n(u, "/input_tokens_details/cached_tokens"),
+        input_tokens: n(input),
+        output_tokens: n(output),
+        cached_tokens: n(cached),
         cache_write_tokens: 0,
-        reasoning_tokens: n(u, "/output_tokens_details/reasoning_tokens"),
+        reasoning_tokens: n(reasoning),
     }
 }
 
@@ -57,19 +78,21 @@ pub struct AnthropicUsage {
 impl AnthropicUsage {
     /// Takes the fields `u` reports; the others keep their values.
     pub fn update(&mut self, u: Json<'_>) {
-        let field = |key: &str| u.get(key).and_then(Json::as_u64);
-        if let Some(v) = field("input_tokens") {
-            self.uncached = v;
-        }
-        if let Some(v) = field("cache_read_input_tokens") {
-            self.cache_read = v;
-        }
-        if let Some(v) = field("cache_creation_input_tokens") {
-            self.cache_write = v;
-        }
-        if let Some(v) = field("output_tokens") {
-            self.output = v;
-        }
+        let [uncached, cache_read, cache_write, output] = u.get_many([
+            "input_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+            "output_tokens",
+        ]);
+        let take = |slot: &mut u64, v: Option<Json<'_>>| {
+            if let Some(v) = v.and_then(Json::as_u64) {
+                *slot = v;
+            }
+        };
+        take(&mut self.uncached, uncached);
+        take(&mut self.cache_read, cache_read);
+        take(&mut self.cache_write, cache_write);
+        take(&mut self.output, output);
     }
 
     pub fn usage(&self) -> Usage {
@@ -94,25 +117,45 @@ pub fn anthropic(u: Json<'_>) -> Usage {
 /// Gemini's `usageMetadata`: its candidates count leaves out the thoughts,
 /// and its prompt count the prompt of tool use.
 pub fn gemini(u: Json<'_>) -> Usage {
-    let thoughts = n(u, "/thoughtsTokenCount");
+    let [thoughts, prompt, tool_prompt, candidates, cached] = u.get_many([
+        "thoughtsTokenCount",
+        "promptTokenCount",
+        "toolUsePromptTokenCount",
+        "candidatesTokenCount",
+        "cachedContentTokenCount",
+    ]);
+    let thoughts = n(thoughts);
     Usage {
-        input_tokens: n(u, "/promptTokenCount") + n(u, "/toolUsePromptTokenCount"),
-        output_tokens: n(u, "/candidatesTokenCount") + thoughts,
-        cached_tokens: n(u, "/cachedContentTokenCount"),
+        input_tokens: n(prompt) + n(tool_prompt),
+        output_tokens: n(candidates) + thoughts,
+        cached_tokens: n(cached),
         cache_write_tokens: 0,
         reasoning_tokens: thoughts,
     }
 }
 
+/// The field of a whole answer in `format` that holds its usage.
+pub fn field(format: Format) -> &'static str {
+    match format {
+        Format::Gemini => "usageMetadata",
+        Format::OpenAi | Format::Responses | Format::Anthropic => "usage",
+    }
+}
+
+/// The usage object `u` of an answer in `format`, if it is one.
+pub fn of_field(format: Format, u: Json<'_>) -> Option<Usage> {
+    let read: fn(Json<'_>) -> Usage = match format {
+        Format::OpenAi => openai,
+        Format::Responses => responses,
+        Format::Anthropic => anthropic,
+        Format::Gemini => gemini,
+    };
+    u.is_object().then(|| read(u))
+}
+
 /// The usage a whole answer in `format` reports, if it reports any.
 pub fn of_answer(format: Format, v: Json<'_>) -> Option<Usage> {
-    let (key, read): (&str, fn(Json<'_>) -> Usage) = match format {
-        Format::OpenAi => ("usage", openai),
-        Format::Responses => ("usage", responses),
-        Format::Anthropic => ("usage", anthropic),
-        Format::Gemini => ("usageMetadata", gemini),
-    };
-    v.get(key).filter(|u| u.is_object()).map(read)
+    of_field(format, v.get(field(format))?)
 }
 
 /// What one request used, as the ledger counts it.

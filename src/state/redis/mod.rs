@@ -897,7 +897,8 @@ impl LearnedStore for RedisStore {
         let scopes = [credential, pair];
         // One MGET: both blocks, the pair's ladder, both probations and both
         // claims, its arguments built in one buffer.
-        let mut mget = redis::cmd("MGET");
+        let mut mget = redis::Cmd::with_capacity(8, 768);
+        mget.arg("MGET");
         let mut buf = String::with_capacity(96);
         for kind in ["block", "quota", "probation", "probe"] {
             if kind == "quota" {
@@ -919,10 +920,6 @@ impl LearnedStore for RedisStore {
         let Some((blocks, found)) = read else {
             return s.local.confirm(credential, pair, claim_ttl_ms).await;
         };
-        let side: Vec<String> = ["probation", "probe"]
-            .iter()
-            .flat_map(|kind| scopes.iter().map(|sc| s.keyed(kind, sc)))
-            .collect();
         let blocks = s.overlay(&[credential.clone(), pair.clone()], blocks).await;
         s.note_clean(
             pair,
@@ -942,6 +939,10 @@ impl LearnedStore for RedisStore {
             .filter(|&i| found.get(1 + i) == Some(&true))
             .collect();
         if credential_block.is_none() && pair_block.is_none() && !awaiting.is_empty() {
+            let side: Vec<String> = ["probation", "probe"]
+                .iter()
+                .flat_map(|kind| scopes.iter().map(|sc| s.keyed(kind, sc)))
+                .collect();
             probe = s
                 .claim(&scopes, &awaiting, &found, &side, claim_ttl_ms)
                 .await;

@@ -402,11 +402,20 @@ async fn instruction_counts(
     eprintln!("==> instructions per request (callgrind): switchyard cluster, a key with limits");
     let limited = instructions(&url, pid, dir, "fast", LIMITED_KEY).await;
     let _ = replica.child.kill().await;
+    eprintln!("==> instructions per request (callgrind): switchyard cluster, SWITCHYARD_USAGE=off");
+    let mut env = cluster_env.to_vec();
+    env.push(("SWITCHYARD_USAGE", "off".into()));
+    let mut replica = replica_under(&wrapper, &env, &dir.join("cg-bare.log")).await;
+    let url = format!("http://{}", replica.addr);
+    let pid = replica.child.id().unwrap();
+    let bare = instructions(&url, pid, dir, "fast", CLIENT_KEY).await;
+    let _ = replica.child.kill().await;
     vec![
         ("nginx proxy_pass (floor)", nginx),
         ("switchyard embedded", alone),
         ("switchyard cluster, 1 replica", cluster),
         ("switchyard cluster, 1 replica, a key with limits", limited),
+        ("switchyard cluster, 1 replica, no accounting", bare),
     ]
 }
 

@@ -96,38 +96,46 @@ pub fn forbidden(model: &str) -> GatewayError {
     )
 }
 
-/// The `x-ratelimit-*` headers of the key's request and token limits.
+/// The names of a window's `x-ratelimit-*` headers: its limit, what
+/// remains, when it resets.
+const REQUESTS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+const TOKENS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
+
+/// The `x-ratelimit-*` headers of the key's request and token limits, their
+/// values written into one buffer.
 pub fn add_headers(response: &mut Response, admission: Option<&Admission>) {
     let Some(a) = admission else { return };
-    let headers = response.headers_mut();
-    let reset = HeaderValue::from_str(&format!("{}s", a.reset_s())).ok();
-    let windows = [
-        (
-            a.requests,
-            [
-                "x-ratelimit-limit-requests",
-                "x-ratelimit-remaining-requests",
-                "x-ratelimit-reset-requests",
-            ],
-        ),
-        (
-            a.tokens,
-            [
-                "x-ratelimit-limit-tokens",
-                "x-ratelimit-remaining-tokens",
-                "x-ratelimit-reset-tokens",
-            ],
-        ),
-    ];
-    for (window, [limit, remaining, reset_name]) in windows {
+    let windows = [(a.requests, REQUESTS), (a.tokens, TOKENS)];
+    let mut text = Vec::with_capacity(64);
+    let mut spans = Vec::with_capacity(6);
+    let number = |text: &mut Vec<u8>, n: u64, unit: &str| {
+        let from = text.len();
+        text.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        text.extend_from_slice(unit.as_bytes());
+        from..text.len()
+    };
+    let reset = number(&mut text, a.reset_s(), "s");
+    for (window, names) in &windows {
         let Some(w) = window else { continue };
-        headers.insert(HeaderName::from_static(limit), HeaderValue::from(w.limit));
-        headers.insert(
-            HeaderName::from_static(remaining),
-            HeaderValue::from(w.remaining),
-        );
-        if let Some(v) = &reset {
-            headers.insert(HeaderName::from_static(reset_name), v.clone());
+        let [limit, remaining, reset_name] = names;
+        spans.push((limit, number(&mut text, w.limit, "")));
+        spans.push((remaining, number(&mut text, w.remaining, "")));
+        spans.push((reset_name, reset.clone()));
+    }
+    let text = bytes::Bytes::from(text);
+    let headers = response.headers_mut();
+    for (name, span) in spans {
+        // Digits and `s`: always a header value.
+        if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(span)) {
+            headers.insert(name.clone(), value);
         }
     }
 }

@@ -1,25 +1,26 @@
 //! The `anthropic` provider: Anthropic's Messages API.
 
-use super::{Payload, Request};
+use super::{Headers, Payload, Request};
 use crate::catalog::Credential;
 
 /// The API version sent when neither the client nor the credential names one.
 pub const VERSION: &str = "2023-06-01";
 
-fn headers(credential: &Credential, client: &[(String, String)]) -> Vec<(String, String)> {
-    let mut headers = super::extra_headers(credential);
+fn headers(credential: &Credential, client: &[(String, String)]) -> Headers {
+    let mut headers = Headers::of(credential);
     for (k, v) in client {
-        if !headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(k)) {
-            headers.push((k.clone(), v.clone()));
+        if !headers.has(k) {
+            headers.add(k, v);
         }
     }
-    if !headers
-        .iter()
-        .any(|(h, _)| h.eq_ignore_ascii_case("anthropic-version"))
-    {
-        headers.push(("anthropic-version".into(), VERSION.into()));
+    if !headers.has("anthropic-version") {
+        headers.add("anthropic-version", VERSION);
     }
-    headers.push(("x-api-key".into(), credential.api_key.expose().to_string()));
+    headers.secret(
+        http::HeaderName::from_static("x-api-key"),
+        "",
+        credential.api_key.expose(),
+    );
     headers
 }
 

@@ -1,14 +1,15 @@
 //! The `gemini` provider: Google's Generative Language API.
 
-use super::{Payload, Request};
+use super::{Headers, Payload, Request};
 use crate::catalog::Credential;
 
 fn request(credential: &Credential, model: &str, action: &str, body: Payload) -> Request {
-    let mut headers = super::extra_headers(credential);
-    headers.push((
-        "x-goog-api-key".into(),
-        credential.api_key.expose().to_string(),
-    ));
+    let mut headers = Headers::of(credential);
+    headers.secret(
+        http::HeaderName::from_static("x-goog-api-key"),
+        "",
+        credential.api_key.expose(),
+    );
     let model = model.strip_prefix("models/").unwrap_or(model);
     Request {
         url: format!(

@@ -33,10 +33,63 @@ use crate::secret::Secret;
 #[derive(Debug)]
 pub struct Request {
     pub url: String,
-    /// Authentication, version and the credential's extra headers. Values may
-    /// be secrets: never log them.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: Payload,
+}
+
+/// A request's authentication, version and the credential's extra
+/// headers; the secret ones marked sensitive (`Debug` shows them as such).
+#[derive(Debug, Default)]
+pub struct Headers {
+    list: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// A header the operator wrote that HTTP cannot carry: the credential
+    /// cannot be reached as configured.
+    unsendable: bool,
+}
+
+impl Headers {
+    /// The credential's extra headers (`headers` column), sent with every request.
+    fn of(credential: &crate::catalog::Credential) -> Self {
+        let mut h = Headers {
+            list: Vec::with_capacity(credential.headers.len() + 2),
+            unsendable: false,
+        };
+        for (name, value) in &credential.headers {
+            h.add(name, value);
+        }
+        h
+    }
+
+    fn add(&mut self, name: &str, value: &str) {
+        match (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => self.list.push((name, value)),
+            _ => self.unsendable = true,
+        }
+    }
+
+    /// Whether a header of that name is there (names are case-blind).
+    fn has(&self, name: &str) -> bool {
+        self.list
+            .iter()
+            .any(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// `name: {prefix}{secret}`, marked sensitive.
+    fn secret(&mut self, name: http::HeaderName, prefix: &str, secret: &str) {
+        let mut text = Vec::with_capacity(prefix.len() + secret.len());
+        text.extend_from_slice(prefix.as_bytes());
+        text.extend_from_slice(secret.as_bytes());
+        match http::HeaderValue::from_maybe_shared(Bytes::from(text)) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                self.list.push((name, value));
+            }
+            Err(_) => self.unsendable = true,
+        }
+    }
 }
 
 /// A request body in pieces, written one after the other: a body passed
@@ -94,14 +147,6 @@ impl hyper::body::Body for Payload {
     }
 }
 
-/// The credential's extra headers (`headers` column), sent with every request.
-fn extra_headers(credential: &crate::catalog::Credential) -> Vec<(String, String)> {
-    credential
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
 
 /// How upstream connections reach the internet: directly, or through the
 /// proxies named by `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`
@@ -234,8 +279,11 @@ impl Upstream {
         let mut builder = http::Request::post(request.url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::USER_AGENT, USER_AGENT);
-        for (name, value) in &request.headers {
-            builder = builder.header(name.as_str(), value.as_str());
+        if request.headers.unsendable {
+            return Err(Failure::Connect);
+        }
+        if let Some(headers) = builder.headers_mut() {
+            headers.extend(request.headers.list);
         }
         // A URL or header the operator wrote that HTTP cannot carry: this
         // credential cannot be reached as configured.

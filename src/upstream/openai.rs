@@ -1,6 +1,6 @@
 //! The `openai` provider: any OpenAI-compatible service.
 
-use super::{Payload, Request};
+use super::{Headers, Payload, Request};
 use crate::catalog::Credential;
 
 /// `POST {base_url}/chat/completions`.
@@ -14,14 +14,15 @@ pub fn responses(credential: &Credential, body: Payload) -> Request {
 }
 
 fn post(credential: &Credential, path: &str, body: Payload) -> Request {
-    let mut headers = super::extra_headers(credential);
-    headers.push((
-        "authorization".into(),
-        format!("Bearer {}", credential.api_key.expose()),
-    ));
-    Request {
-        url: format!("{}/{path}", credential.base_url),
-        headers,
-        body,
-    }
+    let mut headers = Headers::of(credential);
+    headers.secret(
+        http::header::AUTHORIZATION,
+        "Bearer ",
+        credential.api_key.expose(),
+    );
+    let mut url = String::with_capacity(credential.base_url.len() + 1 + path.len());
+    url.push_str(&credential.base_url);
+    url.push('/');
+    url.push_str(path);
+    Request { url, headers, body }
 }

@@ -147,7 +147,6 @@ impl hyper::body::Body for Payload {
     }
 }
 
-
 /// How upstream connections reach the internet: directly, or through the
 /// proxies named by `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`
 /// (lower-case names too). Proxy URLs may carry a password: secrets.
@@ -485,6 +484,27 @@ mod tests {
         assert_eq!(path_segment("../x?key=1#f"), "..%2Fx%3Fkey%3D1%23f");
         assert_eq!(path_segment("a%2Fb"), "a%252Fb");
         assert_eq!(path_segment("a b"), "a%20b");
+    }
+
+    #[test]
+    fn headers_keep_secrets_out_of_debug_and_refuse_what_http_cannot_carry() {
+        let mut cred = crate::catalog::tests::cred("c", 0, 1);
+        cred.headers.insert("x-team".into(), "blue".into());
+        let r = openai::chat_completions(&cred, Payload::default());
+        assert!(!r.headers.unsendable);
+        assert_eq!(r.url, "http://127.0.0.1:1/v1/chat/completions");
+        let names: Vec<_> = r.headers.list.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-team", "authorization"]);
+        assert_eq!(r.headers.list[1].1, "Bearer key-of-c");
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("key-of-c"), "{shown}");
+
+        cred.headers.insert("x-bad".into(), "line\nbreak".into());
+        assert!(
+            openai::chat_completions(&cred, Payload::default())
+                .headers
+                .unsendable
+        );
     }
 
     #[test]

@@ -296,6 +296,12 @@ impl Gateway {
     /// Serves one generation request, in any client format, from any
     /// credential that serves its model.
     pub async fn generate(&self, request: ClientRequest, trace: &mut Trace) -> Reply {
+        // The request's whole state machine lives on the heap: the layers
+        // above move their futures by value, and would copy it each time.
+        Box::pin(self.serve(request, trace)).await
+    }
+
+    async fn serve(&self, request: ClientRequest, trace: &mut Trace) -> Reply {
         let (route, prepared) = match self.route_for(&request) {
             Ok(r) => r,
             Err(reply) => return reply,

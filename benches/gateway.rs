@@ -6,7 +6,7 @@
 //! one replica, and two behind nginx; optionally LiteLLM's proxy. Prints one
 //! table and writes the figures as JSON (target/bench/results.json).
 //!
-//!   ops/bench [--runs N] [--quick] [--litellm] [--limits-only]
+//!   ops/bench [--runs N] [--quick] [--litellm] [--limits-only] [--pools-only]
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // A bench fails loudly; its tasks live as long as it.
 
 #[path = "../tests/common/services.rs"]
@@ -45,6 +45,8 @@ struct Options {
     instructions_only: bool,
     /// Only a limited key against an open one (for working on limits).
     limits_only: bool,
+    /// Only the throughput by the size of the route.
+    pools_only: bool,
 }
 
 fn options() -> Options {
@@ -69,6 +71,7 @@ fn options() -> Options {
         memory_only,
         instructions_only,
         limits_only: flag("--limits-only"),
+        pools_only: flag("--pools-only"),
     }
 }
 
@@ -693,6 +696,38 @@ fn redis_calls(redis: &RedisServer) -> f64 {
         .sum()
 }
 
+impl Pools {
+    /// Prints the figures; their rows for `results.json`.
+    fn print(&self) -> Vec<Value> {
+        let med = |v: &[f64]| median(&mut v.to_vec());
+        println!("one replica, cluster mode, req/s @32 by credentials on the model (ratio to 1):");
+        let one = med(&self.rps[0]);
+        let mut rows = Vec::new();
+        for (n, runs) in POOLS.iter().zip(&self.rps) {
+            let r = med(runs);
+            let each: Vec<u64> = runs.iter().map(|r| r.round() as u64).collect();
+            println!("  {n:>6} credentials: {r:>8.0} req/s  {:.2}x  {each:?}", r / one);
+            rows.push(json!({"credentials": n, "rps_32": r, "ratio_to_1": r / one, "runs": runs}));
+        }
+        println!(
+            "  Redis commands per successful request, {} credentials: {:.2}",
+            POOLS[POOLS.len() - 1],
+            self.redis_commands
+        );
+        println!(
+            "  {} operator rows committed -> served by the replica: {:.0} ms",
+            self.rows, self.served_after_ms
+        );
+        let (before, after) = (med(&self.keys_before), med(&self.keys_after));
+        println!(
+            "  {EXTRA_KEYS} more client keys: {before:.0} -> {after:.0} req/s ({:.2}x); RSS with them and the pools: {:.0} MB",
+            after / before,
+            self.rss_mb
+        );
+        rows
+    }
+}
+
 async fn pools(
     url: &str,
     dir: &Path,
@@ -1103,6 +1138,13 @@ async fn main() {
         println!("{}", measure_limits().await.line());
         return;
     }
+    if opts.pools_only {
+        let pid = a.child.id().unwrap();
+        pools(&a_url, tmp.path(), &pg, &redis, mock, pid, &opts)
+            .await
+            .print();
+        return;
+    }
     let mut rows: Vec<Row> = vec![Row::default(); targets.len()];
     for run in 1..=opts.runs {
         for (t, row) in targets.iter().zip(rows.iter_mut()) {
@@ -1320,29 +1362,7 @@ fn report(
         prop.len()
     );
     println!();
-    println!("one replica, cluster mode, req/s @32 by credentials on the model (ratio to 1):");
-    let one = med(&pool.rps[0]);
-    let mut pool_rows = Vec::new();
-    for (n, runs) in POOLS.iter().zip(&pool.rps) {
-        let r = med(runs);
-        println!("  {n:>6} credentials: {r:>8.0} req/s  {:.2}x", r / one);
-        pool_rows.push(json!({"credentials": n, "rps_32": r, "ratio_to_1": r / one, "runs": runs}));
-    }
-    println!(
-        "  Redis commands per successful request, {} credentials: {:.2}",
-        POOLS[POOLS.len() - 1],
-        pool.redis_commands
-    );
-    println!(
-        "  {} operator rows committed -> served by the replica: {:.0} ms",
-        pool.rows, pool.served_after_ms
-    );
-    let (before, after) = (med(&pool.keys_before), med(&pool.keys_after));
-    println!(
-        "  {EXTRA_KEYS} more client keys: {before:.0} -> {after:.0} req/s ({:.2}x); RSS with them and the pools: {:.0} MB",
-        after / before,
-        pool.rss_mb
-    );
+    let pool_rows = pool.print();
     let (bare, open, with) = limited.medians();
     println!();
     println!("{}", limited.line());

@@ -706,7 +706,10 @@ impl Pools {
         for (n, runs) in POOLS.iter().zip(&self.rps) {
             let r = med(runs);
             let each: Vec<u64> = runs.iter().map(|r| r.round() as u64).collect();
-            println!("  {n:>6} credentials: {r:>8.0} req/s  {:.2}x  {each:?}", r / one);
+            println!(
+                "  {n:>6} credentials: {r:>8.0} req/s  {:.2}x  {each:?}",
+                r / one
+            );
             rows.push(json!({"credentials": n, "rps_32": r, "ratio_to_1": r / one, "runs": runs}));
         }
         println!(

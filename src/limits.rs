@@ -13,6 +13,10 @@
 //! last saw. Keys without a counted limit reach none of this.
 
 use std::collections::HashMap;
+
+/// Per key state, by the key's name (operators' names, not clients'
+/// input: a fast hash will do).
+pub type KeyMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -210,16 +214,16 @@ pub struct Limiter {
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
     /// Key name -> its own counts: one entry per counted key in use.
-    local: Mutex<HashMap<String, Local>>,
+    local: Mutex<KeyMap<Local>>,
     /// Key name -> spend the shared counters have not taken yet.
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<KeyMap<Pending>>,
     /// Key name -> its lease of the current minute.
-    leases: Mutex<HashMap<String, Lease>>,
+    leases: Mutex<KeyMap<Lease>>,
     /// Key name -> the admission asking Redis for its next lease: requests
     /// that find no lease meanwhile wait for that one's instead of asking.
     /// Whether its last lease was of more than one request (else nobody
     /// waits for it).
-    asking: Mutex<HashMap<String, (Arc<Notify>, bool)>>,
+    asking: Mutex<KeyMap<(Arc<Notify>, bool)>>,
     /// Admissions waiting for the next batch call ([`Limiter::run`] sends them).
     queue: mpsc::UnboundedSender<Queued>,
     queued: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
@@ -279,10 +283,10 @@ impl Limiter {
             shared,
             ledger,
             metrics,
-            local: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-            leases: Mutex::new(HashMap::new()),
-            asking: Mutex::new(HashMap::new()),
+            local: Mutex::new(KeyMap::default()),
+            pending: Mutex::new(KeyMap::default()),
+            leases: Mutex::new(KeyMap::default()),
+            asking: Mutex::new(KeyMap::default()),
             queue,
             queued: Mutex::new(Some(queued)),
         }
@@ -785,7 +789,7 @@ async fn admit_one(shared: &RedisStore, name: &str, start: i64, ask: Ask) -> Opt
         .and_then(|c| c.first().copied())
 }
 
-fn entry<'a>(map: &'a mut HashMap<String, Local>, name: &str) -> &'a mut Local {
+fn entry<'a>(map: &'a mut KeyMap<Local>, name: &str) -> &'a mut Local {
     if !map.contains_key(name) {
         map.insert(name.to_string(), Local::default());
     }

@@ -204,6 +204,10 @@ pub fn finish(
     response
 }
 
+/// The headers of a whole answer: its content type, and those of its
+/// key's limits.
+const ANSWER_HEADERS: usize = 8;
+
 pub fn into_response(format: Format, reply: Reply) -> Response {
     match reply {
         Reply::Body {
@@ -211,10 +215,16 @@ pub fn into_response(format: Format, reply: Reply) -> Response {
             content_type,
             body,
         } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             let content_type = HeaderValue::from_str(&content_type)
                 .unwrap_or(HeaderValue::from_static("application/json"));
-            (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            // Room for the `x-ratelimit-*` headers too, made once.
+            let headers = response.headers_mut();
+            headers.reserve(ANSWER_HEADERS);
+            headers.insert(header::CONTENT_TYPE, content_type);
+            response
         }
         Reply::Stream(stream) => {
             let body = Body::from_stream(stream.map(Ok::<_, Infallible>));

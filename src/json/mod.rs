@@ -50,9 +50,12 @@ impl<'a> Json<'a> {
 
     /// Checks `text` (syntax, and nesting up to [`MAX_DEPTH`]).
     pub fn parse(text: &'a str) -> Result<Json<'a>, Invalid> {
-        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| Invalid(e.to_string()))?;
-        if scan::depth(text.as_bytes()) > MAX_DEPTH {
-            return Err(Invalid(format!("nested more than {MAX_DEPTH} deep")));
+        if !scan::valid(text.as_bytes(), MAX_DEPTH) {
+            // The slow way, for its words: where the text went wrong.
+            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Err(e) => Invalid(e.to_string()),
+                Ok(_) => Invalid(format!("nested more than {MAX_DEPTH} deep")),
+            });
         }
         Ok(Json(text.trim_matches([' ', '\t', '\n', '\r'])))
     }

@@ -62,6 +62,7 @@ pub fn value_end(b: &[u8], i: usize) -> usize {
 }
 
 /// The deepest nesting of arrays and objects in valid JSON text.
+#[cfg(test)]
 pub fn depth(b: &[u8]) -> usize {
     let (mut depth, mut deepest, mut j) = (0usize, 0usize, 0usize);
     while j < b.len() {
@@ -122,6 +123,157 @@ pub fn compact(text: &str) -> String {
     out
 }
 
+/// Whether `b` is one JSON value (whitespace around it allowed) nested at
+/// most `max_depth` deep: RFC 8259's grammar, checked in one pass without
+/// recursion. `b` is UTF-8 already; escapes are checked for their form
+/// only, as `serde_json` checks what it skips.
+pub fn valid(b: &[u8], max_depth: usize) -> bool {
+    // Bit d-1 set: the container at depth d is an object. Depth is at most
+    // 128, so one u128 holds every level.
+    let max_depth = max_depth.min(128);
+    let mut objects: u128 = 0;
+    let mut depth = 0usize;
+    let mut i = 0usize;
+    'value: loop {
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(&open @ (b'{' | b'[')) => {
+                depth += 1;
+                if depth > max_depth {
+                    return false;
+                }
+                let bit = 1u128 << (depth - 1);
+                i = skip_ws(b, i + 1);
+                if open == b'{' {
+                    objects |= bit;
+                    if b.get(i) == Some(&b'}') {
+                        i += 1;
+                        depth -= 1;
+                    } else {
+                        match key(b, i) {
+                            Some(next) => i = next,
+                            None => return false,
+                        }
+                        continue 'value;
+                    }
+                } else {
+                    objects &= !bit;
+                    if b.get(i) == Some(&b']') {
+                        i += 1;
+                        depth -= 1;
+                    } else {
+                        continue 'value;
+                    }
+                }
+            }
+            Some(b'"') => match string(b, i) {
+                Some(end) => i = end,
+                None => return false,
+            },
+            Some(b't') if b[i..].starts_with(b"true") => i += 4,
+            Some(b'f') if b[i..].starts_with(b"false") => i += 5,
+            Some(b'n') if b[i..].starts_with(b"null") => i += 4,
+            Some(b'-' | b'0'..=b'9') => match number(b, i) {
+                Some(end) => i = end,
+                None => return false,
+            },
+            _ => return false,
+        }
+        // After a value: the next one of its container, or its end.
+        loop {
+            i = skip_ws(b, i);
+            if depth == 0 {
+                return i == b.len();
+            }
+            let in_object = objects & (1u128 << (depth - 1)) != 0;
+            match b.get(i) {
+                Some(b',') if in_object => match key(b, skip_ws(b, i + 1)) {
+                    Some(next) => {
+                        i = next;
+                        continue 'value;
+                    }
+                    None => return false,
+                },
+                Some(b',') => {
+                    i += 1;
+                    continue 'value;
+                }
+                Some(b'}') if in_object => {
+                    i += 1;
+                    depth -= 1;
+                }
+                Some(b']') if !in_object => {
+                    i += 1;
+                    depth -= 1;
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// Past `"key":` at `i` (no whitespace before it), or `None`.
+fn key(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let end = skip_ws(b, string(b, i)?);
+    (b.get(end) == Some(&b':')).then_some(end + 1)
+}
+
+/// Past the closing quote of the well-formed string at `i`, or `None`.
+fn string(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        let k = j + memchr::memchr2(b'"', b'\\', &b[j..])?;
+        if b[j..k].iter().any(|&c| c < 0x20) {
+            return None;
+        }
+        if b[k] == b'"' {
+            return Some(k + 1);
+        }
+        match b.get(k + 1)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => j = k + 2,
+            b'u' => {
+                let hex = b.get(k + 2..k + 6)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                j = k + 6;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Past the well-formed number at `i`, or `None`.
+fn number(b: &[u8], i: usize) -> Option<usize> {
+    let digits = |from: usize| {
+        let mut j = from;
+        while b.get(j).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        (j > from).then_some(j)
+    };
+    let mut j = i + usize::from(b[i] == b'-');
+    j = match b.get(j)? {
+        b'0' => j + 1,
+        b'1'..=b'9' => digits(j)?,
+        _ => return None,
+    };
+    if b.get(j) == Some(&b'.') {
+        j = digits(j + 1)?;
+    }
+    if matches!(b.get(j), Some(b'e' | b'E')) {
+        j += 1;
+        if matches!(b.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        j = digits(j)?;
+    }
+    Some(j)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +292,94 @@ mod tests {
             compact("{ \"a b\" : [1, 2],\n\"c\":\"\\\" \" }"),
             "{\"a b\":[1,2],\"c\":\"\\\" \"}"
         );
+    }
+
+    /// What `serde_json` (and the depth limit) says of `text`.
+    fn serde_says(text: &str, max_depth: usize) -> bool {
+        serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+            && depth(text.as_bytes()) <= max_depth
+    }
+
+    #[test]
+    fn valid_agrees_with_serde_json() {
+        let cases = [
+            "",
+            " ",
+            "{}",
+            "[]",
+            " {} ",
+            "{} x",
+            "{}{}",
+            "{,}",
+            "[,]",
+            "[1,]",
+            "[1 2]",
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{"a":}"#,
+            r#"{1:2}"#,
+            r#"{"a":1 "b":2}"#,
+            r#"{"a":[1,{"b":null}],"c":"\u00e9\n"}"#,
+            "\"\\u12G4\"",
+            "\"\\u12\"",
+            "\"\\x\"",
+            "\"a\tb\"",
+            "\"a\u{1}b\"",
+            "\"\\ud800\"",
+            "\"unterminated",
+            "0",
+            "-0",
+            "01",
+            "-",
+            "1.",
+            "1.5",
+            ".5",
+            "1e",
+            "1e+",
+            "1e+5",
+            "1E-5",
+            "-1.5e3",
+            "2.e3",
+            "true",
+            "tru",
+            "truex",
+            "false",
+            "null",
+            "nul",
+            "[true,false,null]",
+            "[[[]]]",
+            "[[[]]",
+            "[]]",
+            "{\"a\":{\"b\":{}}}",
+            "\u{feff}{}",
+            "\t\n\r {}\n",
+        ];
+        for text in cases {
+            assert_eq!(
+                valid(text.as_bytes(), 128),
+                serde_says(text, 128),
+                "{text:?}"
+            );
+        }
+        let deep = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        assert!(valid(deep(128).as_bytes(), 128));
+        assert!(!valid(deep(129).as_bytes(), 128));
+        let objects = |n: usize| "{\"a\":".repeat(n) + "1" + &"}".repeat(n);
+        assert!(valid(objects(3).as_bytes(), 3) && !valid(objects(4).as_bytes(), 3));
+        // Mutations of a document with every kind of value: each byte
+        // replaced by, or followed by, one that matters to the grammar.
+        let base = r#"{"k":[1,-2.5e-3,"s\"\u0041",true,false,null,{"x":{}}],"e":[]}"#;
+        let bytes = b" {}[],:\"\\0-+.eEtfnu1a\t\x01";
+        for at in 0..base.len() {
+            for &c in bytes {
+                for text in [
+                    format!("{}{}{}", &base[..at], c as char, &base[at + 1..]),
+                    format!("{}{}{}", &base[..at], c as char, &base[at..]),
+                    base[..at].to_string(),
+                ] {
+                    assert_eq!(valid(text.as_bytes(), 4), serde_says(&text, 4), "{text:?}");
+                }
+            }
+        }
     }
 }

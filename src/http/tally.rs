@@ -90,7 +90,7 @@ impl Count {
                 .record(&self.key.name, &self.model, upstream, counts);
         }
         let limits = &self.key.limits;
-        if limits.tpm.is_some() || limits.budget_micro_usd.is_some() {
+        if limits.spends() {
             self.state.limiter.spent(
                 limits,
                 &self.key.name,

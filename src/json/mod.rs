@@ -143,13 +143,7 @@ impl<'a> Json<'a> {
     /// The value of `key` in an object (the last, when a key repeats, as in
     /// `serde_json`).
     pub fn get(self, key: &str) -> Option<Json<'a>> {
-        let mut entries = self.entries();
-        let mut found = None;
-        while let Some((k, v)) = entries.next_raw() {
-            if key_is(k, key) {
-                found = Some(v);
-            }
-        }
+        let [found] = self.get_many([key]);
         found
     }
 

@@ -271,6 +271,63 @@ fn requests_in_every_direction() {
     }
 }
 
+/// A body that came from `format` translated for `provider`, once from the
+/// conversation kept in memory and once from it read again from the text
+/// (what a large body does): the two must be the same bytes.
+fn built_both_ways(format: Format, body: &Document, provider: Provider) -> Option<Vec<u8>> {
+    let kept = translate::parse_request(format, body).ok()?;
+    let again = translate::ir::Request {
+        messages: kept.messages.clone().read_again(),
+        ..kept.clone()
+    };
+    let one = translate::build_request(provider, &kept, "up-model").and_then(|b| b.to_vec());
+    let other = translate::build_request(provider, &again, "up-model").and_then(|b| b.to_vec());
+    assert_eq!(
+        one.as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
+        other
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
+        "{format:?} to {provider:?}"
+    );
+    one.ok()
+}
+
+#[test]
+fn a_conversation_read_again_is_translated_as_the_one_kept() {
+    let mut bodies: Vec<(Format, Document)> = CLIENTS
+        .iter()
+        .map(|(f, _)| (*f, document(conversation(*f))))
+        .collect();
+    // What real clients sent, as recorded.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clients");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let recorded: Value = serde_json::from_str(&text).unwrap();
+        let (Some(path), Some(body)) = (recorded["path"].as_str(), recorded.get("body")) else {
+            continue;
+        };
+        let format = if path.contains("/models/") {
+            Format::Gemini
+        } else if path.starts_with("/v1/messages") {
+            Format::Anthropic
+        } else if path.starts_with("/v1/responses") {
+            Format::Responses
+        } else {
+            Format::OpenAi
+        };
+        bodies.push((format, Document::from_value(body)));
+    }
+    let mut built = 0;
+    for (format, body) in &bodies {
+        for (_, provider, _) in FORMATS {
+            built += usize::from(built_both_ways(*format, body, provider).is_some());
+        }
+    }
+    assert!(bodies.len() >= 10, "{} bodies", bodies.len());
+    assert!(built >= 2 * bodies.len(), "{built} bodies built");
+}
+
 #[test]
 fn every_format_reads_the_same_conversation() {
     let irs: Vec<_> = CLIENTS
@@ -281,15 +338,15 @@ fn every_format_reads_the_same_conversation() {
     // no stop sequences. Otherwise they agree.
     let strip = |mut r: translate::ir::Request| {
         r.stop.clear();
-        for m in &mut r.messages {
+        let mut messages = r.messages.to_vec();
+        for m in &mut messages {
             for p in &mut m.parts {
                 if let translate::ir::Part::ToolResult { name, .. } = p {
                     *name = None;
                 }
             }
         }
-        let messages = std::mem::take(&mut r.messages);
-        r.messages = translate::ir::merge_turns(&mut r.system, messages);
+        r.messages = translate::ir::merge_turns(&mut r.system, messages).into();
         r
     };
     let irs: Vec<_> = irs.into_iter().map(strip).collect();

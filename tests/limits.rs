@@ -449,6 +449,21 @@ fn numbers_body(prefix: &str, suffix: &str) -> Vec<u8> {
     body
 }
 
+/// A body of `MESSAGES_BODY` bytes (less a little room) whose conversation
+/// is `item` over and over.
+fn messages_body(prefix: &str, item: &str, last: &str, suffix: &str) -> Vec<u8> {
+    let room = MESSAGES_BODY - 1024 - prefix.len() - last.len() - suffix.len();
+    let mut body = Vec::with_capacity(MESSAGES_BODY);
+    body.extend_from_slice(prefix.as_bytes());
+    for _ in 0..room / (item.len() + 1) {
+        body.extend_from_slice(item.as_bytes());
+        body.push(b',');
+    }
+    body.extend_from_slice(last.as_bytes());
+    body.extend_from_slice(suffix.as_bytes());
+    body
+}
+
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -550,6 +565,49 @@ async fn a_body_of_the_maximum_size_translated_costs_at_most_four_times_its_size
             "/v1/chat/completions",
             format!(r#"{text}1"}}]}}"#),
             numbers_body(text, r#""}]}"#),
+        ),
+    ])
+    .await;
+}
+
+/// The size of the bodies of tiny messages: a quarter of the maximum, a
+/// quarter of a million messages, well past the size from which a
+/// conversation is read again rather than kept (each walk of it in a debug
+/// build takes seconds at the maximum size).
+const MESSAGES_BODY: usize = MAX_BODY / 4;
+
+#[tokio::test]
+async fn a_body_of_tiny_messages_translated_costs_at_most_four_times_its_size() {
+    const { assert!(MESSAGES_BODY > 4 * switchyard::translate::ir::READ_AGAIN_ABOVE) };
+    let user = r#"{"role":"user","content":"hi"}"#;
+    let turn = r#"{"role":"user","content":"a"},{"role":"assistant","content":"b"}"#;
+    let chat = |model: &str| format!(r#"{{"model":"{model}","messages":["#);
+    let anthropic = r#"{"model":"to-openai","max_tokens":10,"messages":["#;
+    let responses = r#"{"model":"to-anthropic","input":["#;
+    check_costs(&[
+        (
+            "OpenAI to Anthropic, turns of one word",
+            "/v1/chat/completions",
+            format!("{}{user}]}}", chat("to-anthropic")),
+            messages_body(&chat("to-anthropic"), turn, user, "]}"),
+        ),
+        (
+            "OpenAI to Gemini, one turn of every message",
+            "/v1/chat/completions",
+            format!("{}{user}]}}", chat("to-gemini")),
+            messages_body(&chat("to-gemini"), user, user, "]}"),
+        ),
+        (
+            "Anthropic to OpenAI, turns of one word",
+            "/v1/messages",
+            format!("{anthropic}{user}]}}"),
+            messages_body(anthropic, turn, user, "]}"),
+        ),
+        (
+            "Responses to Anthropic, turns of one word",
+            "/v1/responses",
+            format!("{responses}{user}]}}"),
+            messages_body(responses, turn, user, "]}"),
         ),
     ])
     .await;

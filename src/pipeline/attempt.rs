@@ -306,8 +306,8 @@ fn build(
         own.rewrite(set, |_| true).into()
     } else {
         translate::build_request(cred.provider, prepared.ir.as_ref()?, model)
+            .and_then(|b| b.to_vec())
             .ok()?
-            .to_vec()
             .into()
     };
     Some(match cred.provider {

@@ -67,7 +67,9 @@ impl Prepared {
         let ir = match parsed {
             Ok(ir) => {
                 for p in &foreign {
-                    if let Err(e) = translate::build_request(*p, &ir, &request.model) {
+                    if let Err(e) =
+                        translate::build_request(*p, &ir, &request.model).and_then(|b| b.check())
+                    {
                         problem.get_or_insert(e);
                         unusable.insert(*p);
                     }

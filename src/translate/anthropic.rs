@@ -12,9 +12,9 @@ pub use body::{Body, build_request};
 pub use mend::mend_history;
 
 use super::ir::{
-    Delta, Effort, Image, Message, Output, Part, Reasoning, Request, Response, Role, StopReason,
-    TRANSLATED_THINKING, Tool, ToolChoice, Untranslatable, Usage, f64_field, new_id, text_of,
-    u64_field, untranslatable,
+    Conversation, Delta, Effort, Image, Message, Messages, Output, Part, Reasoning, Request,
+    Response, Role, StopReason, TRANSLATED_THINKING, Tool, ToolChoice, Untranslatable, Usage,
+    f64_field, new_id, text_of, u64_field, untranslatable,
 };
 use super::policy;
 use crate::json::{Document, Json, Raw};
@@ -104,21 +104,24 @@ pub fn parse_request(body: &Document) -> Result<Request, Untranslatable> {
             _ => return untranslatable("`tool_choice` is not known"),
         }),
     };
-    let Some(messages) = body.get("messages").filter(|m| m.is_array()) else {
+    if !body.get("messages").is_some_and(Json::is_array) {
         return untranslatable("`messages` must be an array");
-    };
-    for m in messages.items() {
-        let role = match m.get("role").and_then(Json::as_str).as_deref() {
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            Some("system") => Role::System,
-            Some(other) => return untranslatable(format!("message role `{other}` is not known")),
-            None => return untranslatable("a message needs a role"),
-        };
-        req.messages
-            .push(Message::new(role, blocks(m.field("content"))?));
     }
+    let (messages, _) = Messages::read(body, "messages", read_message)?;
+    req.messages = messages;
     Ok(req)
+}
+
+fn read_message(m: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable> {
+    let role = match m.get("role").and_then(Json::as_str).as_deref() {
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("system") => Role::System,
+        Some(other) => return untranslatable(format!("message role `{other}` is not known")),
+        None => return untranslatable("a message needs a role"),
+    };
+    to.push(Message::new(role, blocks(m.field("content"))?));
+    Ok(())
 }
 
 /// A string value's text (a non-string reads as "").

@@ -22,27 +22,28 @@ pub fn estimate(req: &Request) -> u64 {
             + t.description.as_ref().map_or(0, String::len)
             + t.parameters.text().len();
     }
-    fn part(p: &Part, chars: &mut usize, images: &mut u64) {
-        match p {
-            Part::Text(t) | Part::Thinking(t) => *chars += t.len(),
-            Part::Image(_) | Part::Document { .. } => *images += 1,
-            Part::ToolCall {
-                name, arguments, ..
-            } => *chars += name.len() + arguments.text().len(),
-            Part::ToolResult { content, .. } => {
-                for c in content {
-                    part(c, chars, images);
-                }
+    let (message_chars, message_images) = req.messages.size();
+    chars += message_chars;
+    images += message_images;
+    let text = chars.div_ceil(CHARS_PER_TOKEN) as u64;
+    text + images * TOKENS_PER_IMAGE + TOKENS_PER_MESSAGE * (req.messages.len() as u64 + 1)
+}
+
+/// Adds what part `p` weighs to `chars` and `images` (a conversation's
+/// total is taken as it is read: [`super::ir::Messages::size`]).
+pub fn tally(p: &Part, chars: &mut usize, images: &mut u64) {
+    match p {
+        Part::Text(t) | Part::Thinking(t) => *chars += t.len(),
+        Part::Image(_) | Part::Document { .. } => *images += 1,
+        Part::ToolCall {
+            name, arguments, ..
+        } => *chars += name.len() + arguments.text().len(),
+        Part::ToolResult { content, .. } => {
+            for c in content {
+                tally(c, chars, images);
             }
         }
     }
-    for m in &req.messages {
-        for p in &m.parts {
-            part(p, &mut chars, &mut images);
-        }
-    }
-    let text = chars.div_ceil(CHARS_PER_TOKEN) as u64;
-    text + images * TOKENS_PER_IMAGE + TOKENS_PER_MESSAGE * (req.messages.len() as u64 + 1)
 }
 
 #[cfg(test)]
@@ -54,7 +55,7 @@ mod tests {
     fn about_four_characters_a_token() {
         let req = Request {
             system: vec!["x".repeat(40)],
-            messages: vec![Message::new(Role::User, vec![Part::Text("y".repeat(400))])],
+            messages: vec![Message::new(Role::User, vec![Part::Text("y".repeat(400))])].into(),
             ..Request::default()
         };
         assert_eq!(estimate(&req), 110 + 8);

@@ -13,9 +13,9 @@ pub use body::{Body, build_request};
 pub use mend::mend_history;
 
 use super::ir::{
-    Delta, Image, Message, Output, Part, Reasoning, Request, Response, Role, StopReason,
-    TRANSLATED_THINKING, Tool, ToolChoice, Untranslatable, Usage, new_id, stream_json, text_of,
-    untranslatable,
+    Conversation, Delta, Image, Message, Messages, Output, Part, Reasoning, Request, Response,
+    Role, StopReason, TRANSLATED_THINKING, Tool, ToolChoice, Untranslatable, Usage, new_id,
+    stream_json, text_of, untranslatable,
 };
 use super::policy;
 use crate::json::{Document, Json, Raw};
@@ -107,96 +107,94 @@ pub fn parse_request(body: &Document) -> Result<Request, Untranslatable> {
             _ => Some(ToolChoice::Auto),
         };
     }
-    let Some(contents) = body.get("contents").filter(|c| c.is_array()) else {
+    if !body.get("contents").is_some_and(Json::is_array) {
         return untranslatable("`contents` must be an array");
-    };
-    let mut calls = 0usize;
-    for c in contents.items() {
-        let role = match c.get("role").and_then(Json::as_str).as_deref() {
-            Some("model") => Role::Assistant,
-            _ => Role::User,
-        };
-        let mut parts = Vec::new();
-        for p in c.field("parts").items() {
-            if p.get("thought").and_then(Json::as_bool) == Some(true) {
-                // The model's own reasoning from earlier turns: other
-                // providers neither accept nor need it.
-            } else if let Some(t) = p.get("text").and_then(Json::as_str) {
-                parts.push(Part::Text(t.into_owned()));
-            } else if let Some(d) = get(p, "inlineData", "inline_data") {
-                let media_type = get(d, "mimeType", "mime_type")
-                    .and_then(Json::as_str)
-                    .map_or_else(|| "image/png".to_string(), Cow::into_owned);
-                let data = text_of(d, "data");
-                parts.push(if media_type.starts_with("image/") {
-                    Part::Image(Image::Base64 { media_type, data })
-                } else {
-                    Part::Document {
-                        media_type,
-                        data,
-                        name: None,
-                    }
-                });
-            } else if let Some(d) = get(p, "fileData", "file_data") {
-                parts.push(Part::Image(Image::Url(
-                    get(d, "fileUri", "file_uri")
-                        .and_then(Json::as_str)
-                        .map(Cow::into_owned)
-                        .unwrap_or_default(),
-                )));
-            } else if let Some(f) = get(p, "functionCall", "function_call") {
-                let name = text_of(f, "name");
-                let id = f
-                    .get("id")
-                    .and_then(Json::as_str)
-                    .map_or_else(|| format!("call_{calls}_{name}"), Cow::into_owned);
-                calls += 1;
-                parts.push(Part::ToolCall {
-                    id,
-                    name,
-                    arguments: f.get("args").map_or_else(Raw::empty_object, Raw::of),
-                });
-            } else if let Some(f) = get(p, "functionResponse", "function_response") {
-                let name = text_of(f, "name");
-                let call_id = match f.get("id").and_then(Json::as_str) {
-                    Some(id) => id.into_owned(),
-                    None => req
-                        .messages
-                        .iter()
-                        .rev()
-                        .flat_map(|m| m.parts.iter().rev())
-                        .find_map(|p| match p {
-                            Part::ToolCall { id, name: n, .. } if *n == name => Some(id.clone()),
-                            _ => None,
-                        })
-                        .unwrap_or_else(|| format!("call_{name}")),
-                };
-                let response = f.field("response");
-                let only_content = response.is_object()
-                    && response.entries().count() == 1
-                    && response.get("content").is_some_and(Json::is_string);
-                let text = if only_content {
-                    text_of(response, "content")
-                } else {
-                    response.compact().into_owned()
-                };
-                parts.push(Part::ToolResult {
-                    call_id,
-                    name: Some(name),
-                    content: vec![Part::Text(text)],
-                    is_error: false,
-                });
-            } else if p.get("thoughtSignature").is_some() || p.get("thought").is_some() {
-                // Reasoning artefacts of earlier turns: not content.
-            } else {
-                return untranslatable(
-                    "a Gemini part of this kind cannot be carried to this model's provider",
-                );
-            }
-        }
-        req.messages.push(Message::new(role, parts));
     }
+    let (messages, _) = Messages::read(body, "contents", read_content)?;
+    req.messages = messages;
     Ok(req)
+}
+
+fn read_content(c: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable> {
+    let role = match c.get("role").and_then(Json::as_str).as_deref() {
+        Some("model") => Role::Assistant,
+        _ => Role::User,
+    };
+    let mut parts = Vec::new();
+    for p in c.field("parts").items() {
+        if p.get("thought").and_then(Json::as_bool) == Some(true) {
+            // The model's own reasoning from earlier turns: other
+            // providers neither accept nor need it.
+        } else if let Some(t) = p.get("text").and_then(Json::as_str) {
+            parts.push(Part::Text(t.into_owned()));
+        } else if let Some(d) = get(p, "inlineData", "inline_data") {
+            let media_type = get(d, "mimeType", "mime_type")
+                .and_then(Json::as_str)
+                .map_or_else(|| "image/png".to_string(), Cow::into_owned);
+            let data = text_of(d, "data");
+            parts.push(if media_type.starts_with("image/") {
+                Part::Image(Image::Base64 { media_type, data })
+            } else {
+                Part::Document {
+                    media_type,
+                    data,
+                    name: None,
+                }
+            });
+        } else if let Some(d) = get(p, "fileData", "file_data") {
+            parts.push(Part::Image(Image::Url(
+                get(d, "fileUri", "file_uri")
+                    .and_then(Json::as_str)
+                    .map(Cow::into_owned)
+                    .unwrap_or_default(),
+            )));
+        } else if let Some(f) = get(p, "functionCall", "function_call") {
+            let name = text_of(f, "name");
+            let id = f
+                .get("id")
+                .and_then(Json::as_str)
+                .map_or_else(|| format!("call_{}_{name}", to.numbered), Cow::into_owned);
+            to.numbered += 1;
+            parts.push(Part::ToolCall {
+                id,
+                name,
+                arguments: f.get("args").map_or_else(Raw::empty_object, Raw::of),
+            });
+        } else if let Some(f) = get(p, "functionResponse", "function_response") {
+            let name = text_of(f, "name");
+            let call_id = match f.get("id").and_then(Json::as_str) {
+                Some(id) => id.into_owned(),
+                None => to
+                    .latest_call(&name)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("call_{name}")),
+            };
+            let response = f.field("response");
+            let only_content = response.is_object()
+                && response.entries().count() == 1
+                && response.get("content").is_some_and(Json::is_string);
+            let text = if only_content {
+                text_of(response, "content")
+            } else {
+                response.compact().into_owned()
+            };
+            parts.push(Part::ToolResult {
+                call_id,
+                name: Some(name),
+                content: vec![Part::Text(text)],
+                is_error: false,
+            });
+        } else if p.get("thoughtSignature").is_some() || p.get("thought").is_some() {
+            // Reasoning artefacts of earlier turns: not content.
+        } else {
+            return untranslatable(
+                "a Gemini part of this kind cannot be carried to this model's provider",
+            );
+        }
+    }
+    to.note_calls(&parts);
+    to.push(Message::new(role, parts));
+    Ok(())
 }
 
 /// A field name in Gemini's camelCase (its APIs accept snake_case too).

@@ -5,13 +5,17 @@ use std::borrow::Cow;
 
 use crate::json::{Document, Json, Raw};
 
+mod messages;
+
+pub use messages::{Conversation, Messages, READ_AGAIN_ABOVE, ReadItem, Turns};
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Request {
     /// System text that opens the conversation.
     pub system: Vec<String>,
     /// The conversation; system messages later in it keep their place
     /// (`Role::System`) for formats that can say so.
-    pub messages: Vec<Message>,
+    pub messages: Messages,
     pub tools: Vec<Tool>,
     pub tool_choice: Option<ToolChoice>,
     pub max_tokens: Option<u64>,
@@ -269,17 +273,6 @@ impl Request {
             .map(|t| t.name.clone())
             .collect()
     }
-
-    /// The name of the tool call `call_id` refers to, from the history.
-    pub fn tool_name(&self, call_id: &str) -> Option<&str> {
-        self.messages
-            .iter()
-            .flat_map(|m| &m.parts)
-            .find_map(|p| match p {
-                Part::ToolCall { id, name, .. } if id == call_id => Some(name.as_str()),
-                _ => None,
-            })
-    }
 }
 
 /// The largest output limit carried to another provider. Clients set limits
@@ -299,26 +292,15 @@ pub const TRANSLATED_THINKING: &str = "c3dpdGNoeWFyZC10cmFuc2xhdGVkLXRoaW5raW5n"
 /// signature of its own (calls another provider made).
 pub const GEMINI_PLACEHOLDER_SIGNATURE: &str = "skip_thought_signature_validator";
 
-/// A turn of the conversation as formats that need strict alternation get
-/// it: consecutive messages of the same role merged, borrowing their parts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Turn<'a> {
-    pub role: Role,
-    pub parts: Vec<&'a Part>,
-    /// Prompt-cache markers by index into `parts`.
-    pub cache: Vec<(usize, &'a Raw)>,
-}
-
-/// Merges consecutive messages of the same role (formats that need strict
-/// alternation get it; nothing is lost). System messages inside the
-/// conversation are moved to the opening system text, in order, for
-/// formats that have no other place for them.
-pub fn turns<'a>(system: &mut Vec<&'a str>, messages: &'a [Message]) -> Vec<Turn<'a>> {
-    let mut out: Vec<Turn<'a>> = Vec::with_capacity(messages.len());
+/// Merges consecutive messages of the same role, and moves system messages
+/// inside the conversation to the opening system text, in order: the
+/// conversation as formats that need strict alternation see it.
+pub fn merge_turns(system: &mut Vec<String>, messages: Vec<Message>) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
     for m in messages {
         if m.role == Role::System {
-            system.extend(m.parts.iter().filter_map(|p| match p {
-                Part::Text(t) => Some(t.as_str()),
+            system.extend(m.parts.into_iter().filter_map(|p| match p {
+                Part::Text(t) => Some(t),
                 _ => None,
             }));
             continue;
@@ -327,32 +309,13 @@ pub fn turns<'a>(system: &mut Vec<&'a str>, messages: &'a [Message]) -> Vec<Turn
             Some(last) if last.role == m.role => {
                 let offset = last.parts.len();
                 last.cache
-                    .extend(m.cache.iter().map(|(i, c)| (i + offset, c)));
-                last.parts.extend(&m.parts);
+                    .extend(m.cache.into_iter().map(|(i, c)| (i + offset, c)));
+                last.parts.extend(m.parts);
             }
-            _ => out.push(Turn {
-                role: m.role,
-                parts: m.parts.iter().collect(),
-                cache: m.cache.iter().map(|(i, c)| (*i, c)).collect(),
-            }),
+            _ => out.push(m),
         }
     }
     out
-}
-
-/// [`turns`], owned.
-pub fn merge_turns(system: &mut Vec<String>, messages: Vec<Message>) -> Vec<Message> {
-    let mut moved = Vec::new();
-    let merged: Vec<Message> = turns(&mut moved, &messages)
-        .into_iter()
-        .map(|t| Message {
-            role: t.role,
-            parts: t.parts.into_iter().cloned().collect(),
-            cache: t.cache.into_iter().map(|(i, c)| (i, c.clone())).collect(),
-        })
-        .collect();
-    system.extend(moved.into_iter().map(String::from));
-    merged
 }
 
 /// Reads an optional number field.

@@ -65,15 +65,22 @@ pub enum Built<'a> {
 }
 
 impl Built<'_> {
-    /// The body's JSON text.
-    pub fn to_vec(&self) -> Vec<u8> {
-        // Serialising into a Vec cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    /// The body's JSON text; an error when some part of the conversation
+    /// cannot be carried (found as it is written).
+    pub fn to_vec(&self) -> Result<Vec<u8>, Untranslatable> {
+        serde_json::to_vec(self).map_err(|e| Untranslatable(e.to_string()))
+    }
+
+    /// Whether the whole body can be written, writing it nowhere: what a
+    /// large conversation costs to check is a message at a time.
+    pub fn check(&self) -> Result<(), Untranslatable> {
+        serde_json::to_writer(std::io::sink(), self).map_err(|e| Untranslatable(e.to_string()))
     }
 }
 
 /// The upstream body for `provider`; an error when the request cannot be
-/// carried there.
+/// carried there (its conversation is checked as it is written:
+/// [`Built::check`]).
 pub fn build_request<'a>(
     provider: Provider,
     req: &'a ir::Request,

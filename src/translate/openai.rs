@@ -10,9 +10,9 @@ pub use body::{Body, build_request};
 
 use super::ir::data_url;
 use super::ir::{
-    Delta, Effort, Message, Output, Part, Reasoning, Request, Response, Role, StopReason, Tool,
-    ToolChoice, Untranslatable, Usage, arguments_from_text, f64_field, image_from_url, new_id,
-    result_text, stream_json, text_of, u64_field, untranslatable,
+    Conversation, Delta, Effort, Message, Messages, Output, Part, Reasoning, Request, Response,
+    Role, StopReason, Tool, ToolChoice, Untranslatable, Usage, arguments_from_text, f64_field,
+    image_from_url, new_id, result_text, stream_json, text_of, u64_field, untranslatable,
 };
 use super::policy;
 use crate::json::{Document, Json, Raw};
@@ -103,12 +103,12 @@ pub fn parse_request(body: &Document) -> Result<Request, Untranslatable> {
             None => return untranslatable("tool_choice must name a function"),
         },
     };
-    let Some(messages) = body.get("messages").filter(|m| m.is_array()) else {
+    if !body.get("messages").is_some_and(Json::is_array) {
         return untranslatable("`messages` must be an array");
-    };
-    for m in messages.items() {
-        parse_message(m, &mut req)?;
     }
+    let (messages, system) = Messages::read(body, "messages", read_message)?;
+    req.system.extend(system);
+    req.messages = messages;
     Ok(req)
 }
 
@@ -155,24 +155,23 @@ pub fn response_format(format: Option<Json<'_>>) -> Result<Option<Output>, Untra
     }
 }
 
-fn parse_message(m: Json<'_>, req: &mut Request) -> Result<(), Untranslatable> {
+fn read_message(m: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable> {
     let role = m.get("role").and_then(Json::as_str).unwrap_or_default();
     match role.as_ref() {
         // System messages before the conversation open it; later ones keep
         // their place.
-        "system" | "developer" if req.messages.is_empty() => {
-            req.system.push(content_text(m.field("content"))?);
+        "system" | "developer" if to.is_empty() => {
+            to.system.push(content_text(m.field("content"))?);
         }
         "system" | "developer" => {
             let text = content_text(m.field("content"))?;
-            req.messages
-                .push(Message::new(Role::System, vec![Part::Text(text)]));
+            to.push(Message::new(Role::System, vec![Part::Text(text)]));
         }
         "user" => {
             let content = m.field("content");
             let mut message = Message::new(Role::User, content_parts(content)?);
             message.cache = cache_markers(content);
-            req.messages.push(message);
+            to.push(message);
         }
         "assistant" => {
             let content = m.field("content");
@@ -185,12 +184,12 @@ fn parse_message(m: Json<'_>, req: &mut Request) -> Result<(), Untranslatable> {
             parts.extend(tool_calls(m)?);
             let mut message = Message::new(Role::Assistant, parts);
             message.cache = cache;
-            req.messages.push(message);
+            to.push(message);
         }
         "tool" => {
             let call_id = text_of(m, "tool_call_id");
             let content = vec![Part::Text(content_text(m.field("content"))?)];
-            req.messages.push(Message::new(
+            to.push(Message::new(
                 Role::User,
                 vec![Part::ToolResult {
                     call_id,

@@ -8,9 +8,9 @@ use std::borrow::Cow;
 use serde_json::{Value, json};
 
 use super::ir::{
-    Delta, Message, Part, Reasoning, Request, Response, Role, StopReason, Tool, ToolChoice,
-    Untranslatable, Usage, arguments_from_text, custom_parameters, f64_field, image_from_url,
-    new_id, text_of, u64_field, untranslatable,
+    Conversation, Delta, Message, Messages, Part, Reasoning, Request, Response, Role, StopReason,
+    Tool, ToolChoice, Untranslatable, Usage, arguments_from_text, custom_parameters, f64_field,
+    image_from_url, new_id, text_of, u64_field, untranslatable,
 };
 use super::policy;
 use crate::json::{Document, Json, Raw};
@@ -60,13 +60,14 @@ pub fn parse_request(body: &Document) -> Result<Request, Untranslatable> {
     }
     req.tool_choice = tool_choice(body.get("tool_choice"))?;
     match body.get("input") {
-        Some(v) if v.is_string() => req
-            .messages
-            .push(Message::new(Role::User, vec![Part::Text(text_of_value(v))])),
+        Some(v) if v.is_string() => {
+            req.messages =
+                vec![Message::new(Role::User, vec![Part::Text(text_of_value(v))])].into();
+        }
         Some(v) if v.is_array() => {
-            for item in v.items() {
-                parse_item(item, &mut req)?;
-            }
+            let (messages, system) = Messages::read(body, "input", read_item)?;
+            req.system.extend(system);
+            req.messages = messages;
         }
         None => {}
         Some(v) if v.is_null() => {}
@@ -147,30 +148,20 @@ fn tool_choice(choice: Option<Json<'_>>) -> Result<Option<ToolChoice>, Untransla
     })
 }
 
-/// Adds `part` to the conversation's last message when it has `role`, else
-/// to a new one: consecutive calls (and results) stay together.
-fn push_part(req: &mut Request, role: Role, part: Part) {
-    match req.messages.last_mut() {
-        Some(m) if m.role == role => m.parts.push(part),
-        _ => req.messages.push(Message::new(role, vec![part])),
-    }
-}
-
-fn parse_item(item: Json<'_>, req: &mut Request) -> Result<(), Untranslatable> {
+fn read_item(item: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable> {
     let kind = match item.get("type").and_then(Json::as_str) {
         Some(k) => k,
         None if item.get("role").is_some() => Cow::Borrowed("message"),
         None => return untranslatable("an input item needs a type"),
     };
     match kind.as_ref() {
-        "message" => parse_message(item, req)?,
+        "message" => read_message(item, to)?,
         "function_call" => {
             let arguments = item
                 .get("arguments")
                 .and_then(Json::as_str)
                 .unwrap_or_default();
-            push_part(
-                req,
+            to.push_part(
                 Role::Assistant,
                 Part::ToolCall {
                     id: text_of(item, "call_id"),
@@ -179,8 +170,7 @@ fn parse_item(item: Json<'_>, req: &mut Request) -> Result<(), Untranslatable> {
                 },
             );
         }
-        "custom_tool_call" => push_part(
-            req,
+        "custom_tool_call" => to.push_part(
             Role::Assistant,
             Part::ToolCall {
                 id: text_of(item, "call_id"),
@@ -190,8 +180,7 @@ fn parse_item(item: Json<'_>, req: &mut Request) -> Result<(), Untranslatable> {
         ),
         "function_call_output" | "custom_tool_call_output" => {
             let text = output_text(item.field("output"))?;
-            push_part(
-                req,
+            to.push_part(
                 Role::User,
                 Part::ToolResult {
                     call_id: text_of(item, "call_id"),
@@ -214,7 +203,7 @@ fn parse_item(item: Json<'_>, req: &mut Request) -> Result<(), Untranslatable> {
     Ok(())
 }
 
-fn parse_message(item: Json<'_>, req: &mut Request) -> Result<(), Untranslatable> {
+fn read_message(item: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable> {
     let role = item
         .get("role")
         .and_then(Json::as_str)
@@ -223,15 +212,14 @@ fn parse_message(item: Json<'_>, req: &mut Request) -> Result<(), Untranslatable
     match role.as_ref() {
         "system" | "developer" => {
             let text = super::ir::result_text(&parts, "system messages")?;
-            if req.messages.is_empty() {
-                req.system.push(text);
+            if to.is_empty() {
+                to.system.push(text);
             } else {
-                req.messages
-                    .push(Message::new(Role::System, vec![Part::Text(text)]));
+                to.push(Message::new(Role::System, vec![Part::Text(text)]));
             }
         }
-        "assistant" => req.messages.push(Message::new(Role::Assistant, parts)),
-        "user" => req.messages.push(Message::new(Role::User, parts)),
+        "assistant" => to.push(Message::new(Role::Assistant, parts)),
+        "user" => to.push(Message::new(Role::User, parts)),
         other => return untranslatable(format!("message role `{other}` is not known")),
     }
     Ok(())
@@ -772,7 +760,7 @@ mod tests {
         let req = parse_request(&Document::from_value(&body)).unwrap();
         assert_eq!(req.system, vec!["be brief", "rules"]);
         assert_eq!(req.messages.len(), 3, "user, assistant calls, user results");
-        assert_eq!(req.messages[1].parts.len(), 2);
+        assert_eq!(req.messages.to_vec()[1].parts.len(), 2);
         assert!(req.tools[1].custom);
         assert_eq!(
             req.reasoning.as_ref().unwrap().effort,

@@ -3,13 +3,13 @@
 //! into a tree first.
 
 use serde::Serialize;
-use serde::ser::SerializeMap;
+use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 use serde_json::{Value, json};
 
 use super::{DEFAULT_MAX_TOKENS, JSON_INSTRUCTION, MAX_OUTPUT_CARRIED, MIN_THINKING_BUDGET};
 use crate::json::Raw;
 use crate::translate::ir::{
-    Effort, Image, Output, Part, Request, Role, ToolChoice, Untranslatable, turns, untranslatable,
+    Effort, Image, Output, Part, Request, Role, ToolChoice, Turns, Untranslatable, untranslatable,
 };
 use crate::translate::out::Texts;
 
@@ -17,11 +17,11 @@ use crate::translate::out::Texts;
 pub struct Body<'a> {
     model: &'a str,
     max_tokens: u64,
-    messages: Vec<Message<'a>>,
+    messages: Conversation<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output_config: Option<OutputConfig<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<Texts<'a>>,
+    system: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     thinking: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,10 +40,62 @@ pub struct Body<'a> {
     stream: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
-struct Message<'a> {
-    role: &'static str,
-    content: Vec<Block<'a>>,
+/// The conversation in turns, written a message at a time as it is walked.
+#[derive(Debug)]
+pub struct Conversation<'a>(&'a Request);
+
+impl Serialize for Conversation<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let turns = Turns::new(&self.0.messages);
+        let mut seq = s.serialize_seq(None)?;
+        while let Some(role) = turns.next_role().map_err(S::Error::custom)? {
+            seq.serialize_element(&Turn {
+                role,
+                turns: &turns,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+/// One turn: `{"role", "content"}`, its blocks taken from `turns` until
+/// the role changes.
+struct Turn<'t, 'a> {
+    role: Role,
+    turns: &'t Turns<'a>,
+}
+
+impl Serialize for Turn<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let role = match self.role {
+            Role::Assistant => "assistant",
+            Role::User | Role::System => "user",
+        };
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("role", role)?;
+        m.serialize_entry("content", &Content(self))?;
+        m.end()
+    }
+}
+
+struct Content<'r, 't, 'a>(&'r Turn<'t, 'a>);
+
+impl Serialize for Content<'_, '_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Turn { role, turns } = self.0;
+        let mut seq = s.serialize_seq(None)?;
+        while let Some(m) = turns.next_in(*role).map_err(S::Error::custom)? {
+            for (i, part) in m.parts.iter().enumerate() {
+                check(part).map_err(S::Error::custom)?;
+                let cache = m.cache.iter().rev().find(|(at, _)| *at == i);
+                seq.serialize_element(&Block {
+                    part,
+                    cache: cache.map(|(_, marker)| marker),
+                })?;
+            }
+        }
+        seq.end()
+    }
 }
 
 /// A content block of a part already checked by [`check`], with its
@@ -76,24 +128,14 @@ struct Tool<'a> {
 
 /// The body to send Anthropic's Messages API.
 pub fn build_request<'a>(req: &'a Request, model: &'a str) -> Result<Body<'a>, Untranslatable> {
-    let mut system: Vec<&str> = req.system.iter().map(String::as_str).collect();
-    let mut messages = Vec::new();
-    for turn in turns(&mut system, &req.messages) {
-        let role = match turn.role {
-            Role::Assistant => "assistant",
-            Role::User | Role::System => "user",
-        };
-        let mut content = Vec::with_capacity(turn.parts.len());
-        for (i, part) in turn.parts.iter().enumerate() {
-            check(part)?;
-            let cache = turn.cache.iter().rev().find(|(at, _)| *at == i);
-            content.push(Block {
-                part,
-                cache: cache.map(|(_, marker)| *marker),
-            });
-        }
-        messages.push(Message { role, content });
-    }
+    // System messages inside the conversation join the opening text.
+    let later = req.messages.system_texts()?;
+    let mut system: Vec<&str> = req
+        .system
+        .iter()
+        .chain(&later)
+        .map(String::as_str)
+        .collect();
     let thinking = thinking_budget(req);
     let max_tokens = match (req.max_tokens, thinking) {
         (Some(n), _) => n.min(MAX_OUTPUT_CARRIED),
@@ -120,9 +162,9 @@ pub fn build_request<'a>(req: &'a Request, model: &'a str) -> Result<Body<'a>, U
     Ok(Body {
         model,
         max_tokens,
-        messages,
+        messages: Conversation(req),
         output_config,
-        system: (!system.is_empty()).then(|| Texts::new(system, "\n\n")),
+        system: (!system.is_empty()).then(|| Texts::new(system, "\n\n").to_string()),
         thinking: thinking.map(|budget| json!({"type": "enabled", "budget_tokens": budget})),
         // With thinking on, Anthropic takes no temperature or top_k, and
         // top_p only from 0.95.
@@ -165,10 +207,7 @@ fn thinking_budget(req: &Request) -> Option<u64> {
     ) {
         return None;
     }
-    let in_tool_loop = req.messages.last().is_some_and(|m| {
-        m.role == Role::User && m.parts.iter().any(|p| matches!(p, Part::ToolResult { .. }))
-    });
-    (!in_tool_loop).then_some(budget)
+    (!req.messages.ends_in_tool_results()).then_some(budget)
 }
 
 /// Whether Anthropic can take `p` as a content block.

@@ -3,16 +3,18 @@
 //! never copied into a tree first.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use serde::Serialize;
-use serde::ser::SerializeMap;
+use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::json::{Json, Raw};
 use crate::translate::ir::{
     GEMINI_PLACEHOLDER_SIGNATURE, Image, MAX_OUTPUT_CARRIED, Output, Part, Reasoning, Request,
-    Role, ToolChoice, Untranslatable, media_type_of, turns, untranslatable,
+    Role, ToolChoice, Turns, Untranslatable, media_type_of, untranslatable,
 };
 use crate::translate::out::{Texts, texts};
 
@@ -22,9 +24,9 @@ const MAX_THINKING_BUDGET: u64 = 24_576;
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Body<'a> {
-    contents: Vec<Content<'a>>,
+    contents: Contents<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system_instruction: Option<SystemInstruction<'a>>,
+    system_instruction: Option<SystemInstruction>,
     #[serde(skip_serializing_if = "GenerationConfig::is_empty")]
     generation_config: GenerationConfig<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -33,10 +35,72 @@ pub struct Body<'a> {
     tool_config: Option<Value>,
 }
 
-#[derive(Debug, Serialize)]
-struct Content<'a> {
-    role: &'static str,
-    parts: Vec<RequestPart<'a>>,
+/// The conversation in turns, written a message at a time as it is walked.
+#[derive(Debug)]
+pub struct Contents<'a>(&'a Request);
+
+/// A walk over the turns, with the calls seen so far: a result that does
+/// not name its function is given the name of its call.
+struct Walk<'a> {
+    turns: Turns<'a>,
+    calls: RefCell<HashMap<String, String>>,
+}
+
+impl Serialize for Contents<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let walk = Walk {
+            turns: Turns::new(&self.0.messages),
+            calls: RefCell::default(),
+        };
+        let mut seq = s.serialize_seq(None)?;
+        while let Some(role) = walk.turns.next_role().map_err(S::Error::custom)? {
+            seq.serialize_element(&Content { role, walk: &walk })?;
+        }
+        seq.end()
+    }
+}
+
+/// One turn: `{"role", "parts"}`, its parts taken from the walk until the
+/// role changes.
+struct Content<'w, 'a> {
+    role: Role,
+    walk: &'w Walk<'a>,
+}
+
+impl Serialize for Content<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let role = match self.role {
+            Role::User | Role::System => "user",
+            Role::Assistant => "model",
+        };
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("role", role)?;
+        m.serialize_entry("parts", &Parts(self))?;
+        m.end()
+    }
+}
+
+struct Parts<'c, 'w, 'a>(&'c Content<'w, 'a>);
+
+impl Serialize for Parts<'_, '_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Content { role, walk } = self.0;
+        let mut seq = s.serialize_seq(None)?;
+        // Gemini wants a signature on a turn's first function call; calls
+        // another provider made have none: the documented placeholder.
+        let mut signed = false;
+        while let Some(m) = walk.turns.next_in(*role).map_err(S::Error::custom)? {
+            for p in &m.parts {
+                if let Part::ToolCall { id, name, .. } = p {
+                    walk.calls.borrow_mut().insert(id.clone(), name.clone());
+                }
+                let calls = walk.calls.borrow();
+                let part = request_part(&calls, p, &mut signed).map_err(S::Error::custom)?;
+                seq.serialize_element(&part)?;
+            }
+        }
+        seq.end()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -126,13 +190,13 @@ impl Serialize for Wrapped<'_> {
 }
 
 #[derive(Debug, Serialize)]
-struct SystemInstruction<'a> {
-    parts: [SystemText<'a>; 1],
+struct SystemInstruction {
+    parts: [SystemText; 1],
 }
 
 #[derive(Debug, Serialize)]
-struct SystemText<'a> {
-    text: Texts<'a>,
+struct SystemText {
+    text: String,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -213,22 +277,14 @@ fn thinking_config_to(r: &Reasoning) -> Option<Value> {
 
 /// The body to send Gemini (the model goes in the URL).
 pub fn build_request(req: &Request) -> Result<Body<'_>, Untranslatable> {
-    let mut system: Vec<&str> = req.system.iter().map(String::as_str).collect();
-    let mut contents = Vec::new();
-    for turn in turns(&mut system, &req.messages) {
-        let role = match turn.role {
-            Role::User | Role::System => "user",
-            Role::Assistant => "model",
-        };
-        let mut parts = Vec::with_capacity(turn.parts.len());
-        // Gemini wants a signature on a turn's first function call; calls
-        // another provider made have none: the documented placeholder.
-        let mut signed = false;
-        for p in turn.parts {
-            parts.push(request_part(req, p, &mut signed)?);
-        }
-        contents.push(Content { role, parts });
-    }
+    // System messages inside the conversation join the opening text.
+    let later = req.messages.system_texts()?;
+    let system: Vec<&str> = req
+        .system
+        .iter()
+        .chain(&later)
+        .map(String::as_str)
+        .collect();
     let (response_mime_type, response_json_schema) = match &req.output {
         Some(Output::Json) => (Some("application/json"), None),
         Some(Output::Schema { schema, .. }) => (Some("application/json"), Some(schema)),
@@ -257,10 +313,10 @@ pub fn build_request(req: &Request) -> Result<Body<'_>, Untranslatable> {
         })
         .collect();
     Ok(Body {
-        contents,
+        contents: Contents(req),
         system_instruction: (!system.is_empty()).then(|| SystemInstruction {
             parts: [SystemText {
-                text: Texts::new(system, "\n\n"),
+                text: Texts::new(system, "\n\n").to_string(),
             }],
         }),
         generation_config,
@@ -283,7 +339,7 @@ pub fn build_request(req: &Request) -> Result<Body<'_>, Untranslatable> {
 }
 
 fn request_part<'a>(
-    req: &'a Request,
+    calls: &'a HashMap<String, String>,
     p: &'a Part,
     signed: &mut bool,
 ) -> Result<RequestPart<'a>, Untranslatable> {
@@ -335,7 +391,7 @@ fn request_part<'a>(
         } => {
             let name = name
                 .as_deref()
-                .or_else(|| req.tool_name(call_id))
+                .or_else(|| calls.get(call_id).map(String::as_str))
                 .ok_or_else(|| {
                     Untranslatable(format!(
                         "the tool result for `{call_id}` has no matching tool call"

@@ -5,12 +5,13 @@
 use std::borrow::Cow;
 
 use serde::Serialize;
+use serde::ser::{Error as _, SerializeSeq};
 use serde_json::{Value, json};
 
 use super::effort_to;
 use crate::json::Raw;
 use crate::translate::ir::{
-    Image, MAX_OUTPUT_CARRIED, Output, Part, Request, Role, ToolChoice, Untranslatable,
+    self, Image, MAX_OUTPUT_CARRIED, Output, Part, Request, Role, ToolChoice, Untranslatable,
     untranslatable,
 };
 use crate::translate::out::{DataUrl, Texts, texts};
@@ -18,7 +19,7 @@ use crate::translate::out::{DataUrl, Texts, texts};
 #[derive(Debug, Serialize)]
 pub struct Body<'a> {
     model: &'a str,
-    messages: Vec<Message<'a>>,
+    messages: Chat<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_completion_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,52 +160,75 @@ impl<'a> ResponseFormat<'a> {
     }
 }
 
-/// The body to send an OpenAI-compatible upstream.
-pub fn build_request<'a>(req: &'a Request, model: &'a str) -> Result<Body<'a>, Untranslatable> {
-    let mut messages = Vec::new();
-    if !req.system.is_empty() {
-        let system = req.system.iter().map(String::as_str).collect();
-        messages.push(Message::System {
-            content: Texts::new(system, "\n\n"),
-        });
+/// The conversation, written a message at a time as it is walked.
+#[derive(Debug)]
+struct Chat<'a>(&'a Request);
+
+impl Serialize for Chat<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let req = self.0;
+        let mut seq = s.serialize_seq(None)?;
+        if !req.system.is_empty() {
+            let system = req.system.iter().map(String::as_str).collect();
+            seq.serialize_element(&Message::System {
+                content: Texts::new(system, "\n\n"),
+            })?;
+        }
+        for m in req.messages.iter() {
+            let m = m.map_err(S::Error::custom)?;
+            for out in messages_of(&m).map_err(S::Error::custom)? {
+                seq.serialize_element(&out)?;
+            }
+        }
+        seq.end()
     }
-    for m in &req.messages {
-        match m.role {
-            Role::System => messages.push(Message::System {
-                content: texts(&m.parts, "system messages")?,
-            }),
-            Role::User => {
-                let mut rest = Vec::new();
-                for p in &m.parts {
-                    match p {
-                        Part::ToolResult {
-                            call_id,
-                            content,
-                            is_error,
-                            ..
-                        } => {
-                            let mut content = texts(content, "OpenAI")?;
-                            if *is_error && !content.starts_with("Error") {
-                                content.prefix = "Error: ";
-                            }
-                            messages.push(Message::Tool {
-                                tool_call_id: call_id,
-                                content,
-                            });
+}
+
+/// What one neutral message is in chat completions: tool results are
+/// messages of their own.
+fn messages_of(m: &ir::Message) -> Result<Vec<Message<'_>>, Untranslatable> {
+    let mut messages = Vec::with_capacity(1);
+    match m.role {
+        Role::System => messages.push(Message::System {
+            content: texts(&m.parts, "system messages")?,
+        }),
+        Role::User => {
+            let mut rest = Vec::new();
+            for p in &m.parts {
+                match p {
+                    Part::ToolResult {
+                        call_id,
+                        content,
+                        is_error,
+                        ..
+                    } => {
+                        let mut content = texts(content, "OpenAI")?;
+                        if *is_error && !content.starts_with("Error") {
+                            content.prefix = "Error: ";
                         }
-                        other => rest.push(user_part(other)?),
+                        messages.push(Message::Tool {
+                            tool_call_id: call_id,
+                            content,
+                        });
                     }
-                }
-                if !rest.is_empty() {
-                    messages.push(Message::User { content: rest });
+                    other => rest.push(user_part(other)?),
                 }
             }
-            Role::Assistant => messages.push(assistant(&m.parts)?),
+            if !rest.is_empty() {
+                messages.push(Message::User { content: rest });
+            }
         }
+        Role::Assistant => messages.push(assistant(&m.parts)?),
     }
+    Ok(messages)
+}
+
+/// The body to send an OpenAI-compatible upstream; what the conversation
+/// cannot carry shows when it is written.
+pub fn build_request<'a>(req: &'a Request, model: &'a str) -> Result<Body<'a>, Untranslatable> {
     Ok(Body {
         model,
-        messages,
+        messages: Chat(req),
         // `max_tokens` is deprecated, and refused by reasoning models.
         max_completion_tokens: req.max_tokens.filter(|n| *n <= MAX_OUTPUT_CARRIED),
         temperature: req.temperature,

@@ -422,6 +422,18 @@ async fn peak_cost_on(
     small: Vec<u8>,
     big: Vec<u8>,
 ) -> (usize, String) {
+    peak_cost_answered(sink, path, small, big, 200).await
+}
+
+/// [`peak_cost_on`], for a large request answered with `status`.
+async fn peak_cost_answered(
+    sink: &common::sink::Sink,
+    path: &str,
+    small: Vec<u8>,
+    big: Vec<u8>,
+    status: u16,
+) -> (usize, String) {
+    let expected = status;
     let mut bin = binary_on(sink).await;
     let pid = bin.child.id().unwrap();
     let (status, text) = post(&bin, path, small).await;
@@ -430,7 +442,7 @@ async fn peak_cost_on(
     // The peak so far was the start-up's: count from here.
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
     let (status, text) = post(&bin, path, big).await;
-    assert_eq!(status, 200, "{path}: {}", &text[..text.len().min(500)]);
+    assert_eq!(status, expected, "{path}: {}", &text[..text.len().min(500)]);
     let cost = resident(pid, "VmHWM").saturating_sub(idle);
     bin.sigterm();
     assert_eq!(bin.exit_code().await, 0);
@@ -687,4 +699,67 @@ async fn upstream_answers_are_bounded_and_a_large_one_costs_a_small_multiple_of_
         );
         assert!(cost <= 4 * size, "{label}: {:.1} MiB above idle", mib(cost));
     }
+}
+
+#[tokio::test]
+async fn a_message_of_more_parts_than_the_bound_is_refused_in_translation_and_costs_little() {
+    use switchyard::translate::ir::MAX_PARTS;
+    let block = r#"{"type":"text","text":"a"}"#;
+    let one = |model: &str, blocks: &str| {
+        format!(
+            r#"{{"model":"{model}","max_tokens":10,"messages":[{{"role":"user","content":[{blocks}]}}]}}"#
+        )
+    };
+    let many = |model: &str| {
+        let prefix = format!(
+            r#"{{"model":"{model}","max_tokens":10,"messages":[{{"role":"user","content":["#
+        );
+        messages_body(&prefix, block, block, "]}]}")
+    };
+    let sink = common::sink::Sink::start().await;
+
+    // A whole body of one message's blocks, to be translated: refused in
+    // the client's format before the message is held.
+    let (cost, text) = peak_cost_answered(
+        &sink,
+        "/v1/messages",
+        one("to-openai", block).into_bytes(),
+        many("to-openai"),
+        400,
+    )
+    .await;
+    eprintln!(
+        "refused: {:.1} MiB above idle for a {:.1} MiB body",
+        mib(cost),
+        mib(MESSAGES_BODY)
+    );
+    assert!(cost <= 4 * MESSAGES_BODY, "{:.1} MiB above idle", mib(cost));
+    let error: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(error["type"], "error", "{text}");
+    assert_eq!(error["error"]["type"], "invalid_request_error", "{text}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("more than {MAX_PARTS} parts")),
+        "{message}"
+    );
+
+    // At the bound it is translated; passed through, any number is served.
+    let bin = binary_on(&sink).await;
+    let at = vec![block; MAX_PARTS].join(",");
+    let (status, text) = post(&bin, "/v1/messages", one("to-openai", &at).into_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    let sent = sink.seen().pop().unwrap();
+    assert_eq!(sent.key, common::key_of("o"));
+    // `{"type":"text","text":"a"}` a part.
+    assert!(
+        sent.bytes > MAX_PARTS * 26,
+        "{} bytes went upstream",
+        sent.bytes
+    );
+    let body = many("to-anthropic");
+    let (status, text) = post(&bin, "/v1/messages", body.clone()).await;
+    assert_eq!(status, 200, "{}", &text[..text.len().min(300)]);
+    let sent = sink.seen().pop().unwrap();
+    assert_eq!(sent.key, common::key_of("a"));
+    assert!(sent.bytes >= body.len(), "passed through whole");
 }

@@ -14,7 +14,7 @@ pub use mend::mend_history;
 use super::ir::{
     Conversation, Delta, Effort, Image, Message, Messages, Output, Part, Reasoning, Request,
     Response, Role, StopReason, TRANSLATED_THINKING, Tool, ToolChoice, Untranslatable, Usage,
-    f64_field, new_id, text_of, u64_field, untranslatable,
+    f64_field, new_id, parts_of, text_of, u64_field, untranslatable,
 };
 use super::policy;
 use crate::json::{Document, Json, Raw};
@@ -205,7 +205,7 @@ fn blocks(content: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
         return untranslatable("message content must be a string or an array of blocks");
     }
     let mut parts = Vec::new();
-    for b in content.items() {
+    for b in parts_of(content)? {
         match b.get("type").and_then(Json::as_str).as_deref() {
             Some("text") => parts.push(Part::Text(str_of(b.field("text")))),
             Some("image") => {

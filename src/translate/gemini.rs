@@ -15,7 +15,7 @@ pub use mend::mend_history;
 use super::ir::{
     Conversation, Delta, Image, Message, Messages, Output, Part, Reasoning, Request, Response,
     Role, StopReason, TRANSLATED_THINKING, Tool, ToolChoice, Untranslatable, Usage, new_id,
-    stream_json, text_of, untranslatable,
+    parts_of, stream_json, text_of, untranslatable,
 };
 use super::policy;
 use crate::json::{Document, Json, Raw};
@@ -121,7 +121,7 @@ fn read_content(c: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable
         _ => Role::User,
     };
     let mut parts = Vec::new();
-    for p in c.field("parts").items() {
+    for p in parts_of(c.field("parts"))? {
         if p.get("thought").and_then(Json::as_bool) == Some(true) {
             // The model's own reasoning from earlier turns: other
             // providers neither accept nor need it.

@@ -318,6 +318,27 @@ pub fn merge_turns(system: &mut Vec<String>, messages: Vec<Message>) -> Vec<Mess
     out
 }
 
+/// The most parts (content blocks, tool calls) a message may hold to be
+/// carried to another format. A message is held whole while it is
+/// translated, at about 150 bytes a part whatever its text; no client sends
+/// more than a few hundred, and beyond this bound a body of the maximum
+/// size could cost many times itself. Bodies passed through are not
+/// concerned.
+pub const MAX_PARTS: usize = 10_000;
+
+/// The items of a message's array of parts, refused past [`MAX_PARTS`].
+pub fn parts_of(array: Json<'_>) -> Result<crate::json::Items<'_>, Untranslatable> {
+    let items = array.items();
+    if items.clone().nth(MAX_PARTS).is_some() {
+        return untranslatable(too_many_parts());
+    }
+    Ok(items)
+}
+
+pub fn too_many_parts() -> String {
+    format!("a message of more than {MAX_PARTS} parts cannot be carried to another format")
+}
+
 /// Reads an optional number field.
 pub fn f64_field(body: &Document, key: &str) -> Result<Option<f64>, Untranslatable> {
     match body.get(key) {

@@ -12,7 +12,7 @@ use super::ir::data_url;
 use super::ir::{
     Conversation, Delta, Effort, Message, Messages, Output, Part, Reasoning, Request, Response,
     Role, StopReason, Tool, ToolChoice, Untranslatable, Usage, arguments_from_text, f64_field,
-    image_from_url, new_id, result_text, stream_json, text_of, u64_field, untranslatable,
+    image_from_url, new_id, parts_of, result_text, stream_json, text_of, u64_field, untranslatable,
 };
 use super::policy;
 use crate::json::{Document, Json, Raw};
@@ -210,9 +210,7 @@ fn read_message(m: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable
 
 /// The `tool_calls` of an assistant message.
 fn tool_calls(message: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
-    message
-        .field("tool_calls")
-        .items()
+    parts_of(message.field("tool_calls"))?
         .map(|c| {
             let arguments = c
                 .pointer("/function/arguments")
@@ -261,7 +259,7 @@ fn content_parts(c: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
     if !c.is_array() {
         return untranslatable("message content must be a string or an array of parts");
     }
-    c.items()
+    parts_of(c)?
         .map(|p| match p.get("type").and_then(Json::as_str).as_deref() {
             Some("text") => Ok(Part::Text(str_of(p.field("text")))),
             Some("image_url") => {

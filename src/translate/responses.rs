@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::ir::{
     Conversation, Delta, Message, Messages, Part, Reasoning, Request, Response, Role, StopReason,
     Tool, ToolChoice, Untranslatable, Usage, arguments_from_text, custom_parameters, f64_field,
-    image_from_url, new_id, text_of, u64_field, untranslatable,
+    image_from_url, new_id, parts_of, text_of, u64_field, untranslatable,
 };
 use super::policy;
 use crate::json::{Document, Json, Raw};
@@ -168,7 +168,7 @@ fn read_item(item: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable
                     name: text_of(item, "name"),
                     arguments: arguments_from_text(&arguments)?,
                 },
-            );
+            )?;
         }
         "custom_tool_call" => to.push_part(
             Role::Assistant,
@@ -177,7 +177,7 @@ fn read_item(item: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable
                 name: text_of(item, "name"),
                 arguments: Raw::from_value(&json!({"input": text_of(item, "input")})),
             },
-        ),
+        )?,
         "function_call_output" | "custom_tool_call_output" => {
             let text = output_text(item.field("output"))?;
             to.push_part(
@@ -188,7 +188,7 @@ fn read_item(item: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable
                     content: vec![Part::Text(text)],
                     is_error: false,
                 },
-            );
+            )?;
         }
         // The model's own reasoning (and its encrypted state): never carried
         // to another format. A hosted web search the model ran holds only
@@ -235,7 +235,7 @@ fn content(c: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
     if !c.is_array() {
         return untranslatable("message content must be a string or an array of parts");
     }
-    c.items()
+    parts_of(c)?
         .map(|p| match p.get("type").and_then(Json::as_str).as_deref() {
             Some("input_text" | "output_text" | "text") => Ok(Part::Text(text_of(p, "text"))),
             Some("refusal") => Ok(Part::Text(text_of(p, "refusal"))),

@@ -48,12 +48,17 @@ impl Conversation {
     }
 
     /// Adds `part` to the last message when it has `role`, else to a new
-    /// one: consecutive calls (and results) stay together.
-    pub fn push_part(&mut self, role: Role, part: Part) {
+    /// one: consecutive calls (and results) stay together, up to
+    /// [`super::MAX_PARTS`].
+    pub fn push_part(&mut self, role: Role, part: Part) -> Result<(), Untranslatable> {
         match self.ready.back_mut() {
+            Some(m) if m.role == role && m.parts.len() >= super::MAX_PARTS => {
+                return Err(Untranslatable(super::too_many_parts()));
+            }
             Some(m) if m.role == role => m.parts.push(part),
             _ => self.push(Message::new(role, vec![part])),
         }
+        Ok(())
     }
 
     /// Remembers the calls of `parts` by their function's name.
@@ -335,5 +340,75 @@ impl<'a> Turns<'a> {
             Some(Err(_)) => walk.next().transpose(),
             _ => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::ir::MAX_PARTS;
+
+    /// One item a message; items whose `merge` is true join the last
+    /// message (as Responses calls do).
+    fn read(item: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable> {
+        let text = Part::Text(item.field("text").as_str().unwrap_or_default().into_owned());
+        let role = if item.get("user").is_some() {
+            Role::User
+        } else {
+            Role::Assistant
+        };
+        if item.get("merge").is_some() {
+            to.push_part(role, text)
+        } else if item.get("fail").is_some() {
+            Err(Untranslatable("this item cannot be read".into()))
+        } else {
+            to.push(Message::new(role, vec![text]));
+            Ok(())
+        }
+    }
+
+    fn body(items: &str) -> Document {
+        Document::from_string(format!(r#"{{"items":[{items}]}}"#)).unwrap()
+    }
+
+    #[test]
+    fn a_conversation_read_again_holds_a_message_at_a_time_and_reads_the_same() {
+        let doc = body(
+            r#"{"user":1,"text":"a"},{"text":"b"},{"text":"c","merge":1},{"user":1,"text":"d"}"#,
+        );
+        let (kept, _) = Messages::read(&doc, "items", read).unwrap();
+        let again = kept.clone().read_again();
+        assert!(matches!(again.iter(), Iter::Read(_)), "not kept");
+        let texts =
+            |m: &Messages| -> Vec<usize> { m.iter().map(|m| m.unwrap().parts.len()).collect() };
+        assert_eq!(
+            texts(&kept),
+            vec![1, 2, 1],
+            "the merged part joined its message"
+        );
+        assert_eq!(kept, again);
+        assert_eq!(again.len(), 3);
+        assert_eq!(again.size(), (4, 0));
+    }
+
+    #[test]
+    fn a_failing_item_ends_the_walk_with_its_error() {
+        let doc = body(r#"{"text":"a"},{"fail":1},{"text":"b"}"#);
+        let err = Messages::read(&doc, "items", read).unwrap_err();
+        assert_eq!(err.0, "this item cannot be read");
+    }
+
+    #[test]
+    fn parts_joined_to_a_message_stop_at_the_bound() {
+        let mut to = Conversation::default();
+        for _ in 0..MAX_PARTS {
+            to.push_part(Role::Assistant, Part::Text("x".into()))
+                .unwrap();
+        }
+        assert!(
+            to.push_part(Role::Assistant, Part::Text("x".into()))
+                .is_err()
+        );
+        assert!(to.push_part(Role::User, Part::Text("x".into())).is_ok());
     }
 }

@@ -285,19 +285,7 @@ impl PgServer {
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
-        let exe = self.bin.join(tool);
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        let out = cmd
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
+        let out = self.output(tool, args);
         assert!(
             out.status.success(),
             "{tool} {args:?} failed: {}{}",
@@ -306,22 +294,44 @@ impl PgServer {
         );
     }
 
-    /// Starts (or restarts) the server and waits until it takes connections.
+    fn output(&self, tool: &str, args: &[&str]) -> std::process::Output {
+        let exe = self.bin.join(tool);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Starts (or restarts) the server and waits until it takes connections:
+    /// up to 90 s, for a start-up slowed by the rest of the suite starting
+    /// its own servers on the same two cores (nothing here is timed).
     pub fn start_again(&mut self) {
         let data = self.data();
         let log = self.dir.path().join("postgres.log");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "-t",
-                "30",
-                "start",
-            ],
+        let args = [
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-t",
+            "90",
+            "start",
+        ];
+        let out = self.output("pg_ctl", &args);
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?} failed: {}{}\npostgres.log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
         );
         self.running = true;
     }

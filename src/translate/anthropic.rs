@@ -205,7 +205,8 @@ fn blocks(content: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
         return untranslatable("message content must be a string or an array of blocks");
     }
     let mut parts = Vec::new();
-    for b in parts_of(content)? {
+    for b in parts_of(content) {
+        let b = b?;
         match b.get("type").and_then(Json::as_str).as_deref() {
             Some("text") => parts.push(Part::Text(str_of(b.field("text")))),
             Some("image") => {

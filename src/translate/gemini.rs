@@ -121,7 +121,8 @@ fn read_content(c: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable
         _ => Role::User,
     };
     let mut parts = Vec::new();
-    for p in parts_of(c.field("parts"))? {
+    for p in parts_of(c.field("parts")) {
+        let p = p?;
         if p.get("thought").and_then(Json::as_bool) == Some(true) {
             // The model's own reasoning from earlier turns: other
             // providers neither accept nor need it.

@@ -326,13 +326,17 @@ pub fn merge_turns(system: &mut Vec<String>, messages: Vec<Message>) -> Vec<Mess
 /// concerned.
 pub const MAX_PARTS: usize = 10_000;
 
-/// The items of a message's array of parts, refused past [`MAX_PARTS`].
-pub fn parts_of(array: Json<'_>) -> Result<crate::json::Items<'_>, Untranslatable> {
-    let items = array.items();
-    if items.clone().nth(MAX_PARTS).is_some() {
-        return untranslatable(too_many_parts());
-    }
-    Ok(items)
+/// The items of a message's array of parts, read as they are taken: an
+/// error in place of the item past [`MAX_PARTS`] (so a refused message
+/// holds at most that many parts, and an ordinary one is scanned once).
+pub fn parts_of(array: Json<'_>) -> impl Iterator<Item = Result<Json<'_>, Untranslatable>> {
+    array.items().enumerate().map(|(i, item)| {
+        if i < MAX_PARTS {
+            Ok(item)
+        } else {
+            untranslatable(too_many_parts())
+        }
+    })
 }
 
 pub fn too_many_parts() -> String {

@@ -210,8 +210,9 @@ fn read_message(m: Json<'_>, to: &mut Conversation) -> Result<(), Untranslatable
 
 /// The `tool_calls` of an assistant message.
 fn tool_calls(message: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
-    parts_of(message.field("tool_calls"))?
+    parts_of(message.field("tool_calls"))
         .map(|c| {
+            let c = c?;
             let arguments = c
                 .pointer("/function/arguments")
                 .and_then(Json::as_str)
@@ -259,39 +260,42 @@ fn content_parts(c: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
     if !c.is_array() {
         return untranslatable("message content must be a string or an array of parts");
     }
-    parts_of(c)?
-        .map(|p| match p.get("type").and_then(Json::as_str).as_deref() {
-            Some("text") => Ok(Part::Text(str_of(p.field("text")))),
-            Some("image_url") => {
-                let url = p
-                    .pointer("/image_url/url")
-                    .and_then(Json::as_str)
-                    .unwrap_or_default();
-                Ok(Part::Image(image_from_url(&url)))
+    parts_of(c).map(|p| content_part(p?)).collect()
+}
+
+/// One part of a message's content.
+fn content_part(p: Json<'_>) -> Result<Part, Untranslatable> {
+    match p.get("type").and_then(Json::as_str).as_deref() {
+        Some("text") => Ok(Part::Text(str_of(p.field("text")))),
+        Some("image_url") => {
+            let url = p
+                .pointer("/image_url/url")
+                .and_then(Json::as_str)
+                .unwrap_or_default();
+            Ok(Part::Image(image_from_url(&url)))
+        }
+        Some("file") => {
+            let f = p.field("file");
+            let data = f.get("file_data").and_then(Json::as_str);
+            match data.as_deref().and_then(data_url) {
+                Some((media_type, data)) => Ok(Part::Document {
+                    media_type,
+                    data,
+                    name: f
+                        .get("filename")
+                        .and_then(Json::as_str)
+                        .map(Cow::into_owned),
+                }),
+                None => untranslatable(
+                    "only inline files (file_data) can be carried to this model's provider",
+                ),
             }
-            Some("file") => {
-                let f = p.field("file");
-                let data = f.get("file_data").and_then(Json::as_str);
-                match data.as_deref().and_then(data_url) {
-                    Some((media_type, data)) => Ok(Part::Document {
-                        media_type,
-                        data,
-                        name: f
-                            .get("filename")
-                            .and_then(Json::as_str)
-                            .map(Cow::into_owned),
-                    }),
-                    None => untranslatable(
-                        "only inline files (file_data) can be carried to this model's provider",
-                    ),
-                }
-            }
-            Some(other) => untranslatable(format!(
-                "content part `{other}` cannot be carried to this model's provider"
-            )),
-            None => untranslatable("a content part needs a type"),
-        })
-        .collect()
+        }
+        Some(other) => untranslatable(format!(
+            "content part `{other}` cannot be carried to this model's provider"
+        )),
+        None => untranslatable("a content part needs a type"),
+    }
 }
 
 /// OpenAI's `reasoning_effort` nearest to an effort: the values every

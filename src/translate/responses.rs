@@ -235,41 +235,44 @@ fn content(c: Json<'_>) -> Result<Vec<Part>, Untranslatable> {
     if !c.is_array() {
         return untranslatable("message content must be a string or an array of parts");
     }
-    parts_of(c)?
-        .map(|p| match p.get("type").and_then(Json::as_str).as_deref() {
-            Some("input_text" | "output_text" | "text") => Ok(Part::Text(text_of(p, "text"))),
-            Some("refusal") => Ok(Part::Text(text_of(p, "refusal"))),
-            Some("input_file") => {
-                let data = p.get("file_data").and_then(Json::as_str);
-                // `file_data` is a data URL, or the bare base64 of a PDF.
-                let inline = data.map(|d| {
-                    super::ir::data_url(&d)
-                        .unwrap_or_else(|| ("application/pdf".into(), d.into_owned()))
-                });
-                match inline {
-                    Some((media_type, data)) => Ok(Part::Document {
-                        media_type,
-                        data,
-                        name: p
-                            .get("filename")
-                            .and_then(Json::as_str)
-                            .map(Cow::into_owned),
-                    }),
-                    None => untranslatable(
-                        "a file by id or URL is only served by credentials with the Responses API",
-                    ),
-                }
+    parts_of(c).map(|p| content_part(p?)).collect()
+}
+
+/// One part of a message's content.
+fn content_part(p: Json<'_>) -> Result<Part, Untranslatable> {
+    match p.get("type").and_then(Json::as_str).as_deref() {
+        Some("input_text" | "output_text" | "text") => Ok(Part::Text(text_of(p, "text"))),
+        Some("refusal") => Ok(Part::Text(text_of(p, "refusal"))),
+        Some("input_file") => {
+            let data = p.get("file_data").and_then(Json::as_str);
+            // `file_data` is a data URL, or the bare base64 of a PDF.
+            let inline = data.map(|d| {
+                super::ir::data_url(&d)
+                    .unwrap_or_else(|| ("application/pdf".into(), d.into_owned()))
+            });
+            match inline {
+                Some((media_type, data)) => Ok(Part::Document {
+                    media_type,
+                    data,
+                    name: p
+                        .get("filename")
+                        .and_then(Json::as_str)
+                        .map(Cow::into_owned),
+                }),
+                None => untranslatable(
+                    "a file by id or URL is only served by credentials with the Responses API",
+                ),
             }
-            Some("input_image") => match p.get("image_url").and_then(Json::as_str) {
-                Some(url) => Ok(Part::Image(image_from_url(&url))),
-                None => untranslatable("an image by file id is only served by the Responses API"),
-            },
-            Some(other) => untranslatable(format!(
-                "content part `{other}` cannot be carried to this model's provider"
-            )),
-            None => untranslatable("a content part needs a type"),
-        })
-        .collect()
+        }
+        Some("input_image") => match p.get("image_url").and_then(Json::as_str) {
+            Some(url) => Ok(Part::Image(image_from_url(&url))),
+            None => untranslatable("an image by file id is only served by the Responses API"),
+        },
+        Some(other) => untranslatable(format!(
+            "content part `{other}` cannot be carried to this model's provider"
+        )),
+        None => untranslatable("a content part needs a type"),
+    }
 }
 
 /// A tool output: a string, or content parts of text.

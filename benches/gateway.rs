@@ -9,6 +9,8 @@
 //!   ops/bench [--runs N] [--quick] [--litellm] [--limits-only] [--pools-only]
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // A bench fails loudly; its tasks live as long as it.
 
+#[path = "support/floor.rs"]
+mod floor;
 #[path = "../tests/common/services.rs"]
 #[allow(dead_code)]
 mod services;
@@ -390,6 +392,17 @@ async fn instruction_counts(
     let floor = Nginx::start_under(&[mock], &wrapper);
     let nginx = instructions(&floor.url(), floor.pid(), dir, "fast", CLIENT_KEY).await;
     drop(floor);
+    let mut stack = Vec::new();
+    for (name, client) in [
+        ("tokio + hyper proxy, a connection each", "direct"),
+        ("tokio + hyper proxy, hyper-util's pooled client", "pooled"),
+    ] {
+        eprintln!("==> instructions per request (callgrind): {name}");
+        let (url, mut child) = stack_floor_under(&wrapper, mock, client).await;
+        let pid = child.id().unwrap();
+        stack.push((name, instructions(&url, pid, dir, "fast", CLIENT_KEY).await));
+        let _ = child.kill().await;
+    }
     eprintln!("==> instructions per request (callgrind): switchyard embedded");
     let env = [("SWITCHYARD_CONFIG", config.to_string())];
     let mut embedded = replica_under(&wrapper, &env, &dir.join("cg-embedded.log")).await;
@@ -413,13 +426,44 @@ async fn instruction_counts(
     let pid = replica.child.id().unwrap();
     let bare = instructions(&url, pid, dir, "fast", CLIENT_KEY).await;
     let _ = replica.child.kill().await;
-    vec![
-        ("nginx proxy_pass (floor)", nginx),
+    let mut counts = vec![("nginx proxy_pass (floor)", nginx)];
+    counts.extend(stack);
+    counts.extend([
         ("switchyard embedded", alone),
         ("switchyard cluster, 1 replica", cluster),
         ("switchyard cluster, 1 replica, a key with limits", limited),
         ("switchyard cluster, 1 replica, no accounting", bare),
-    ]
+    ]);
+    counts
+}
+
+/// The stack's own floor (`floor.rs`: this executable again) under
+/// `wrapper`, forwarding to `mock` with the `client` kind; its URL.
+async fn stack_floor_under(
+    wrapper: &[&str],
+    mock: SocketAddr,
+    client: &str,
+) -> (String, tokio::process::Child) {
+    use tokio::io::AsyncBufReadExt as _;
+    let exe = std::env::current_exe().unwrap();
+    let (program, args) = wrapper.split_first().unwrap();
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .arg(exe)
+        .env(floor::UPSTREAM, mock.to_string())
+        .env(floor::CLIENT, client)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if let Some(addr) = line.strip_prefix("listening ") {
+            return (format!("http://{addr}"), child);
+        }
+    }
+    panic!("the stack's floor proxy did not start");
 }
 
 /// Route sizes of the pool measurement: models `pool{n}` served by `n`
@@ -1061,8 +1105,19 @@ struct Row {
     rss_open: Option<f64>,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    if std::env::var_os(floor::UPSTREAM).is_some() {
+        return floor::run();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench());
+}
+
+async fn bench() {
     let opts = options();
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out_dir).unwrap();

@@ -551,3 +551,85 @@ async fn a_503_says_per_candidate_why_and_for_how_long() {
     assert!(!message.contains(&key_of("openai-main")), "{message}");
     gw.stop().await;
 }
+
+/// An OpenAI upstream that keeps its connections open and closes each
+/// after `close_after` answers, as an upstream's idle timeout would,
+/// without saying so; counts the connections it accepted.
+#[allow(clippy::disallowed_methods)] // Its tasks live as long as the test.
+async fn keep_alive_upstream(
+    close_after: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for _ in 0..close_after {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    let body = json!({"id": "c", "object": "chat.completion", "model": "up-m",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "kept"},
+                        "finish_reason": "stop"}]})
+                    .to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                // Closed after the last answer, with no word of it.
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_and_one_closed_while_idle_costs_nothing() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (url, accepted) = keep_alive_upstream(3).await;
+    let mut kept = Cred::new("kept", 0, M);
+    kept.base_url = Some(&url);
+    let gw = gateway(&[kept], &[]).await;
+    for i in 0..9 {
+        let r = gw.chat("m").await;
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(content(r).await, "kept", "request {i}");
+        // The upstream closes its connection after every third answer; the
+        // next request finds it closed and opens another.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(SeqCst), 3, "three answers a connection");
+    assert!(gw.blocks().await.is_empty(), "{:?}", gw.blocks().await);
+    gw.stop().await;
+}

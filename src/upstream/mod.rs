@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
+mod pool;
 
 use std::future::Future;
 use std::path::Path;
@@ -17,10 +18,10 @@ use http::Uri;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use tokio::net::TcpStream;
@@ -179,13 +180,14 @@ impl Proxies {
     }
 }
 
-type Client = hyper_util::client::legacy::Client<Timed<HttpsConnector<Connect>>, Payload>;
+type Connector = Timed<HttpsConnector<Connect>>;
 
 /// The shared HTTP client (HTTP/1.1, or HTTP/2 where TLS negotiates it), with
-/// connect, first-byte and idle timeouts.
+/// connect, first-byte and idle timeouts, and the connections it keeps.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client,
+    connector: Connector,
+    pool: Arc<pool::Pool>,
     first_byte: Duration,
     idle: Duration,
 }
@@ -262,12 +264,9 @@ impl Upstream {
             inner: tls,
             limit: timeouts.connect,
         };
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Ok(Self {
-            client,
+            connector,
+            pool: Arc::default(),
             first_byte: timeouts.first_byte,
             idle: timeouts.idle,
         })
@@ -275,31 +274,150 @@ impl Upstream {
 
     /// Sends a POST and waits for the response headers.
     pub async fn post(&self, request: Request) -> Result<Response, Failure> {
-        let mut builder = http::Request::post(request.url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::USER_AGENT, USER_AGENT);
         if request.headers.unsendable {
             return Err(Failure::Connect);
         }
-        if let Some(headers) = builder.headers_mut() {
-            headers.extend(request.headers.list);
-        }
-        // A URL or header the operator wrote that HTTP cannot carry: this
-        // credential cannot be reached as configured.
-        let Ok(request) = builder.body(request.body) else {
-            return Err(Failure::Connect);
-        };
-        match tokio::time::timeout(self.first_byte, self.client.request(request)).await {
+        match tokio::time::timeout(self.first_byte, self.send(request)).await {
             Err(_) => Err(Failure::Timeout),
-            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
-            Ok(Err(_)) => Err(Failure::Reset),
-            Ok(Ok(inner)) => Ok(Response {
-                status: inner.status().as_u16(),
-                inner,
-                idle: self.idle,
-            }),
+            Ok(sent) => sent,
         }
     }
+
+    async fn send(&self, request: Request) -> Result<Response, Failure> {
+        let Request { url, headers, body } = request;
+        // A URL the operator wrote that HTTP cannot carry: this credential
+        // cannot be reached as configured.
+        let origin = self.pool.origin(origin_of(&url).ok_or(Failure::Connect)?);
+        let uri = Uri::try_from(url).map_err(|_| Failure::Connect)?;
+        let host = host_header(&uri).ok_or(Failure::Connect)?;
+        let mut request = http::Request::new(body);
+        *request.method_mut() = http::Method::POST;
+        let fixed = request.headers_mut();
+        fixed.reserve(headers.list.len() + 3);
+        fixed.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        fixed.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(USER_AGENT),
+        );
+        for (name, value) in headers.list {
+            fixed.append(name, value);
+        }
+        // A connection the upstream closed while it was idle fails the
+        // request before any of it is sent, and hands it back: it goes on
+        // another connection (at worst a new one).
+        loop {
+            let now = std::time::Instant::now();
+            let (taken, reused) = match origin.take(now) {
+                Some(taken) => (taken, true),
+                // Boxed: opening a connection (TLS, a proxy's tunnel) is a large
+                // future, and rare; the request's own future stays small.
+                None => (Box::pin(self.connect(&uri, &origin)).await?, false),
+            };
+            let sent = match taken {
+                pool::Taken::H2(mut sender) => {
+                    *request.uri_mut() = uri.clone();
+                    request.headers_mut().remove(http::header::HOST);
+                    sender.try_send_request(request).await.map(|r| (r, None))
+                }
+                pool::Taken::H1(mut sender) => {
+                    *request.uri_mut() = origin_form(&uri);
+                    request
+                        .headers_mut()
+                        .insert(http::header::HOST, host.clone());
+                    match sender.try_send_request(request).await {
+                        Ok(r) => Ok((
+                            r,
+                            Some(pool::Lease::new(self.pool.clone(), origin.clone(), sender)),
+                        )),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match sent {
+                Ok((inner, lease)) => {
+                    return Ok(Response {
+                        status: inner.status().as_u16(),
+                        inner,
+                        idle: self.idle,
+                        lease,
+                    });
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => request = back,
+                    _ => return Err(Failure::Reset),
+                },
+            }
+        }
+    }
+
+    /// A new connection to `uri`'s origin: HTTP/2 when TLS negotiated it
+    /// (then shared by every later request), HTTP/1.1 otherwise. Its task
+    /// (hyper's side of the connection) ends when the connection closes or
+    /// its last sender is dropped: nothing at shutdown waits for it, as
+    /// nothing waited for the ones hyper-util's client spawned.
+    #[allow(clippy::disallowed_methods)]
+    async fn connect(&self, uri: &Uri, origin: &pool::Origin) -> Result<pool::Taken, Failure> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
+            .await
+            .map_err(|_| Failure::Connect)?;
+        let io = tower_service::Service::call(&mut connector, uri.clone())
+            .await
+            .map_err(|_| Failure::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|_| Failure::Connect)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "an upstream HTTP/2 connection failed");
+                }
+            });
+            origin.share(sender.clone());
+            return Ok(pool::Taken::H2(sender));
+        }
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|_| Failure::Connect)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "an upstream connection failed");
+            }
+        });
+        Ok(pool::Taken::H1(sender))
+    }
+}
+
+/// `scheme://authority` of an absolute URL: the key its connections are
+/// kept under.
+fn origin_of(url: &str) -> Option<&str> {
+    let start = url.find("://")? + 3;
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    (end > start).then(|| &url[..end])
+}
+
+/// The `Host` header of a request to `uri`: its authority without any
+/// user information.
+fn host_header(uri: &Uri) -> Option<http::HeaderValue> {
+    let authority = uri.authority()?.as_str();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    http::HeaderValue::from_str(host).ok()
+}
+
+/// The request target sent on an HTTP/1.1 connection: path and query.
+fn origin_form(uri: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 const USER_AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
@@ -386,6 +504,9 @@ pub struct Response {
     pub status: u16,
     inner: http::Response<Incoming>,
     idle: Duration,
+    /// The HTTP/1.1 connection it came on, kept again once the body has
+    /// been read to its end.
+    lease: Option<pool::Lease>,
 }
 
 impl Response {
@@ -412,7 +533,12 @@ impl Response {
         loop {
             let frame = match tokio::time::timeout(self.idle, self.inner.body_mut().frame()).await {
                 Err(_) => return Err(Failure::Timeout),
-                Ok(None) => return Ok(None),
+                Ok(None) => {
+                    if let Some(lease) = self.lease.take() {
+                        lease.give_back();
+                    }
+                    return Ok(None);
+                }
                 Ok(Some(Err(_))) => return Err(Failure::Reset),
                 Ok(Some(Ok(frame))) => frame,
             };

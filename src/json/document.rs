@@ -298,7 +298,15 @@ fn push_field(out: &mut Vec<Bytes>, any: &mut bool, key: &str, value: &str) {
     if std::mem::replace(any, true) {
         field.push(',');
     }
-    field.push_str(&serde_json::Value::from(key).to_string());
+    // Keys are the gateway's own names: plain text, written between quotes
+    // as they are; anything else is escaped by serde_json.
+    if key.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+        field.push('"');
+        field.push_str(key);
+        field.push('"');
+    } else {
+        field.push_str(&serde_json::to_string(key).unwrap_or_else(|_| "\"\"".into()));
+    }
     field.push(':');
     field.push_str(value);
     out.push(Bytes::from(field));

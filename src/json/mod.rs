@@ -302,13 +302,19 @@ impl<'a> Iterator for Entries<'a> {
 }
 
 /// Whether `raw`, a key as JSON text, is `key`: compared as written unless
-/// it has an escape.
+/// it has an escape. An escape only makes text longer than what it stands
+/// for, so a key written no longer than `key` is compared as it is, and
+/// only a longer one is looked at for escapes (a plain loop: keys are short).
 fn key_is(raw: &str, key: &str) -> bool {
     let inner = &raw[1..raw.len().saturating_sub(1).max(1)];
-    if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
-        return inner == key;
+    let escaped = |t: &str| t.bytes().any(|c| c == b'\\');
+    match inner.len().cmp(&key.len()) {
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => inner == key && !escaped(inner),
+        std::cmp::Ordering::Greater => {
+            escaped(inner) && Json::checked(raw).as_str().is_some_and(|k| k == key)
+        }
     }
-    Json::checked(raw).as_str().is_some_and(|k| k == key)
 }
 
 /// A JSON value kept as its text: what the gateway carries without reading
@@ -388,6 +394,21 @@ pub fn span_in(outer: &str, inner: &str) -> std::ops::Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_match_as_written_or_through_their_escapes() {
+        assert!(key_is(r#""model""#, "model"));
+        assert!(key_is(r#""mo\u0064el""#, "model"));
+        assert!(!key_is(r#""mode""#, "model"));
+        assert!(!key_is(r#""models""#, "model"));
+        // `"mo\\el"` is the four letters around one backslash.
+        assert!(key_is(r#""mo\\el""#, "mo\\el"));
+        assert!(!key_is(r#""mo\\el""#, "mo\\\\el"));
+        let v = Json::parse(r#"{"mo\u0064el":"a","usage":{"x":1},"model":"b"}"#).unwrap();
+        let [model, usage, none] = v.get_many(["model", "usage", "error"]);
+        assert_eq!(model.and_then(|m| m.as_str()).as_deref(), Some("b"));
+        assert!(usage.is_some() && none.is_none());
+    }
 
     #[test]
     fn fields_items_and_scalars_read_as_serde_json_reads_them() {

@@ -289,7 +289,7 @@ impl Upstream {
         // cannot be reached as configured.
         let origin = self.pool.origin(origin_of(&url).ok_or(Failure::Connect)?);
         let uri = Uri::try_from(url).map_err(|_| Failure::Connect)?;
-        let host = host_header(&uri).ok_or(Failure::Connect)?;
+        let host = origin.host.clone().ok_or(Failure::Connect)?;
         let mut request = http::Request::new(body);
         *request.method_mut() = http::Method::POST;
         let fixed = request.headers_mut();
@@ -399,14 +399,6 @@ fn origin_of(url: &str) -> Option<&str> {
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| start + i);
     (end > start).then(|| &url[..end])
-}
-
-/// The `Host` header of a request to `uri`: its authority without any
-/// user information.
-fn host_header(uri: &Uri) -> Option<http::HeaderValue> {
-    let authority = uri.authority()?.as_str();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    http::HeaderValue::from_str(host).ok()
 }
 
 /// The request target sent on an HTTP/1.1 connection: path and query.

@@ -36,6 +36,9 @@ pub struct Pool {
 /// The connections of one origin.
 #[derive(Default)]
 pub struct Origin {
+    /// The `Host` header of its HTTP/1.1 requests (its authority without
+    /// user information); `None` when HTTP cannot carry it.
+    pub host: Option<http::HeaderValue>,
     idle: Mutex<Vec<(http1::SendRequest<Payload>, Instant)>>,
     shared: Mutex<Option<http2::SendRequest<Payload>>>,
 }
@@ -65,7 +68,10 @@ impl Pool {
         if let Some(o) = table.get(origin) {
             return o.clone();
         }
-        let o = Arc::new(Origin::default());
+        let o = Arc::new(Origin {
+            host: host_of(origin),
+            ..Origin::default()
+        });
         table.insert(origin.into(), o.clone());
         o
     }
@@ -88,6 +94,13 @@ impl Pool {
             shared_open || !lock(&o.idle).is_empty() || Arc::strong_count(o) > 1
         });
     }
+}
+
+/// `host[:port]` of `scheme://[user@]host[:port]`, as a header value.
+fn host_of(origin: &str) -> Option<http::HeaderValue> {
+    let (_, authority) = origin.split_once("://")?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    http::HeaderValue::from_str(host).ok()
 }
 
 impl Origin {
@@ -164,6 +177,10 @@ mod tests {
         let a = pool.origin("http://127.0.0.1:1");
         let again = pool.origin("http://127.0.0.1:1");
         assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(a.host.as_ref().unwrap(), "127.0.0.1:1");
+        let proxied = pool.origin("https://user:pw@api.example.com");
+        assert_eq!(proxied.host.as_ref().unwrap(), "api.example.com");
+        drop(proxied);
         assert!(a.take(Instant::now()).is_none());
         drop((a, again));
         pool.sweep(Instant::now());

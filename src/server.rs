@@ -215,7 +215,7 @@ async fn serve(
     hard_stop: CancellationToken,
     background: Background,
 ) -> anyhow::Result<()> {
-    let app = http::router(state.clone());
+    let app = Arc::new(http::App::new(state.clone()));
     let closed = CancellationToken::new();
     let drain = {
         let shutdown = shutdown.clone();

@@ -24,8 +24,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 
@@ -62,7 +60,43 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The routes with what every request passes through on its way in and
+/// out (its metrics, usage and log line): called by the accept loop
+/// directly, rather than as axum middleware, which would box each request's
+/// future and clone each route's service again.
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    state: AppState,
+}
+
+impl App {
+    pub fn new(state: AppState) -> Self {
+        Self {
+            router: router(state.clone()),
+            state,
+        }
+    }
+
+    /// Serves one request.
+    pub async fn call<B>(&self, request: http::Request<B>) -> Response
+    where
+        B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let mut router = self.router.clone();
+        let response = match tower_service::Service::call(&mut router, request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        access_log(&self.state, started, &method, &path, response)
+    }
+}
+
+fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route(
@@ -116,7 +150,6 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), access_log))
         .with_state(state)
 }
 
@@ -204,15 +237,18 @@ pub struct RequestLog {
 /// and the one place 5xx answers are logged. The query string is never
 /// logged: it may carry a client key (`?key=`). For a stream, the line is
 /// written when its headers go out.
-async fn access_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let response = next.run(request).await;
+/// A request's metrics, its usage and its log line, once it is answered.
+fn access_log(
+    state: &AppState,
+    started: Instant,
+    method: &http::Method,
+    path: &str,
+    response: Response,
+) -> Response {
     let status = response.status().as_u16();
-    state.gateway.metrics().request(route_label(&path), status);
+    state.gateway.metrics().request(route_label(path), status);
     let ms = started.elapsed().as_secs_f64() * 1_000.0;
-    let response = count_usage(&state, &path, status, response);
+    let response = count_usage(state, path, status, response);
     let log = response.extensions().get::<RequestLog>();
     let key = log.map(|l| l.key.name.as_str());
     let model = log.map(|l| l.model.as_str());
@@ -223,7 +259,7 @@ async fn access_log(State(state): State<AppState>, request: Request, next: Next)
     let eventful =
         status >= 400 || attempts.is_some_and(|a| a > 1) || waited_ms.is_some_and(|w| w > 0);
     let wanted = match state.gateway.config().access_log {
-        AccessLog::All => !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics"),
+        AccessLog::All => !matches!(path, "/healthz" | "/readyz" | "/metrics"),
         AccessLog::Errors => eventful,
         AccessLog::Off => false,
     };

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
@@ -32,7 +31,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_service::Service as _;
 
 /// The most of an unread request body read (and dropped) after its answer.
 /// Generous, because reading is what lets a proxy deliver the answer: nginx
@@ -57,7 +55,7 @@ pub struct ConnectionTimeouts {
 /// request it is serving, and returns once all of them have closed.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: Arc<super::App>,
     timeouts: ConnectionTimeouts,
     closing: impl Future<Output = ()>,
 ) {
@@ -98,7 +96,7 @@ async fn accept_failed(e: std::io::Error) {
 
 async fn connection(
     tcp: TcpStream,
-    app: Router,
+    app: Arc<super::App>,
     timeouts: ConnectionTimeouts,
     stop: CancellationToken,
 ) {
@@ -122,13 +120,10 @@ async fn connection(
                 body: Some(body),
                 leftover: leftover.clone(),
             });
-            let mut app = app.clone();
+            let app = app.clone();
             let activity = activity.clone();
             async move {
-                let response = match app.call(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
+                let response = app.call(request).await;
                 Ok::<_, Infallible>(response.map(|body| Finished { body, activity }))
             }
         })

@@ -237,7 +237,6 @@ pub struct RequestLog {
 /// and the one place 5xx answers are logged. The query string is never
 /// logged: it may carry a client key (`?key=`). For a stream, the line is
 /// written when its headers go out.
-/// A request's metrics, its usage and its log line, once it is answered.
 fn access_log(
     state: &AppState,
     started: Instant,

@@ -327,13 +327,11 @@ impl Upstream {
                     request
                         .headers_mut()
                         .insert(http::header::HOST, host.clone());
-                    match sender.try_send_request(request).await {
-                        Ok(r) => Ok((
-                            r,
-                            Some(pool::Lease::new(self.pool.clone(), origin.clone(), sender)),
-                        )),
-                        Err(e) => Err(e),
-                    }
+                    let sent = sender.try_send_request(request).await;
+                    sent.map(|r| {
+                        let lease = pool::Lease::new(self.pool.clone(), origin.clone(), sender);
+                        (r, Some(lease))
+                    })
                 }
             };
             match sent {
@@ -354,11 +352,7 @@ impl Upstream {
     }
 
     /// A new connection to `uri`'s origin: HTTP/2 when TLS negotiated it
-    /// (then shared by every later request), HTTP/1.1 otherwise. Its task
-    /// (hyper's side of the connection) ends when the connection closes or
-    /// its last sender is dropped: nothing at shutdown waits for it, as
-    /// nothing waited for the ones hyper-util's client spawned.
-    #[allow(clippy::disallowed_methods)]
+    /// (then shared by every later request), HTTP/1.1 otherwise.
     async fn connect(&self, uri: &Uri, origin: &pool::Origin) -> Result<pool::Taken, Failure> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
@@ -371,24 +365,31 @@ impl Upstream {
             let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
                 .map_err(|_| Failure::Connect)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "an upstream HTTP/2 connection failed");
-                }
-            });
+            drive(conn);
             origin.share(sender.clone());
             return Ok(pool::Taken::H2(sender));
         }
         let (sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|_| Failure::Connect)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "an upstream connection failed");
-            }
-        });
+        drive(conn);
         Ok(pool::Taken::H1(sender))
     }
+}
+
+/// Runs hyper's side of an upstream connection until it closes or its last
+/// sender is dropped: nothing at shutdown waits for it, as nothing waited
+/// for the ones hyper-util's client spawned.
+#[allow(clippy::disallowed_methods)]
+fn drive<C>(conn: C)
+where
+    C: Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "an upstream connection failed");
+        }
+    });
 }
 
 /// `scheme://authority` of an absolute URL: the key its connections are

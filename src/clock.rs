@@ -23,7 +23,14 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            // Seconds and the milliseconds within one: `as_millis` would
+            // divide 128-bit numbers, and this is read several times a
+            // request.
+            .map(|d| {
+                i64::try_from(d.as_secs()).map_or(i64::MAX, |s| {
+                    s.saturating_mul(1000) + i64::from(d.subsec_millis())
+                })
+            })
             .unwrap_or(0)
     }
 }

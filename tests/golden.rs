@@ -280,8 +280,8 @@ fn built_both_ways(format: Format, body: &Document, provider: Provider) -> Optio
         messages: kept.messages.clone().read_again(),
         ..kept.clone()
     };
-    let one = translate::build_request(provider, &kept, "up-model").and_then(|b| b.to_vec());
-    let other = translate::build_request(provider, &again, "up-model").and_then(|b| b.to_vec());
+    let one = translate::build_request(provider, &kept, "up-model").and_then(|b| b.to_vec(0));
+    let other = translate::build_request(provider, &again, "up-model").and_then(|b| b.to_vec(0));
     assert_eq!(
         one.as_ref()
             .map(|b| String::from_utf8_lossy(b).into_owned()),

@@ -1,8 +1,7 @@
 //! The Anthropic surface: `POST /v1/messages` and `/v1/messages/count_tokens`.
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::AppState;
@@ -10,7 +9,8 @@ use super::admit::{add_headers, admit};
 use super::auth::authenticate;
 use super::error::render;
 use super::reply::{
-    finish, header_text, json_object, metered, model_of, read_body, require_array, stream_flag,
+    finish, header_text, json_object, metered, model_of, read_body, require_array, split,
+    stream_flag,
 };
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::Format;
@@ -18,31 +18,20 @@ use crate::wire::Format;
 /// Client headers passed on to an Anthropic upstream.
 const PASSED_ON: &[&str] = &["anthropic-version", "anthropic-beta"];
 
-pub async fn messages(
-    state: State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
-) -> Response {
-    serve(state, headers, uri, body, false).await
+pub async fn messages(state: State<AppState>, request: axum::extract::Request) -> Response {
+    serve(state, request, false).await
 }
 
-pub async fn count_tokens(
-    state: State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
-) -> Response {
-    serve(state, headers, uri, body, true).await
+pub async fn count_tokens(state: State<AppState>, request: axum::extract::Request) -> Response {
+    serve(state, request, true).await
 }
 
 async fn serve(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
+    request: axum::extract::Request,
     count: bool,
 ) -> Response {
+    let (headers, uri, body) = split(request);
     let format = Format::Anthropic;
     let catalog = state.gateway.catalog().load();
     let key = match authenticate(&catalog, &headers, &uri) {

@@ -1,6 +1,5 @@
 //! The OpenAI surface: `POST /v1/chat/completions` and `GET /v1/models`.
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
@@ -16,11 +15,9 @@ use crate::wire::Format;
 
 pub async fn completions(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
-    generation(state, headers, uri, body, Format::OpenAi, parse_chat).await
+    generation(state, request, Format::OpenAi, parse_chat).await
 }
 
 /// `GET /v1/models`: OpenAI's list; Anthropic's when the request carries

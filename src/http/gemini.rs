@@ -3,7 +3,6 @@
 //! `GET /v1beta/models/{model}`; the same under `/v1/models/` (the
 //! google-genai SDK's default API version is v1).
 
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +12,9 @@ use super::AppState;
 use super::admit::{add_headers, admit, forbidden};
 use super::auth::authenticate;
 use super::error::render;
-use super::reply::{bad, finish, header_text, json_object, metered, read_body, require_array};
+use super::reply::{
+    bad, finish, header_text, json_object, metered, read_body, require_array, split,
+};
 use crate::catalog::{ApiKey, Catalog};
 use crate::pipeline::{ClientRequest, GatewayError, Trace};
 use crate::wire::{ErrorKind, Format};
@@ -28,10 +29,9 @@ enum Action {
 pub async fn model_action(
     State(state): State<AppState>,
     Path(rest): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
+    let (headers, uri, body) = split(request);
     let format = Format::Gemini;
     let catalog = state.gateway.catalog().load();
     let key = match authenticate(&catalog, &headers, &uri) {

@@ -100,14 +100,20 @@ const BUSY_RETRY_AFTER_S: u64 = 1;
 /// Serves one generation request of `format`: authenticates it, reads and
 /// validates its body with `parse`, and answers. (Anthropic and Gemini
 /// have their own, which also count tokens.)
+/// A request's head and body, taken apart without copying: axum's
+/// `HeaderMap` and `Uri` extractors would clone them.
+pub fn split(request: axum::extract::Request) -> (HeaderMap, Uri, Body) {
+    let (parts, body) = request.into_parts();
+    (parts.headers, parts.uri, body)
+}
+
 pub async fn generation(
     state: AppState,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
+    request: axum::extract::Request,
     format: Format,
     parse: fn(Vec<u8>) -> Result<ClientRequest, GatewayError>,
 ) -> Response {
+    let (headers, uri, body) = split(request);
     let catalog = state.gateway.catalog().load();
     let key = match authenticate(&catalog, &headers, &uri) {
         Ok(key) => key,

@@ -3,9 +3,8 @@
 //! kept; `previous_response_id` is served only by a `responses_api`
 //! credential, which gets the request as it is.
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -13,21 +12,8 @@ use super::reply::{bad, generation, json_object, model_of, stream_flag};
 use crate::pipeline::{ClientRequest, GatewayError};
 use crate::wire::Format;
 
-pub async fn create(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
-) -> Response {
-    generation(
-        state,
-        headers,
-        uri,
-        body,
-        Format::Responses,
-        parse_responses,
-    )
-    .await
+pub async fn create(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    generation(state, request, Format::Responses, parse_responses).await
 }
 
 /// `GET /v1/responses`: Codex first tries a WebSocket here. The gateway

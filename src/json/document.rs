@@ -69,28 +69,21 @@ impl Document {
         if u32::try_from(text.len()).is_err() {
             return Err(DocumentError::TooLarge);
         }
-        let json = Json::parse(&text)?;
+        // The fields are found as the text is checked, in the same pass.
+        let mut fields = Vec::new();
+        let mut escaped_keys = false;
+        let json = Json::parse_fields(&text, |f| {
+            // Checked above: the text is shorter than 4 GiB.
+            fields.push((f.key.start as u32, f.value.end as u32));
+            escaped_keys |= f.escaped;
+        })?;
         if !json.is_object() {
             return Err(DocumentError::NotObject);
         }
         let b = text.as_bytes();
-        let mut fields = Vec::new();
-        let mut at = scan::skip_ws(b, span_in(&text, json.text()).start + 1);
-        while b.get(at) == Some(&b'"') {
-            let key_end = scan::string_end(b, at);
-            let value = scan::skip_ws(b, scan::skip_ws(b, key_end) + 1);
-            let end = scan::value_end(b, value);
-            // Checked above: the text is shorter than 4 GiB.
-            fields.push((at as u32, end as u32));
-            at = scan::skip_ws(b, end);
-            if b.get(at) == Some(&b',') {
-                at = scan::skip_ws(b, at + 1);
-            }
-        }
         let raw_key = |i: u32| raw_key(b, fields[i as usize].0 as usize);
         let mut by_key: Vec<u32> = (0..fields.len() as u32).collect();
         by_key.sort_unstable_by(|x, y| raw_key(*x).cmp(raw_key(*y)).then(x.cmp(y)));
-        let escaped_keys = by_key.iter().any(|i| raw_key(*i).contains(&b'\\'));
         Ok(Document {
             text: Arc::new(text),
             fields,
@@ -221,7 +214,10 @@ impl Document {
     /// no to left out, as chunks that share the untouched runs of fields
     /// with this document instead of copying them.
     pub fn rewrite(&self, set: &[(&str, &str)], keep: impl Fn(&str) -> bool) -> Vec<Bytes> {
-        let mut out: Vec<Bytes> = vec![Bytes::from_static(b"{")];
+        // At most a chunk for each field kept or set, and the braces: room
+        // made once.
+        let mut out: Vec<Bytes> = Vec::with_capacity(self.fields.len() + set.len() + 2);
+        out.push(Bytes::from_static(b"{"));
         let mut written = vec![false; set.len()];
         // The untouched run being gathered: its first field's start, its
         // last field's end.

@@ -50,7 +50,17 @@ impl<'a> Json<'a> {
 
     /// Checks `text` (syntax, and nesting up to [`MAX_DEPTH`]).
     pub fn parse(text: &'a str) -> Result<Json<'a>, Invalid> {
-        if !scan::valid(text.as_bytes(), MAX_DEPTH) {
+        Json::parse_fields(text, |_| {})
+    }
+
+    /// [`Json::parse`], telling `field` where each field of a top-level
+    /// object lies in the same pass. What it was told is to be dropped when
+    /// this fails.
+    pub fn parse_fields(
+        text: &'a str,
+        field: impl FnMut(scan::Field),
+    ) -> Result<Json<'a>, Invalid> {
+        if !scan::valid_fields(text.as_bytes(), MAX_DEPTH, field) {
             // The slow way, for its words: where the text went wrong.
             return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
                 Err(e) => Invalid(e.to_string()),
@@ -58,6 +68,31 @@ impl<'a> Json<'a> {
             });
         }
         Ok(Json(text.trim_matches([' ', '\t', '\n', '\r'])))
+    }
+
+    /// [`Json::parse`] and [`Json::get_many`] in one pass over the text.
+    pub fn parse_many<const N: usize>(
+        text: &'a str,
+        keys: [&str; N],
+    ) -> Result<(Json<'a>, [Option<Json<'a>>; N]), Invalid> {
+        let mut found = [None; N];
+        let json = Json::parse_fields(text, |f| {
+            let raw = &text[f.key];
+            // A key without escapes is its text; one with them is read.
+            let read;
+            let name = if f.escaped {
+                read = Json::checked(raw).as_str().unwrap_or_default();
+                &*read
+            } else {
+                &raw[1..raw.len() - 1]
+            };
+            for (wanted, slot) in keys.iter().zip(found.iter_mut()) {
+                if name == *wanted {
+                    *slot = Some(Json::checked(&text[f.value.clone()]));
+                }
+            }
+        })?;
+        Ok((json, found))
     }
 
     /// Text already checked by [`Json::parse`] (a part of a checked value).

@@ -306,7 +306,7 @@ fn build(
         own.rewrite(set, |_| true).into()
     } else {
         translate::build_request(cred.provider, prepared.ir.as_ref()?, model)
-            .and_then(|b| b.to_vec())
+            .and_then(|b| b.to_vec(request.body.len()))
             .ok()?
             .into()
     };
@@ -404,20 +404,19 @@ fn check_answer<'a>(
     body: &'a [u8],
     model: &str,
 ) -> Result<(Option<Json<'a>>, Option<std::ops::Range<usize>>), String> {
-    let Some((text, v)) = std::str::from_utf8(body)
-        .ok()
-        .and_then(|t| Some((t, Json::parse(t).ok()?)))
-    else {
-        return Err(Failure::Malformed.describe().into());
-    };
     let (model_key, answer_key) = match format {
         Format::OpenAi => ("model", "choices"),
         Format::Responses => ("model", "output"),
         Format::Anthropic => ("model", "content"),
         Format::Gemini => ("modelVersion", "candidates"),
     };
-    let [named, used, error, answer] =
-        v.get_many([model_key, usage::field(format), "error", answer_key]);
+    let keys = [model_key, usage::field(format), "error", answer_key];
+    let Some((text, [named, used, error, answer])) = std::str::from_utf8(body)
+        .ok()
+        .and_then(|t| Some((t, Json::parse_many(t, keys).ok()?.1)))
+    else {
+        return Err(Failure::Malformed.describe().into());
+    };
     if error.is_some() && answer.is_none() {
         return Err(error_text(body));
     }

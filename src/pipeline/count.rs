@@ -90,7 +90,7 @@ impl Gateway {
                 ),
             };
             let built = translate::build_request(cred.provider, &ir, model).ok()?;
-            Document::parse(built.to_vec().ok()?).ok()
+            Document::parse(built.to_vec(request.body.len()).ok()?).ok()
         };
         let body = if same {
             request.body.clone()

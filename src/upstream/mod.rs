@@ -552,12 +552,31 @@ impl Response {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(Failure::TooLarge);
         }
-        let declared = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
-        let mut out = Vec::with_capacity(declared);
+        if let Some(declared) = declared.and_then(|n| usize::try_from(n).ok()) {
+            let mut out = Vec::with_capacity(declared);
+            while let Some(chunk) = self.chunk().await? {
+                if out.len() + chunk.len() > limit {
+                    return Err(Failure::TooLarge);
+                }
+                out.extend_from_slice(&chunk);
+            }
+            return Ok(out);
+        }
+        // No length to go by: the chunks are kept as they came and joined
+        // once at the end. A buffer grown by doubling would be copied at
+        // each step, and an allocator that does not remap large blocks in
+        // place holds the old and the new copy at once.
+        let mut chunks = Vec::new();
+        let mut total = 0usize;
         while let Some(chunk) = self.chunk().await? {
-            if out.len() + chunk.len() > limit {
+            total += chunk.len();
+            if total > limit {
                 return Err(Failure::TooLarge);
             }
+            chunks.push(chunk);
+        }
+        let mut out = Vec::with_capacity(total);
+        for chunk in chunks {
             out.extend_from_slice(&chunk);
         }
         Ok(out)

@@ -87,13 +87,54 @@ impl App {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
-        let mut router = self.router.clone();
-        let response = match tower_service::Service::call(&mut router, request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
+        let response = match generation_route(&method, &path) {
+            // The generation routes, called directly: axum's router would
+            // match the path again, box the handler's future, wrap it in
+            // three more, and set a length hyper sets anyway (some 3,500
+            // instructions a request).
+            Some(route) => {
+                let request = request.map(axum::body::Body::new);
+                let state = axum::extract::State(self.state.clone());
+                match route {
+                    Generation::Chat => chat::completions(state, request).await,
+                    Generation::Responses => responses::create(state, request).await,
+                    Generation::Messages => anthropic::messages(state, request).await,
+                    Generation::CountTokens => anthropic::count_tokens(state, request).await,
+                }
+            }
+            None => {
+                let mut router = self.router.clone();
+                match tower_service::Service::call(&mut router, request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
         };
         access_log(&self.state, started, &method, &path, response)
     }
+}
+
+/// The POST routes served without the router (by the handlers the router
+/// names for them).
+fn generation_route(method: &http::Method, path: &str) -> Option<Generation> {
+    if method != http::Method::POST {
+        return None;
+    }
+    match path {
+        "/v1/chat/completions" => Some(Generation::Chat),
+        "/v1/responses" => Some(Generation::Responses),
+        "/v1/messages" => Some(Generation::Messages),
+        "/v1/messages/count_tokens" => Some(Generation::CountTokens),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Generation {
+    Chat,
+    Responses,
+    Messages,
+    CountTokens,
 }
 
 fn router(state: AppState) -> Router {

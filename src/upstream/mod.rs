@@ -288,7 +288,7 @@ impl Upstream {
         // A URL the operator wrote that HTTP cannot carry: this credential
         // cannot be reached as configured.
         let origin = self.pool.origin(origin_of(&url).ok_or(Failure::Connect)?);
-        let uri = Uri::try_from(url).map_err(|_| Failure::Connect)?;
+        let target = origin.target(&url).ok_or(Failure::Connect)?;
         let host = origin.host.clone().ok_or(Failure::Connect)?;
         let mut request = http::Request::new(body);
         *request.method_mut() = http::Method::POST;
@@ -314,16 +314,19 @@ impl Upstream {
                 Some(taken) => (taken, true),
                 // Boxed: opening a connection (TLS, a proxy's tunnel) is a large
                 // future, and rare; the request's own future stays small.
-                None => (Box::pin(self.connect(&uri, &origin)).await?, false),
+                None => (
+                    Box::pin(self.connect(&target.absolute, &origin)).await?,
+                    false,
+                ),
             };
             let sent = match taken {
                 pool::Taken::H2(mut sender) => {
-                    *request.uri_mut() = uri.clone();
+                    *request.uri_mut() = target.absolute.clone();
                     request.headers_mut().remove(http::header::HOST);
                     sender.try_send_request(request).await.map(|r| (r, None))
                 }
                 pool::Taken::H1(mut sender) => {
-                    *request.uri_mut() = origin_form(&uri);
+                    *request.uri_mut() = target.origin_form.clone();
                     request
                         .headers_mut()
                         .insert(http::header::HOST, host.clone());
@@ -400,17 +403,6 @@ fn origin_of(url: &str) -> Option<&str> {
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| start + i);
     (end > start).then(|| &url[..end])
-}
-
-/// The request target sent on an HTTP/1.1 connection: path and query.
-fn origin_form(uri: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 const USER_AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));

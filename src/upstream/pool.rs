@@ -24,6 +24,8 @@ use super::Payload;
 pub const IDLE: Duration = Duration::from_secs(90);
 /// How often at most the whole table is swept of expired connections.
 const SWEEP: Duration = Duration::from_secs(30);
+/// How many of an origin's URLs are kept parsed.
+const URLS: usize = 16;
 
 type Table = HashMap<Box<str>, Arc<Origin>, foldhash::fast::RandomState>;
 
@@ -41,6 +43,39 @@ pub struct Origin {
     pub host: Option<http::HeaderValue>,
     idle: Mutex<Vec<(http1::SendRequest<Payload>, Instant)>>,
     shared: Mutex<Option<http2::SendRequest<Payload>>>,
+    /// Its URLs last asked for, parsed (as they are and in origin form):
+    /// an upstream's few endpoints are asked again and again, and parsing
+    /// one cost some 800 instructions. The oldest goes first.
+    urls: Mutex<Vec<(Box<str>, Target)>>,
+}
+
+/// A request's URL parsed: absolute (for HTTP/2, and to connect) and in
+/// origin form (the path and query an HTTP/1.1 request line carries).
+#[derive(Clone)]
+pub struct Target {
+    pub absolute: http::Uri,
+    pub origin_form: http::Uri,
+}
+
+impl Target {
+    fn parse(url: &str) -> Option<Target> {
+        let absolute = http::Uri::try_from(url).ok()?;
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = Some(match absolute.path_and_query() {
+            Some(p) if p.as_str().starts_with('/') => p.clone(),
+            // No path (`https://host` or `https://host?q`): the root's.
+            p => {
+                let query = p.and_then(http::uri::PathAndQuery::query);
+                let text = query.map_or_else(|| "/".to_string(), |q| format!("/?{q}"));
+                http::uri::PathAndQuery::try_from(text).ok()?
+            }
+        });
+        let origin_form = http::Uri::from_parts(parts).ok()?;
+        Some(Target {
+            absolute,
+            origin_form,
+        })
+    }
 }
 
 /// A connection ready for one request.
@@ -104,6 +139,21 @@ fn host_of(origin: &str) -> Option<http::HeaderValue> {
 }
 
 impl Origin {
+    /// `url` (one of this origin's) parsed, or `None` when it is not a URL
+    /// HTTP can carry.
+    pub fn target(&self, url: &str) -> Option<Target> {
+        let mut urls = lock(&self.urls);
+        if let Some((_, target)) = urls.iter().find(|(u, _)| **u == *url) {
+            return Some(target.clone());
+        }
+        let target = Target::parse(url)?;
+        if urls.len() >= URLS {
+            urls.remove(0);
+        }
+        urls.push((url.into(), target.clone()));
+        Some(target)
+    }
+
     /// An open connection ready for a request, if one is idle.
     pub fn take(&self, now: Instant) -> Option<Taken> {
         {
@@ -191,5 +241,31 @@ mod tests {
         pool.sweep(Instant::now());
         assert_eq!(lock(&pool.origins).len(), 1);
         drop(held);
+    }
+
+    #[test]
+    fn an_origins_urls_are_parsed_once_into_both_forms_and_kept_boundedly() {
+        let origin = Pool::default().origin("http://h:1");
+        let t = origin.target("http://h:1/v1/chat/completions?x=1").unwrap();
+        assert_eq!(t.absolute, "http://h:1/v1/chat/completions?x=1");
+        assert_eq!(t.origin_form, "/v1/chat/completions?x=1");
+        assert_eq!(origin.target("http://h:1").unwrap().origin_form, "/");
+        assert_eq!(
+            origin.target("http://h:1?k=v").unwrap().origin_form,
+            "/?k=v"
+        );
+        // Not a URL HTTP can carry: nothing kept.
+        assert!(origin.target("http://h:1/a b").is_none());
+        assert_eq!(lock(&origin.urls).len(), 3);
+        // The same text is the same entry; past the bound the oldest goes.
+        origin.target("http://h:1/v1/chat/completions?x=1").unwrap();
+        assert_eq!(lock(&origin.urls).len(), 3);
+        for i in 0..URLS {
+            origin.target(&format!("http://h:1/m{i}")).unwrap();
+        }
+        let urls = lock(&origin.urls);
+        assert_eq!(urls.len(), URLS);
+        assert_eq!(&*urls[0].0, "http://h:1/m0");
+        assert_eq!(&*urls[URLS - 1].0, format!("http://h:1/m{}", URLS - 1));
     }
 }

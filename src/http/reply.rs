@@ -97,9 +97,6 @@ pub async fn read_body(
 /// to wait: bodies come and go within seconds.
 const BUSY_RETRY_AFTER_S: u64 = 1;
 
-/// Serves one generation request of `format`: authenticates it, reads and
-/// validates its body with `parse`, and answers. (Anthropic and Gemini
-/// have their own, which also count tokens.)
 /// A request's head and body, taken apart without copying: axum's
 /// `HeaderMap` and `Uri` extractors would clone them.
 pub fn split(request: axum::extract::Request) -> (HeaderMap, Uri, Body) {
@@ -107,6 +104,9 @@ pub fn split(request: axum::extract::Request) -> (HeaderMap, Uri, Body) {
     (parts.headers, parts.uri, body)
 }
 
+/// Serves one generation request of `format`: authenticates it, reads and
+/// validates its body with `parse`, and answers. (Anthropic and Gemini
+/// have their own, which also count tokens.)
 pub async fn generation(
     state: AppState,
     request: axum::extract::Request,

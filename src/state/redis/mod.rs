@@ -420,8 +420,6 @@ impl Shared {
         Ok((blocks, exists.iter().map(Option::is_some).collect()))
     }
 
-    /// The confirm read's answer as blocks (their TTLs fetched only for the
-    /// ones found: rare) and whether each of the other keys exists.
     /// `command` over the keys a pick is confirmed by, in the order
     /// [`Shared::blocks_of`] reads them: both blocks, the pair's ladder,
     /// both probations, both claims; built in one buffer.
@@ -443,6 +441,8 @@ impl Shared {
         cmd
     }
 
+    /// The confirm read's answer as blocks (their TTLs fetched only for the
+    /// ones found: rare) and whether each of the other keys exists.
     async fn blocks_of(
         &self,
         conn: &mut MultiplexedConnection,

@@ -49,8 +49,21 @@ async fn a_model_support_failure_on_one_replica_is_never_followed_by_another_sel
     let (a, b) = (c.replicas[0].url.clone(), c.replicas[1].url.clone());
     for i in 0..1000 {
         let model = format!("seq{i}");
-        assert_eq!(c.chat(&a, &model).await.status(), 200, "{model} on A");
-        assert_eq!(c.chat(&b, &model).await.status(), 200, "{model} on B");
+        for (name, replica) in [("A", &a), ("B", &b)] {
+            let r = c.chat(replica, &model).await;
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            // What the replicas logged goes with a failure: an attempt that
+            // failed says why only there.
+            let logged = || {
+                let lines = c.replicas.iter().flat_map(|r| r.logs());
+                let warned: Vec<String> = lines
+                    .filter(|l| ["WARN", "ERROR", "blocked"].iter().any(|w| l.contains(w)))
+                    .collect();
+                warned[warned.len().saturating_sub(8)..].join("\n")
+            };
+            assert_eq!(status, 200, "{model} on {name}: {text}\n{}", logged());
+        }
     }
     let hits = c.mock.hits();
     let bad: Vec<&str> = hits
